@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both build .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO_DIR ?= demo_out
+
+.PHONY: venv demo test test-fast clean
+
+venv: $(STAMP)
+
+# torch goes first and pinned: 2.13.0 resolves to the CPU wheel on disk; an unpinned torch (even
+# pulled in transitively) would fetch the newest CUDA build, several GB.
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m nemo_subnet.demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not distributed and not slow" tests
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -1,0 +1,1 @@
+"""Distillation-loss kernels (installed as ``nemo_subnet.kernels``)."""
