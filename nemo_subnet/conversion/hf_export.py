@@ -1,0 +1,51 @@
+"""nemo-subnet checkpoint -> HF directory that AutoModelForCausalLM / AutoTokenizer load.
+
+The HF model is instantiated on the meta device (no memory for weights), the converted tensors are
+assigned into it, and ``save_pretrained`` writes it, so names, tied weights and file sharding are
+exactly what the installed transformers expects.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from nemo_subnet.checkpointing import HF_CONFIG, TOKENIZER, atomic_directory, load_model
+from nemo_subnet.conversion.adapters import adapter_for_family
+from nemo_subnet.conversion.sharding import global_state_from_model
+
+
+def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Export at TP=1/PP=1 (the runtime must be initialized that way, single process)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ckpt_dir = Path(ckpt_dir)
+    cfg, model = load_model(ckpt_dir)
+    adapter = adapter_for_family(cfg.family)
+    hf_state = adapter.megatron_to_hf(cfg, global_state_from_model(model))
+    del model
+
+    template = json.loads((ckpt_dir / HF_CONFIG).read_text()) if (ckpt_dir / HF_CONFIG).is_file() else {}
+    for stale in ("architectures", "torch_dtype", "dtype", "rope_scaling", "rope_theta", "rotary_pct", "rotary_emb_base"):
+        template.pop(stale, None)
+    raw = {**template, **adapter.hf_config_updates(cfg)}
+    model_type = raw.pop("model_type")
+    hf_config = AutoConfig.for_model(model_type, **raw)
+    hf_config.architectures = [adapter.hf_architecture]
+    with torch.device("meta"):
+        hf_model = AutoModelForCausalLM.from_config(hf_config, dtype=cfg.torch_dtype)
+    expected = set(hf_model.state_dict())
+    if cfg.tie_embeddings and "lm_head.weight" in expected and "lm_head.weight" not in hf_state:
+        hf_state["lm_head.weight"] = next(v for k, v in hf_state.items() if k.endswith("embed_tokens.weight") or k.endswith("embed_in.weight"))
+    hf_model.load_state_dict(hf_state, strict=True, assign=True)
+    if cfg.tie_embeddings:
+        hf_model.tie_weights()
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        hf_model.save_pretrained(tmp)
+        if (ckpt_dir / TOKENIZER).is_dir():
+            for path in (ckpt_dir / TOKENIZER).iterdir():
+                shutil.copy2(path, tmp / path.name)
+    return Path(out_dir)

@@ -1,0 +1,87 @@
+"""Read HF checkpoint directories: config, safetensors weights (lazily), tokenizer files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from nemo_subnet.conversion.adapters import adapter_for_model_type
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+
+
+def read_hf_config(hf_dir: str | Path):
+    """(transformers config, raw config.json dict); errors name the missing piece."""
+    from transformers import AutoConfig
+
+    hf_dir = Path(hf_dir)
+    if not hf_dir.is_dir():
+        raise FileNotFoundError(f"HF model directory {hf_dir} does not exist")
+    config_path = hf_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{hf_dir} has no config.json (not a Hugging Face model directory)")
+    raw = json.loads(config_path.read_text())
+    adapter_for_model_type(raw.get("model_type", "<missing>"))  # fail on the type before transformers does
+    return AutoConfig.from_pretrained(hf_dir, local_files_only=True), raw
+
+
+class SafetensorsReader:
+    """Tensors of a HF directory by in-memory name, read one at a time (memory stays at one tensor)."""
+
+    def __init__(self, hf_dir: str | Path, aliases: Mapping[str, str] = {}):
+        hf_dir = Path(hf_dir)
+        index = hf_dir / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        elif (hf_dir / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            found = sorted(p.name for p in hf_dir.glob("*.bin"))
+            hint = f" (found {found}: re-save with save_pretrained(safe_serialization=True))" if found else ""
+            raise FileNotFoundError(f"{hf_dir} has no model.safetensors or model.safetensors.index.json{hint}")
+        self._handles = {}
+        self._where: dict[str, str] = {}
+        for name in files:
+            path = hf_dir / name
+            try:
+                handle = safe_open(str(path), framework="pt", device="cpu")
+                keys = list(handle.keys())
+            except (SafetensorError, OSError, ValueError) as err:
+                raise ValueError(f"cannot read {path}: corrupt or truncated safetensors ({err})") from None
+            _check_complete(path, handle, keys)
+            self._handles[name] = handle
+            for key in keys:
+                self._where[aliases.get(key, key)] = (name, key)
+
+    def names(self) -> set[str]:
+        return set(self._where)
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name not in self._where:
+            raise KeyError(f"tensor {name!r} is missing from the safetensors files")
+        file, key = self._where[name]
+        try:
+            return self._handles[file].get_tensor(key)
+        except (SafetensorError, RuntimeError, ValueError) as err:
+            raise ValueError(f"cannot read tensor {key!r} from {file}: corrupt safetensors ({err})") from None
+
+
+def _check_complete(path: Path, handle, keys: list[str]) -> None:
+    """A truncated file can still have a readable header; the data section must reach its last offset."""
+    header_len = int.from_bytes(path.open("rb").read(8), "little")
+    metadata = json.loads(path.open("rb").read(8 + header_len)[8:])
+    end = max((v["data_offsets"][1] for k, v in metadata.items() if k != "__metadata__"), default=0)
+    if path.stat().st_size < 8 + header_len + end:
+        raise ValueError(f"cannot read {path}: truncated safetensors (file has {path.stat().st_size} bytes, "
+                         f"header needs {8 + header_len + end})")
+
+
+def tokenizer_files(hf_dir: str | Path) -> list[Path]:
+    hf_dir = Path(hf_dir)
+    return [hf_dir / name for name in TOKENIZER_FILES if (hf_dir / name).is_file()]

@@ -1,0 +1,44 @@
+"""Build this rank's Megatron GPTModel (its TP shard and PP stage) for a ModelConfig."""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from nemo_subnet.models.config import ModelConfig, to_transformer_config
+from nemo_subnet.models.specs import gpt_layer_spec
+
+
+def build_gpt_model(cfg: ModelConfig, *, params_dtype: torch.dtype | None = None, parallel_output: bool = True,
+                    perform_initialization: bool = True, layer_spec: ModuleSpec | None = None) -> GPTModel:
+    """This rank's part of the model; Megatron's parallel_state must be initialized (init_runtime)."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    pp = parallel_state.get_pipeline_model_parallel_world_size()
+    config = to_transformer_config(cfg, tp, pp, params_dtype=params_dtype, perform_initialization=perform_initialization)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec or gpt_layer_spec(cfg),
+        vocab_size=cfg.padded_vocab_size,
+        max_sequence_length=cfg.max_position_embeddings,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        parallel_output=parallel_output,
+        share_embeddings_and_output_weights=cfg.tie_embeddings,
+        position_embedding_type="rope",
+        rotary_percent=cfg.rotary_percent,
+        rotary_base=cfg.rotary_base,
+    )
+    if cfg.rope_scaling is not None:
+        # GPTModel only forwards the scaling factor; apply Megatron's own llama3 scaling with all of the
+        # checkpoint's parameters instead of its defaults.
+        rope = model.rotary_pos_emb
+        rope.inv_freq = rope._apply_scaling(rope.inv_freq, **vars(cfg.rope_scaling))
+    if torch.cuda.is_available():
+        model.cuda(torch.cuda.current_device())
+    return model
+
+
+def model_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

@@ -1,0 +1,177 @@
+"""Family-neutral description of a decoder LM, and its translation to Megatron's TransformerConfig.
+
+``ModelConfig`` is what we store next to every checkpoint (``model.yaml``). It holds only what defines
+the function the model computes; parallel layout and precision are runtime choices passed separately,
+so one checkpoint loads at any TP/PP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+
+class Family(str, enum.Enum):
+    GPT_NEOX = "gpt_neox"
+    LLAMA = "llama"
+    QWEN2 = "qwen2"
+    QWEN3 = "qwen3"
+
+
+Activation = Literal["gelu", "gelu_tanh", "silu", "relu"]
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+ACTIVATIONS = {"gelu": F.gelu, "gelu_tanh": gelu_tanh, "silu": F.silu, "relu": F.relu}
+
+
+@dataclass
+class RopeScaling:
+    """Llama-3 style frequency scaling (HF ``rope_type: llama3``)."""
+
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass
+class ModelConfig:
+    family: Family
+    vocab_size: int
+    """True vocabulary size (the tokenizer's); the embedding is padded beyond it, see padded_vocab_size."""
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_query_groups: int
+    """Key/value heads (GQA); equal to num_attention_heads for multi-head attention."""
+    ffn_hidden_size: int
+    kv_channels: int
+    """Head dimension."""
+    max_position_embeddings: int
+    normalization: Literal["LayerNorm", "RMSNorm"]
+    norm_eps: float
+    activation: Activation
+    gated_mlp: bool
+    add_bias_linear: bool
+    """Biases on linear_proj, linear_fc1, linear_fc2."""
+    add_qkv_bias: bool
+    qk_layernorm: bool = False
+    parallel_residual: bool = False
+    """GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)) instead of the sequential residual."""
+    rotary_percent: float = 1.0
+    rotary_base: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    tie_embeddings: bool = False
+    init_method_std: float = 0.02
+    make_vocab_size_divisible_by: int = 128
+    """Padding granularity of the vocabulary; independent of TP so checkpoints reshard freely."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are stored in (the source checkpoint's)."""
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
+
+    def __post_init__(self):
+        self.family = Family(self.family)
+        if isinstance(self.rope_scaling, dict):
+            self.rope_scaling = RopeScaling(**self.rope_scaling)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        step = self.make_vocab_size_divisible_by
+        return int(math.ceil(self.vocab_size / step) * step)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def check_parallel(self, tp: int, pp: int) -> None:
+        """Raise ValueError naming the dimension that TP or PP cannot split."""
+        problems = []
+        if self.num_attention_heads % tp:
+            problems.append(f"num_attention_heads={self.num_attention_heads} is not divisible by tp={tp}")
+        if self.num_query_groups % tp:
+            problems.append(f"num_query_groups={self.num_query_groups} is not divisible by tp={tp}")
+        if self.ffn_hidden_size % tp:
+            problems.append(f"ffn_hidden_size={self.ffn_hidden_size} is not divisible by tp={tp}")
+        if self.padded_vocab_size % tp:
+            problems.append(f"padded vocab {self.padded_vocab_size} is not divisible by tp={tp}")
+        if self.num_layers % pp:
+            problems.append(f"num_layers={self.num_layers} is not divisible by pp={pp}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["family"] = self.family.value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config fields: {unknown}")
+        return cls(**data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+
+
+def to_transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, *, params_dtype: torch.dtype | None = None,
+                          perform_initialization: bool = True):
+    """Megatron TransformerConfig for ``cfg`` at a given layout. Fusions off: they need CUDA/apex and
+    change numerics; the GPU path turns on what it wants through the returned object."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    cfg.check_parallel(tp, pp)
+    params_dtype = params_dtype or cfg.torch_dtype
+    on_gpu = torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        kv_channels=cfg.kv_channels,
+        normalization=cfg.normalization,
+        layernorm_epsilon=cfg.norm_eps,
+        add_bias_linear=cfg.add_bias_linear,
+        add_qkv_bias=cfg.add_qkv_bias,
+        gated_linear_unit=cfg.gated_mlp,
+        activation_func=ACTIVATIONS[cfg.activation],
+        qk_layernorm=cfg.qk_layernorm,
+        hidden_dropout=cfg.hidden_dropout,
+        attention_dropout=cfg.attention_dropout,
+        init_method_std=cfg.init_method_std,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        fp16=params_dtype == torch.float16,
+        use_cpu_initialization=not on_gpu,
+        perform_initialization=perform_initialization,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=False,
+        sequence_parallel=False,
+    )

@@ -1,0 +1,107 @@
+"""Run megatron-core on machines without CUDA (dev boxes, CI, the demo).
+
+megatron-core assumes CUDA in four places we rely on; each gets the smallest redirect that keeps
+Megatron's own code paths running unchanged:
+
+1. Device placement: ``torch.cuda.current_device()`` feeds ``device=`` in attention, the tensor-parallel
+   mappings, p2p communication and the GPT model; the 1F1B schedule even writes ``device="cuda"``.
+   A ``TorchFunctionMode`` rewrites every CUDA device argument to CPU and makes ``Tensor.cuda()`` the
+   identity. ``current_device()`` answers 0, as on a one-GPU box, and the mode maps that to CPU.
+2. The CUDA RNG tracker (``tensor_parallel.random``): replaced by a tracker that keeps the same named
+   streams on CPU generator states, so dropout differs across TP ranks exactly as it does on GPU.
+3. ``torch.cuda.synchronize``: a no-op (CPU ops are synchronous).
+4. The optimizer's type asserts (``param.grad.type() == 'torch.cuda.FloatTensor'``): ``Tensor.type()``
+   with no argument reports the CUDA type name of the same dtype.
+
+Nothing here is active when CUDA is present: ``install()`` returns False and changes nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from megatron.core.tensor_parallel import random as mp_random
+from torch.overrides import TorchFunctionMode
+
+_INSTALLED_MODE: "_CudaToCpuMode | None" = None
+
+
+def _is_cuda_device(device) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    # a bare int is a CUDA ordinal in torch's device argument convention
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+class _CudaToCpuMode(TorchFunctionMode):
+    """Rewrites CUDA placement to CPU for every torch call made while it is active."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.cuda:
+            return args[0]
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
+        if "device" in kwargs and _is_cuda_device(kwargs["device"]):
+            kwargs = {**kwargs, "device": "cpu"}
+        if func is torch.Tensor.to and len(args) > 1 and _is_cuda_device(args[1]):
+            args = (args[0], "cpu", *args[2:])
+        return func(*args, **kwargs)
+
+
+class CpuRNGStatesTracker(mp_random.CudaRNGStatesTracker):
+    """Megatron's named RNG streams, kept as CPU generator states.
+
+    ``fork(name)`` swaps the CPU default generator to the named stream for the duration of the block,
+    which is where CPU dropout draws from. Seeds per stream are Megatron's own (TP rank offsets etc.).
+    """
+
+    def __init__(self):
+        super().__init__(use_cudagraphable_rng=False, is_inference_rng_tracker=False)
+
+    def add(self, name, seed):
+        self._is_initialized = True
+        if seed in self.seeds_:
+            raise Exception(f"seed {seed} already exists")
+        self.seeds_.add(seed)
+        if name in self.states_:
+            raise Exception(f"rng state {name} already exists")
+        generator = torch.Generator(device="cpu")
+        generator.manual_seed(seed)
+        self.states_[name] = generator.get_state()
+
+    @contextlib.contextmanager
+    def fork(self, name=mp_random._MODEL_PARALLEL_RNG_TRACKER_NAME):
+        if name not in self.states_:
+            raise Exception(f"rng state {name} is not added")
+        outer_state = torch.get_rng_state()
+        torch.set_rng_state(self.states_[name])
+        try:
+            yield
+        finally:
+            self.states_[name] = torch.get_rng_state()
+            torch.set_rng_state(outer_state)
+
+
+def install() -> bool:
+    """Activate the CPU backend if (and only if) CUDA is absent. Idempotent; returns whether active."""
+    global _INSTALLED_MODE
+    if torch.cuda.is_available():
+        return False
+    if _INSTALLED_MODE is not None:
+        return True
+    torch.cuda.current_device = lambda: 0
+    torch.cuda.synchronize = lambda device=None: None
+    mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
+    mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    _INSTALLED_MODE = _CudaToCpuMode()
+    _INSTALLED_MODE.__enter__()
+    return True
+
+
+def is_active() -> bool:
+    return _INSTALLED_MODE is not None

@@ -1,0 +1,140 @@
+"""One entry point that brings up torch.distributed and Megatron's parallel state.
+
+The launcher is detected from the environment, in this order:
+- torchrun (or any launcher that sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT``),
+- SLURM (``srun``: ``SLURM_PROCID``/``SLURM_NTASKS``; the master is the first host of the job's node
+  list and the port is derived from the job id so every task agrees without talking),
+- neither: a single process on a free local port.
+
+The backend is NCCL on CUDA, gloo otherwise (where the CPU backend is also installed).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from nemo_subnet.runtime import cpu_backend
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str
+    """"torchrun", "slurm" or "single"."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    tp: int
+    pp: int
+    dp: int
+    device: torch.device
+    launcher: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, check=True, timeout=30).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    # "node[01-04,07],other" -> "node01" without scontrol
+    head = nodelist.split(",")[0]
+    if "[" in head:
+        prefix, rest = head.split("[", 1)
+        return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+    return head
+
+
+def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return LaunchEnv(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)),
+                         env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", 29500)), "torchrun")
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        job_id = int(env.get("SLURM_JOB_ID", "0"))
+        port = int(env.get("MASTER_PORT", 20000 + job_id % 20000))
+        addr = env.get("MASTER_ADDR") or _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1"))
+        return LaunchEnv(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)),
+                         addr, port, "slurm")
+    return LaunchEnv(0, 1, 0, "127.0.0.1", _free_port(), "single")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: int = 30) -> Runtime:
+    """Initialize the process group, Megatron's model-parallel groups, device and RNG.
+
+    Idempotent for the same (tp, pp); re-initializing with another layout rebuilds the Megatron groups
+    (used by tools that load a checkpoint saved at one layout into another in one process).
+    """
+    from megatron.core import parallel_state, tensor_parallel
+
+    launch = detect_launch_env()
+    if launch.world_size % (tp * pp) != 0:
+        raise ValueError(f"world size {launch.world_size} is not divisible by tp*pp = {tp}*{pp}")
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        cpu_backend.install()
+        device = torch.device("cpu")
+
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+            rank=launch.rank, world_size=launch.world_size,
+            timeout=timedelta(minutes=timeout_minutes),
+        )
+    if parallel_state.model_parallel_is_initialized():
+        if (parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_pipeline_model_parallel_world_size()) != (tp, pp):
+            parallel_state.destroy_model_parallel()
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+
+    seed_everything(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return Runtime(rank=launch.rank, world_size=launch.world_size, tp=tp, pp=pp,
+                   dp=launch.world_size // (tp * pp), device=device, launcher=launch.launcher)
+
+
+def shutdown_runtime() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
