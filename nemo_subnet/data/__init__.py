@@ -1,0 +1,22 @@
+"""Data: corpora -> tokenizer -> megatron-core indexed datasets, and GPTDatasets for training.
+
+Preparation (``nemo-subnet data prepare``) is :func:`prepare_dataset`; training reads the result with
+:func:`build_gpt_datasets` and walks it with :class:`MicroBatchIterator`. See docs/data.md.
+"""
+
+from nemo_subnet.data.gpt_datasets import GPTDataConfig, GPTDatasets, MicroBatchIterator, build_gpt_datasets, collate, validate_data
+from nemo_subnet.data.prepare import PrepareConfig, PreparedDataset, prepare_dataset, read_metadata, split_prefix
+
+__all__ = [
+    "GPTDataConfig",
+    "GPTDatasets",
+    "MicroBatchIterator",
+    "PrepareConfig",
+    "PreparedDataset",
+    "build_gpt_datasets",
+    "collate",
+    "prepare_dataset",
+    "read_metadata",
+    "split_prefix",
+    "validate_data",
+]
