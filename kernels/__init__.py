@@ -1,1 +1,21 @@
-"""Distillation-loss kernels (installed as ``nemo_subnet.kernels``)."""
+"""Distillation-loss kernels (installed as ``nemo_subnet.kernels``).
+
+Ops (each: Triton kernels on CUDA, a pure-torch mirror on CPU, an autograd Function, a functional API):
+    kd_loss                 forward KL / reverse KL / JSD(beta) (+ CE) from full logits
+    topk_kd_loss            the same against a top-k teacher given as (values, indices)
+    fused_linear_kd_loss    from hidden states and output-layer weights, chunked, never N x V
+    vocab_parallel_kd_loss  logits sharded over tensor-parallel ranks (Megatron's vocab partition)
+`reference` holds naive definitions used by tests and benchmarks. See docs/kernels.md.
+"""
+
+from ._common import Backend, Divergence, Reduction, interpreter_active
+from .kd_loss import LogitKDLossFunction, kd_loss
+
+__all__ = [
+    "Backend",
+    "Divergence",
+    "Reduction",
+    "interpreter_active",
+    "LogitKDLossFunction",
+    "kd_loss",
+]
