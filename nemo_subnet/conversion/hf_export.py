@@ -25,7 +25,8 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fa
     ckpt_dir = Path(ckpt_dir)
     cfg, model = load_model(ckpt_dir)
     adapter = adapter_for_family(cfg.family)
-    hf_state = adapter.megatron_to_hf(cfg, global_state_from_model(model))
+    # Megatron's torch norms keep fp32 weights whatever params_dtype is; store every tensor as the source did
+    hf_state = {k: v.to(cfg.torch_dtype) for k, v in adapter.megatron_to_hf(cfg, global_state_from_model(model)).items()}
     del model
 
     template = json.loads((ckpt_dir / HF_CONFIG).read_text()) if (ckpt_dir / HF_CONFIG).is_file() else {}
