@@ -9,13 +9,22 @@ Ops (each: Triton kernels on CUDA, a pure-torch mirror on CPU, an autograd Funct
 """
 
 from ._common import Backend, Divergence, Reduction, interpreter_active
+from .fused_linear_kd_loss import FusedLinearKDLossFunction, default_chunk_size, fused_linear_kd_loss
 from .kd_loss import LogitKDLossFunction, kd_loss
+from .topk_kd_loss import TopKKDLossFunction, topk_kd_loss
+from .vocab_parallel_kd_loss import vocab_parallel_kd_loss
 
 __all__ = [
     "Backend",
     "Divergence",
     "Reduction",
     "interpreter_active",
-    "LogitKDLossFunction",
     "kd_loss",
+    "topk_kd_loss",
+    "fused_linear_kd_loss",
+    "vocab_parallel_kd_loss",
+    "default_chunk_size",
+    "LogitKDLossFunction",
+    "TopKKDLossFunction",
+    "FusedLinearKDLossFunction",
 ]

@@ -1,0 +1,135 @@
+"""Fused output layer + distillation loss: from hidden states and output-layer weights, chunked over
+tokens, never holding an [N, V] tensor.
+
+Per chunk of C tokens: student logits h_c W^T and teacher logits (h'_c W'^T, or a slice of given teacher
+logits) go into two [C, V] buffers in the input dtype (cuBLAS, fp32 accumulation); the row kernels of
+`_rowwise.py` compute the loss and then overwrite the student buffer with d loss / d logits in place;
+two more matmuls turn it into the chunk's grad_hidden rows and accumulate grad_weight. Everything happens in
+forward (recomputing the matmuls in backward would cost 2 more of the 6 N*V*H matmuls); backward only
+scales the stored gradients by the upstream scalar.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import _rowwise
+from ._common import Backend, Divergence, LossSpec, Reduction, make_spec, token_weights, use_triton
+
+_CHUNK_ELEMENTS = 1 << 27  # logits per chunk buffer: 256 MiB in bf16; large enough that matmuls run at speed
+
+
+def default_chunk_size(n_tokens: int, vocab: int) -> int:
+    """Tokens per chunk: about 2^27 logits, a multiple of 256 (matmul tiles), at least 256."""
+    return max(1, min(n_tokens, max(256, (_CHUNK_ELEMENTS // vocab) // 256 * 256)))
+
+
+class FusedLinearKDLossFunction(torch.autograd.Function):
+    r"""loss = sum_tokens w * (kd_scale * D(P || Q) + ce_weight * CE), Q from s = h W^T, P from the teacher.
+
+    Maths of D, CE and d loss / d s: see `kd_loss.LogitKDLossFunction`. With G_c = d loss / d s_c for chunk c:
+
+        grad_hidden[c] = G_c W            grad_weight = sum_c G_c^T h_c
+
+    Memory bound (beyond inputs and the gradients it returns, grad_hidden [N, H] and grad_weight [V, H]):
+        C * V * (bytes(student dtype) + bytes(teacher dtype))   the two chunk logits buffers
+      + C * 16 floats                                           per-row statistics
+    On CUDA nothing else scales with V (the gradient is written into the student buffer, in place); the CPU
+    torch mirror adds a few fp32 [C, V] temporaries. At C = 1024, V = 128256, bf16: 0.5 GiB of buffers.
+    grad_weight accumulates in the weight's dtype (one rounding per chunk in bf16).
+
+    Traffic per chunk: 3 matmuls of 2 C V H flops (+ the teacher's), the row kernels read the two buffers
+    two or three times and write one. Upstream grad must be a scalar (reduction MEAN or SUM).
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, teacher_logits, labels, weights,
+                spec: LossSpec, triton_path: bool, n_valid: int, chunk_size: int):
+        n_tokens = hidden.shape[0]
+        grad_hidden = hidden.new_empty(hidden.shape) if ctx.needs_input_grad[0] else None
+        grad_weight = weight.new_zeros(weight.shape) if ctx.needs_input_grad[1] else None
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        for start in range(0, n_tokens, chunk_size):
+            end = min(start + chunk_size, n_tokens)
+            h_c = hidden[start:end]  # [c, h]
+            s_c = h_c @ weight.t()  # [c, v]
+            if teacher_logits is not None:
+                t_c = teacher_logits[start:end]  # [c, v]
+            else:
+                t_c = teacher_hidden[start:end] @ teacher_weight.t()  # [c, v]
+            w_c = weights[start:end]
+            l_c = None if labels is None else labels[start:end]
+            loss_rows, saved = _rowwise.forward_rows(s_c, t_c, w_c, l_c, spec, triton_path, n_valid)
+            total += (w_c * loss_rows).sum()
+            if grad_hidden is None and grad_weight is None:
+                continue
+            g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, out=s_c)
+            if grad_hidden is not None:
+                torch.mm(g_c, weight, out=grad_hidden[start:end])
+            if grad_weight is not None:
+                grad_weight.addmm_(g_c.t(), h_c)
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        go = grad_output.to(torch.float32)
+        grad_hidden = None if grad_hidden is None else grad_hidden * go.to(grad_hidden.dtype)
+        grad_weight = None if grad_weight is None else grad_weight * go.to(grad_weight.dtype)
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None
+
+
+def fused_linear_kd_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    *,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_weight: torch.Tensor | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    divergence: Divergence = Divergence.FORWARD_KL,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    scale_t2: bool = True,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    loss_mask: torch.Tensor | None = None,
+    reduction: Reduction = Reduction.MEAN,
+    vocab_size: int | None = None,
+    kd_weight: float = 1.0,
+    ce_weight: float = 0.0,
+    chunk_size: int | None = None,
+    backend: Backend = Backend.AUTO,
+) -> torch.Tensor:
+    """KD (+ CE) loss straight from the student's last hidden states [..., H] and output weight [V, H].
+
+    The teacher is either (teacher_hidden [..., H_t], teacher_weight [V, H_t]) or teacher_logits [..., V];
+    it gets no gradient. Gradients flow to student_hidden and student_weight. reduction is MEAN or SUM.
+    chunk_size: tokens per chunk (default `default_chunk_size`). Other arguments as in `kd_loss`.
+    """
+    reduction = Reduction(reduction)
+    if reduction is Reduction.NONE:
+        raise ValueError("fused_linear_kd_loss computes gradients in forward: reduction must be MEAN or SUM")
+    if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
+        raise ValueError("give either teacher_logits or both teacher_hidden and teacher_weight")
+    if ce_weight != 0.0 and labels is None:
+        raise ValueError("ce_weight != 0 needs labels")
+    spec = make_spec(divergence, beta, temperature, scale_t2, kd_weight, ce_weight)
+    hidden = student_hidden.reshape(-1, student_hidden.shape[-1])  # [n, h]
+    n_tokens, vocab = hidden.shape[0], student_weight.shape[0]
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.detach().reshape(n_tokens, vocab).contiguous()  # [n, v]
+    else:
+        teacher_hidden = teacher_hidden.detach().reshape(n_tokens, -1)  # [n, h_t]
+        teacher_weight = teacher_weight.detach()
+        if teacher_weight.shape[0] != vocab:
+            raise ValueError(f"teacher vocab {teacher_weight.shape[0]} != student vocab {vocab}")
+    if labels is not None:
+        labels = labels.reshape(-1).to(device=hidden.device, dtype=torch.int64)
+    n_valid = vocab if vocab_size is None else min(vocab, vocab_size)
+    weights = token_weights(n_tokens, hidden.device, labels, ignore_index, loss_mask, reduction)
+    chunk = default_chunk_size(n_tokens, vocab) if chunk_size is None else int(chunk_size)
+    return FusedLinearKDLossFunction.apply(
+        hidden, student_weight, teacher_hidden, teacher_weight, teacher_logits, labels, weights,
+        spec, use_triton(hidden, backend), n_valid, chunk,
+    )
