@@ -144,7 +144,7 @@ def load_corpus(
             datasets.enable_progress_bars()
     corpus = _take_prefix(corpus, max_docs, max_bytes)
     if len(corpus) == 0:
-        raise UserError(f"empty corpus: {_name(source)} has no non-empty documents")
+        raise UserError(f"empty corpus: no non-empty documents in {_name(source)}")
     return corpus
 
 
@@ -165,6 +165,11 @@ def _read_stdlib(max_docs: int | None, max_bytes: int | None) -> list[str]:
 
 
 def _load_with_datasets(source: Source, text_key: str, txt_per_line: bool, cache_dir: str | None) -> datasets.Dataset:
+    if source.kind != "hub":
+        files = [f for f in source.files if _has_rows(f, source.kind)]  # empty files trip up the builders
+        if not files:
+            raise UserError(f"empty corpus: no non-empty documents in {_name(source)}")
+        source = Source(kind=source.kind, files=tuple(files))
     kwargs: dict = {"split": "train", "cache_dir": cache_dir}
     if source.kind == "text":
         kwargs["sample_by"] = "line" if txt_per_line else "document"
@@ -175,7 +180,10 @@ def _load_with_datasets(source: Source, text_key: str, txt_per_line: bool, cache
             corpus = datasets.load_dataset(source.kind, data_files=list(source.files), **kwargs)
     except (ConnectionError, OSError) as err:
         if source.kind == "hub":
-            raise UserError(f"could not load hub dataset {source.name!r} (no network or no such dataset?): {_one_line(err)}") from err
+            raise UserError(
+                f"{source.name!r} is not a local path, and loading it as a hub dataset failed "
+                f"(no network, or no such dataset?): {_one_line(err)}"
+            ) from err
         raise UserError(f"could not read {_name(source)}: {_one_line(err)}") from err
     except Exception as err:  # datasets raises many types for malformed files (ArrowInvalid, DatasetGenerationError, ...)
         raise UserError(f"could not read {_name(source)} as {source.kind}: {_one_line(err)}") from err
@@ -205,6 +213,19 @@ def _take_prefix(corpus: datasets.Dataset, max_docs: int | None, max_bytes: int 
     return corpus if keep == len(corpus) else corpus.select(range(keep))
 
 
+def _has_rows(path: str, kind: str) -> bool:
+    if Path(path).stat().st_size == 0:
+        return False
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path).metadata.num_rows > 0
+        except Exception:
+            return True  # unreadable: let load_dataset report it
+    return True
+
+
 def _looks_like_hub_name(value: str) -> bool:
     return bool(_HUB_NAME.match(value)) and Path(value).suffix.lower() not in _FORMATS
 
@@ -222,4 +243,9 @@ def _name(source: Source) -> str:
 
 
 def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:400]
+    """The error and its root cause on one line (datasets wraps the useful message in generic ones)."""
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(err) if root is err else f"{err} ({type(root).__name__}: {root})"
+    return " ".join(text.split())[:400]
