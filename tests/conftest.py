@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-# tests import their helpers (hf_factory, torchrun_utils) by module name
+# tests import their helpers (torchrun_utils) by module name
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

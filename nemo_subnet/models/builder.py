@@ -30,6 +30,8 @@ def build_gpt_model(cfg: ModelConfig, *, params_dtype: torch.dtype | None = None
         rotary_percent=cfg.rotary_percent,
         rotary_base=cfg.rotary_base,
     )
+    if not perform_initialization:
+        _mark_tensor_parallel_params(model)
     if cfg.rope_scaling is not None:
         # GPTModel only forwards the scaling factor; apply Megatron's own llama3 scaling with all of the
         # checkpoint's parameters instead of its defaults.
@@ -38,6 +40,25 @@ def build_gpt_model(cfg: ModelConfig, *, params_dtype: torch.dtype | None = None
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     return model
+
+
+def _mark_tensor_parallel_params(model) -> None:
+    """Megatron tags TP-sharded weights (``tensor_model_parallel``, ``partition_dim``) only inside its init
+    routines; a model built to receive loaded weights must carry the tags too, or sharding and grad-norm
+    clipping (which skips TP duplicates by this tag) go wrong."""
+    from megatron.core.tensor_parallel.layers import (
+        ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, set_tensor_model_parallel_attributes)
+
+    for module in model.modules():
+        if isinstance(module, (VocabParallelEmbedding, ColumnParallelLinear)):
+            dim = 0
+        elif isinstance(module, RowParallelLinear):
+            dim = 1
+        else:
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is not None and not getattr(weight, "tensor_model_parallel", False):
+            set_tensor_model_parallel_attributes(weight, True, dim, 1)
 
 
 def model_device() -> torch.device:

@@ -7,20 +7,17 @@ on a mismatch. With --check-rng it also checks Megatron's per-TP-rank RNG stream
 
 import argparse
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nemo_subnet.models.tiny_hf import make_hf_model
 
-from hf_factory import make_hf_model  # noqa: E402
-
-from nemo_subnet.conversion.adapters import adapter_for_model_type  # noqa: E402
-from nemo_subnet.conversion.sharding import load_global_state  # noqa: E402
-from nemo_subnet.models import build_gpt_model  # noqa: E402
-from nemo_subnet.models.inference import forward_logits  # noqa: E402
-from nemo_subnet.runtime import init_runtime, shutdown_runtime  # noqa: E402
+from nemo_subnet.conversion.adapters import adapter_for_model_type
+from nemo_subnet.conversion.sharding import load_global_state
+from nemo_subnet.models import build_gpt_model
+from nemo_subnet.models.inference import forward_logits
+from nemo_subnet.runtime import init_runtime, shutdown_runtime
 
 
 def check_rng() -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_factory import VARIANTS, save_hf_model
+from nemo_subnet.models.tiny_hf import VARIANTS, save_hf_model
 from safetensors.torch import load_file
 
 from nemo_subnet.cli import main as cli_main

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_factory import FAMILY_VARIANTS, save_hf_model
+from nemo_subnet.models.tiny_hf import FAMILY_VARIANTS, save_hf_model
 from torchrun_utils import run_torchrun
 
 WORKER = str(Path(__file__).with_name("parity_worker.py"))
@@ -18,7 +18,7 @@ def _diffs(output: str) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("tp,pp,variants", [
-    (2, 1, FAMILY_VARIANTS + ("llama3_tied", "gpt_neox_sequential")),
+    (2, 1, FAMILY_VARIANTS + ("gpt_neox_sequential",)),  # llama3_tied is MQA: one KV head cannot split
     (1, 2, FAMILY_VARIANTS + ("llama3_tied",)),
     (2, 2, ("gpt_neox", "llama", "qwen2")),
 ])

@@ -1,5 +1,7 @@
 """Tiny random Hugging Face models for every supported family variant, made locally (never downloaded).
 
+Used by the tests and by the conversion demo: no machine here can fetch weights from a hub.
+
 Every tensor is randomized, norms and biases included: with HF's default init (norm weights 1, biases 0)
 a conversion that drops or misplaces them would still pass.
 """
