@@ -15,6 +15,8 @@ import sys
 STAGE_MODULES = (
     "nemo_subnet.conversion.cli",
     "nemo_subnet.data.cli",
+    "nemo_subnet.training.cli",
+    "nemo_subnet.subnet.cli",
 )
 
 
