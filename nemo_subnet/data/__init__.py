@@ -4,7 +4,7 @@ Preparation (``nemo-subnet data prepare``) is :func:`prepare_dataset`; training 
 :func:`build_gpt_datasets` and walks it with :class:`MicroBatchIterator`. See docs/data.md.
 """
 
-from nemo_subnet.data.gpt_datasets import GPTDataConfig, GPTDatasets, MicroBatchIterator, build_gpt_datasets, collate, validate_data
+from nemo_subnet.data.gpt_datasets import GPTDataConfig, GPTDatasets, MicroBatchIterator, build_gpt_datasets, collate, hf_tokenizer_dir, validate_data
 from nemo_subnet.data.prepare import PrepareConfig, PreparedDataset, prepare_dataset, read_metadata, split_prefix
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "PreparedDataset",
     "build_gpt_datasets",
     "collate",
+    "hf_tokenizer_dir",
     "prepare_dataset",
     "read_metadata",
     "split_prefix",

@@ -135,6 +135,12 @@ def build_gpt_datasets(config: GPTDataConfig, train_samples: int, valid_samples:
     return GPTDatasets(train=train, valid=valid, metadata=metadata)
 
 
+def hf_tokenizer_dir(data_dir: str | Path) -> Path | None:
+    """The prepared directory's Hugging Face tokenizer (to ship with an exported model), or None if it has none."""
+    metadata = read_metadata(data_dir)
+    return Path(data_dir) / metadata["tokenizer"]["path"] if metadata["tokenizer"].get("hf_tokenizer") else None
+
+
 def _fingerprint(prefixes) -> str:
     digest = hashlib.sha256()
     for prefix in prefixes:

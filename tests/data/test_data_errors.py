@@ -133,3 +133,11 @@ def test_cli_prepare_and_error(tmp_path, documents, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "input path does not exist" in err
     assert not (tmp_path / "o2").exists()
+
+
+def test_hub_name_without_network(tmp_path, monkeypatch):
+    """A name that is no local path goes to the hub; unreachable (offline here), it is one clear error."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # fail at once instead of retrying DNS
+    assert_fails_cleanly(tmp_path, "'someone/corpus' is not a local path, and loading it as a hub dataset failed", ["someone/corpus"])

@@ -101,6 +101,16 @@ def test_vocab_mismatch(prepared_jsonl):
     build(prepared_jsonl, model_vocab_size=512)  # a padded embedding is fine
 
 
+def test_hf_tokenizer_dir(prepared_jsonl):
+    from transformers import AutoTokenizer
+
+    from nemo_subnet.data import hf_tokenizer_dir
+
+    path = hf_tokenizer_dir(prepared_jsonl.out)
+    assert path == prepared_jsonl.out / "tokenizer"
+    assert AutoTokenizer.from_pretrained(str(path), local_files_only=True).eos_token_id == prepared_jsonl.eod
+
+
 def test_not_a_prepared_dir(tmp_path):
     with pytest.raises(UserError, match="not a prepared dataset"):
         build_gpt_datasets(GPTDataConfig(data_dir=tmp_path, seq_length=SEQ), 10)
@@ -112,3 +122,22 @@ def test_bad_iterator_arguments(prepared_jsonl):
         MicroBatchIterator(train, 1, dp_rank=2, dp_size=2)
     with pytest.raises(UserError, match="consumed_samples"):
         MicroBatchIterator(train, 1, consumed_samples=len(train) + 1)
+
+
+@pytest.mark.distributed
+def test_two_ranks_build_on_rank0_first_and_split_the_stream(prepared_jsonl, tmp_path):
+    """With a gloo process group, megatron builds the index cache on rank 0 first; every rank sees the same data."""
+    import json
+    from pathlib import Path
+
+    from torchrun_utils import run_torchrun
+
+    worker = Path(__file__).with_name("data_dist_worker.py")
+    run_torchrun(str(worker), 2, str(prepared_jsonl.out), str(tmp_path / "cache"), str(tmp_path), timeout=300)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["len"] == ranks[1]["len"] and ranks[0]["first"] == ranks[1]["first"]
+    train = build(prepared_jsonl, train_samples=100, cache_dir=tmp_path / "cache").train  # reads rank 0's cache
+    assert train[0]["tokens"].tolist() == ranks[0]["first"]
+    for step in range(3):
+        both = ranks[0]["batches"][step] + ranks[1]["batches"][step]
+        assert both == [train[i]["tokens"].tolist() for i in range(4 * step, 4 * step + 4)]
