@@ -135,16 +135,17 @@ def token_weights(
     ignore_index: int,
     loss_mask: torch.Tensor | None,
     reduction: Reduction,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Per-token weight [n] fp32: loss_mask * (label != ignore_index), divided by its sum for MEAN.
+    """Per-token weight [n] (fp32; float64 for float64 logits): loss_mask * (label != ignore_index), divided by its sum for MEAN.
 
     Stays on the device (no host sync); MEAN over zero valid tokens gives weights 0, so a loss of 0.
     """
-    weights = torch.ones(n_tokens, device=device, dtype=torch.float32)
+    weights = torch.ones(n_tokens, device=device, dtype=dtype)
     if loss_mask is not None:
-        weights = weights * loss_mask.reshape(-1).to(device=device, dtype=torch.float32)
+        weights = weights * loss_mask.reshape(-1).to(device=device, dtype=dtype)
     if labels is not None:
-        weights = weights * (labels.reshape(-1) != ignore_index).to(torch.float32)
+        weights = weights * (labels.reshape(-1) != ignore_index).to(dtype)
     if Reduction(reduction) is Reduction.MEAN:
         total = weights.sum()
         weights = weights / torch.where(total > 0, total, torch.ones_like(total))

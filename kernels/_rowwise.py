@@ -191,6 +191,11 @@ def _launch_config(n_cols: int) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------ torch mirrors
+def _acc(x: torch.Tensor) -> torch.Tensor:
+    """Accumulation dtype of the mirrors: fp32, or float64 for float64 inputs (gradcheck)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _lse_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     m = x.amax(dim=-1)
     m_ref = torch.where(m == _NEG_INF, torch.zeros_like(m), m)
@@ -212,13 +217,13 @@ def _valid_mask(n_rows_active: torch.Tensor, n_cols: int, n_valid: int) -> torch
 def _stats_torch(s, t, w, labels, spec: LossSpec, n_valid: int, vocab_start: int) -> torch.Tensor:
     active = w != 0
     valid = _valid_mask(active, s.shape[1], n_valid)
-    s32 = s.float().masked_fill(~valid, _NEG_INF)
+    s32 = _acc(s).masked_fill(~valid, _NEG_INF)
     x = s32 * spec.inv_temp
     m_s, d_s, e_s = _lse_parts(x)
     zeros = torch.zeros_like(m_s)
     m_t, d_t, acc, m_1, d_1, s_label = zeros, zeros, zeros, m_s, d_s, zeros
     if t is not None:
-        y = t.float().masked_fill(~valid, _NEG_INF) * spec.inv_temp
+        y = _acc(t).masked_fill(~valid, _NEG_INF) * spec.inv_temp
         m_t, d_t, e_t = _lse_parts(y)
         if spec.divergence is Divergence.FORWARD_KL:
             acc = torch.where(e_t > 0, e_t * (y - x), 0.0).sum(-1)
@@ -229,9 +234,9 @@ def _stats_torch(s, t, w, labels, spec: LossSpec, n_valid: int, vocab_start: int
     if spec.has_ce:
         label = labels.reshape(-1) - vocab_start
         owned = active & (label >= 0) & (label < n_valid)
-        picked = s.float().gather(1, torch.where(owned, label, 0)[:, None])[:, 0]
+        picked = _acc(s).gather(1, torch.where(owned, label, 0)[:, None])[:, 0]
         s_label = torch.where(owned, picked, 0.0)
-    stats = torch.stack([m_s, d_s, m_t, d_t, acc, m_1, d_1, s_label], dim=1)
+    stats = torch.stack([m_s, d_s, m_t, d_t, acc, m_1, d_1, s_label], dim=1)  # [n, 8]
     benign = torch.tensor([0, 1, 0, 1, 0, 0, 1, 0], dtype=stats.dtype, device=stats.device)
     return torch.where(active[:, None], stats, benign)
 
@@ -244,8 +249,8 @@ def _jsd_terms(lq, lp, spec: LossSpec):
 
 def _jsd_torch(s, t, w, lse, spec: LossSpec, n_valid: int) -> torch.Tensor:
     valid = _valid_mask(w != 0, s.shape[1], n_valid)
-    lq = s.float() * spec.inv_temp - lse[:, :1]
-    lp = t.float() * spec.inv_temp - lse[:, 1:]
+    lq = _acc(s) * spec.inv_temp - lse[:, :1]
+    lp = _acc(t) * spec.inv_temp - lse[:, 1:]
     q, p = torch.exp(lq), torch.exp(lp)
     lm, r = _jsd_terms(lq, lp, spec)
     beta = spec.beta
@@ -257,10 +262,10 @@ def _jsd_torch(s, t, w, lse, spec: LossSpec, n_valid: int) -> torch.Tensor:
 def _grad_torch(s, t, labels, rows, spec: LossSpec, n_valid: int, vocab_start: int) -> torch.Tensor:
     lse_s, lse_t, lse_1, aux, c_kd, c_ce = (rows[:, i : i + 1] for i in range(6))
     valid = _valid_mask(((c_kd != 0) | (c_ce != 0))[:, 0], s.shape[1], n_valid)
-    s32 = s.float()
+    s32 = _acc(s)
     lq = s32 * spec.inv_temp - lse_s
     q = torch.exp(lq)
-    lp = t.float() * spec.inv_temp - lse_t if t is not None else lq
+    lp = _acc(t) * spec.inv_temp - lse_t if t is not None else lq
     if spec.divergence is Divergence.FORWARD_KL:
         dz = q - torch.exp(lp) if t is not None else q
     elif spec.divergence is Divergence.REVERSE_KL:
@@ -272,7 +277,7 @@ def _grad_torch(s, t, labels, rows, spec: LossSpec, n_valid: int, vocab_start: i
     if spec.has_ce:
         label = labels.reshape(-1, 1) - vocab_start
         onehot = torch.arange(s.shape[1], device=s.device)[None, :] == label
-        g = g + c_ce * (torch.exp(s32 - lse_1) - onehot.float())
+        g = g + c_ce * (torch.exp(s32 - lse_1) - onehot.to(s32.dtype))
     return torch.where(valid, g, 0.0)
 
 
@@ -387,7 +392,7 @@ def forward_rows(s, t, w, labels, spec: LossSpec, triton_path: bool, n_valid: in
 
 def backward_rows(s, t, labels, saved, coef, spec: LossSpec, triton_path: bool, n_valid: int, vocab_start: int = 0, out=None):
     """Gradient w.r.t. s of sum_rows coef_row * loss_row (coef = upstream grad * token weight)."""
-    coef = coef.to(torch.float32)
+    coef = coef.to(saved.dtype)
     c_kd = coef * (spec.kd_scale * spec.inv_temp)
     c_ce = coef * spec.ce_weight
     rows = torch.cat([saved, c_kd[:, None], c_ce[:, None]], dim=1)

@@ -63,7 +63,7 @@ class LogitKDLossFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         student, teacher, weights, labels, saved = ctx.saved_tensors
         spec, triton_path, n_valid, vocab_start = ctx.args
-        coef = grad_output.to(torch.float32) * weights  # scalar or per-token upstream grad, no host sync
+        coef = grad_output * weights  # scalar or per-token upstream grad, no host sync
         grad = _rowwise.backward_rows(student, teacher, labels, saved, coef, spec, triton_path, n_valid, vocab_start)
         return grad, None, None, None, None, None, None, None, None, None
 
@@ -103,7 +103,10 @@ def logit_kd_loss(
             raise ValueError(f"labels has {labels.numel()} tokens, logits {student.shape[0]}")
     vocab_end = vocab_start_index + n_cols if vocab_size is None else vocab_size
     n_valid = max(0, min(n_cols, vocab_end - vocab_start_index))
-    weights = token_weights(student.shape[0], student.device, labels, ignore_index, loss_mask, reduction)
+    weights = token_weights(
+        student.shape[0], student.device, labels, ignore_index, loss_mask, reduction,
+        dtype=torch.promote_types(student.dtype, torch.float32),
+    )
     loss = LogitKDLossFunction.apply(
         student, teacher, weights, labels, spec, use_triton(student, backend),
         n_valid, vocab_start_index, group, reduction,

@@ -107,7 +107,10 @@ def topk_kd_loss(
         raise ValueError("teacher values / indices must be [..., K] with the student's leading shape")
     n_valid = n_cols if vocab_size is None else min(n_cols, vocab_size)
     labels = None if labels is None else labels.reshape(-1).to(student.device)
-    weights = token_weights(student.shape[0], student.device, labels, ignore_index, loss_mask, reduction)
+    weights = token_weights(
+        student.shape[0], student.device, labels, ignore_index, loss_mask, reduction,
+        dtype=torch.promote_types(student.dtype, torch.float32),
+    )
     loss = TopKKDLossFunction.apply(
         student, values, indices, weights, spec, use_triton(student, backend), n_valid, reduction
     )
