@@ -7,8 +7,9 @@ Output layout of ``out``::
     tokenizer/                     tokenizer.model (sentencepiece) and/or tokenizer.json + config (HF)
     dataset.json                   what was made and how: source, tokenizer, dtype, split sizes, seed
 
-Everything is written into a temporary sibling directory that is renamed to ``out`` only when complete,
-so a failure or a kill leaves either the previous ``out`` or nothing. The split is by document: a
+Everything is written into a temporary sibling directory that is renamed to ``out`` only when complete:
+an error removes it, so ``out`` is either the previous complete one or absent (a hard kill can leave a
+hidden ``.out.tmp-*`` sibling, never a half-written ``out``). The split is by document: a
 seeded permutation picks ``valid_fraction`` of them (at least one; the train split gets at least one
 too); each split keeps corpus order inside. A trained tokenizer sees only train documents.
 """
@@ -143,6 +144,7 @@ def _check_config(config: PrepareConfig) -> None:
 
 
 def _prepare_into(config: PrepareConfig, source: Source, tmp: Path) -> PreparedDataset:
+    given = _load_given_tokenizer(config)  # before the corpus: a bad tokenizer path fails fast
     corpus = load_corpus(
         source, text_key=config.text_key, txt_per_line=config.txt_per_line,
         max_docs=config.max_docs, max_bytes=config.max_bytes, cache_dir=str(tmp / "hf_datasets_cache"),
@@ -151,7 +153,7 @@ def _prepare_into(config: PrepareConfig, source: Source, tmp: Path) -> PreparedD
         raise UserError(f"corpus has {len(corpus)} document: a train and a valid split need at least 2")
     doc_ids = _split_documents(len(corpus), config.valid_fraction, config.seed)
 
-    tokenizer = _make_tokenizer(config, corpus, doc_ids["train"])
+    tokenizer = given or _train_tokenizer(config, corpus, doc_ids["train"])
     sample = corpus.select(doc_ids["train"][:16])["text"]  # checks the HF twin of a sentencepiece model on real text
     if isinstance(tokenizer, SentencePieceTokenizer):
         tok_info = tokenizer.save(tmp / TOKENIZER_DIR, sample_texts=list(sample))
@@ -181,11 +183,15 @@ def _split_documents(num_docs: int, valid_fraction: float, seed: int) -> dict[st
     return {"train": sorted(order[num_valid:].tolist()), "valid": sorted(order[:num_valid].tolist())}
 
 
-def _make_tokenizer(config: PrepareConfig, corpus, train_ids: list[int]) -> TextTokenizer:
+def _load_given_tokenizer(config: PrepareConfig) -> TextTokenizer | None:
     if config.tokenizer:
         return HFTokenizer(config.tokenizer)
     if config.sentencepiece:
         return SentencePieceTokenizer.load(config.sentencepiece)
+    return None
+
+
+def _train_tokenizer(config: PrepareConfig, corpus, train_ids: list[int]) -> TextTokenizer:
     texts = (row["text"] for row in corpus.select(train_ids))
     return train_sentencepiece(texts, config.vocab_size, seed=config.seed, max_bytes=config.tokenizer_train_bytes)
 

@@ -164,3 +164,30 @@ def test_overwrite_replaces_atomically(tmp_path, documents):
     prepare([source], out, overwrite=True, seed=7)
     assert json.loads((out / "dataset.json").read_text())["seed"] == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "out"]
+
+
+def test_foreign_sentencepiece_without_hf_twin(tmp_path, documents):
+    """A sentencepiece model with default settings (NFKC, dummy prefix) is used as is, without an HF twin."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(documents), model_writer=model, vocab_size=300,
+                                   model_type="unigram", minloglevel=2, num_threads=1)
+    (tmp_path / "foreign.model").write_bytes(model.getvalue())
+    source = write_corpus(tmp_path / "corpus", "jsonl", documents)
+    prepared = prepare([source], tmp_path / "out", sentencepiece=str(tmp_path / "foreign.model"))
+    meta = read_metadata(prepared.out)
+    assert meta["tokenizer"]["hf_tokenizer"] is False
+    assert sorted(p.name for p in (prepared.out / "tokenizer").iterdir()) == ["tokenizer.model"]
+    rows = read_split(prepared.out, "train") + read_split(prepared.out, "valid")
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    assert {tuple(r) for r in rows} == {tuple(ids + [sp.eos_id()]) for ids in sp.encode(documents)}
+
+
+def test_token_dtype():
+    from nemo_subnet.data.prepare import token_dtype
+
+    assert token_dtype(400) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.int32 and token_dtype(151_936) == np.int32
