@@ -12,12 +12,16 @@ from nemo_subnet.models.specs import gpt_layer_spec
 
 
 def build_gpt_model(cfg: ModelConfig, *, params_dtype: torch.dtype | None = None, parallel_output: bool = True,
-                    perform_initialization: bool = True, layer_spec: ModuleSpec | None = None) -> GPTModel:
-    """This rank's part of the model; Megatron's parallel_state must be initialized (init_runtime)."""
+                    perform_initialization: bool = True, layer_spec: ModuleSpec | None = None,
+                    model_class: type[GPTModel] = GPTModel) -> GPTModel:
+    """This rank's part of the model; Megatron's parallel_state must be initialized (init_runtime).
+
+    ``layer_spec`` may be a layer ModuleSpec or a TransformerBlockSubmodules (e.g. the super-network's,
+    which also swaps the final norm); ``model_class`` a GPTModel subclass with the same constructor."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
     config = to_transformer_config(cfg, tp, pp, params_dtype=params_dtype, perform_initialization=perform_initialization)
-    model = GPTModel(
+    model = model_class(
         config=config,
         transformer_layer_spec=layer_spec or gpt_layer_spec(cfg),
         vocab_size=cfg.padded_vocab_size,

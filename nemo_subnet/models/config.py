@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 import yaml
+from megatron.core.transformer.transformer_config import TransformerConfig
 
 
 class Family(str, enum.Enum):
@@ -81,11 +82,28 @@ class ModelConfig:
     """Dtype the weights are stored in (the source checkpoint's)."""
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
+    layer_num_attention_heads: list[int] | None = None
+    """Per-layer sizes of a layer-wise heterogeneous model (an extracted sub-network); None = uniform.
+    When set, the scalar fields above hold the largest value over layers."""
+    layer_num_query_groups: list[int] | None = None
+    layer_ffn_hidden_size: list[int] | None = None
 
     def __post_init__(self):
         self.family = Family(self.family)
         if isinstance(self.rope_scaling, dict):
             self.rope_scaling = RopeScaling(**self.rope_scaling)
+
+    @property
+    def is_layerwise(self) -> bool:
+        return any(x is not None for x in (self.layer_num_attention_heads, self.layer_num_query_groups,
+                                           self.layer_ffn_hidden_size))
+
+    def layer_sizes(self, layer: int) -> tuple[int, int, int]:
+        """(attention heads, query groups, ffn neurons) of global layer ``layer``."""
+        pick = lambda per_layer, default: default if per_layer is None else per_layer[layer]  # noqa: E731
+        return (pick(self.layer_num_attention_heads, self.num_attention_heads),
+                pick(self.layer_num_query_groups, self.num_query_groups),
+                pick(self.layer_ffn_hidden_size, self.ffn_hidden_size))
 
     @property
     def padded_vocab_size(self) -> int:
@@ -99,12 +117,15 @@ class ModelConfig:
     def check_parallel(self, tp: int, pp: int) -> None:
         """Raise ValueError naming the dimension that TP or PP cannot split."""
         problems = []
-        if self.num_attention_heads % tp:
-            problems.append(f"num_attention_heads={self.num_attention_heads} is not divisible by tp={tp}")
-        if self.num_query_groups % tp:
-            problems.append(f"num_query_groups={self.num_query_groups} is not divisible by tp={tp}")
-        if self.ffn_hidden_size % tp:
-            problems.append(f"ffn_hidden_size={self.ffn_hidden_size} is not divisible by tp={tp}")
+        for layer in range(self.num_layers) if self.is_layerwise else [None]:
+            heads, groups, ffn = self.layer_sizes(layer or 0)
+            where = "" if layer is None else f" in layer {layer}"
+            if heads % tp:
+                problems.append(f"num_attention_heads={heads}{where} is not divisible by tp={tp}")
+            if groups % tp:
+                problems.append(f"num_query_groups={groups}{where} is not divisible by tp={tp}")
+            if ffn % tp:
+                problems.append(f"ffn_hidden_size={ffn}{where} is not divisible by tp={tp}")
         if self.padded_vocab_size % tp:
             problems.append(f"padded vocab {self.padded_vocab_size} is not divisible by tp={tp}")
         if self.num_layers % pp:
@@ -137,12 +158,17 @@ def to_transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, *, params_
                           perform_initialization: bool = True):
     """Megatron TransformerConfig for ``cfg`` at a given layout. Fusions off: they need CUDA/apex and
     change numerics; the GPU path turns on what it wants through the returned object."""
-    from megatron.core.transformer.transformer_config import TransformerConfig
-
     cfg.check_parallel(tp, pp)
     params_dtype = params_dtype or cfg.torch_dtype
     on_gpu = torch.cuda.is_available()
-    return TransformerConfig(
+    config_class, extra = TransformerConfig, {}
+    if cfg.is_layerwise:
+        config_class = LayerwiseTransformerConfig
+        extra = {"layer_overrides": [
+            dict(zip(("num_attention_heads", "num_query_groups", "ffn_hidden_size"), cfg.layer_sizes(i)))
+            for i in range(cfg.num_layers)]}
+    return config_class(
+        **extra,
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
@@ -175,3 +201,21 @@ def to_transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, *, params_
         persist_layer_norm=False,
         sequence_parallel=False,
     )
+
+
+
+@dataclasses.dataclass
+class LayerwiseTransformerConfig(TransformerConfig):
+    """Per-layer heads / query groups / FFN size through Megatron's own heterogeneous-layer hook:
+    TransformerBlock asks ``get_config_for_layer`` when ``heterogeneous_block_specs`` is set."""
+
+    layer_overrides: list = dataclasses.field(default_factory=list)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.heterogeneous_block_specs = True
+
+    def get_config_for_layer(self, layer_number: int) -> TransformerConfig:
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(TransformerConfig) if f.init}
+        base["heterogeneous_block_specs"] = False
+        return TransformerConfig(**{**base, **self.layer_overrides[layer_number - 1]})
