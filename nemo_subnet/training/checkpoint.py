@@ -1,0 +1,127 @@
+"""Training checkpoints: everything a run needs to continue exactly where it stopped.
+
+Layout of ``<run_dir>/checkpoints/step_XXXXXXX/`` (a superset of a model checkpoint, so
+``checkpointing.load_model`` and export read it directly)::
+
+    model.yaml         the student's ModelConfig
+    weights/           megatron dist_checkpointing (torch_dist): {"model": ..., "optimizer": ...};
+                       model keys are the plain model checkpoint's, optimizer keys are prefixed "optimizer."
+    train_state.json   step, consumed samples, tokens, LR-scheduler state, the parallel layout
+    rng/rank_XXXXX.pt  per-rank python / numpy / torch (/ cuda) generator states and megatron's RNG tracker
+    tokenizer/         copied from the prepared data directory, when it has one
+
+A directory is written as ``.step_XXXXXXX.partial`` by every rank and renamed by rank 0 once all ranks
+finished (``checkpointing.atomic_directory``), so a kill mid-save leaves the previous checkpoints only.
+The teacher is never part of it. RNG states are restored only at the same world size and layout; another
+layout resumes model, optimizer, scheduler and data position, with fresh seeded RNG streams.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, tensor_parallel
+
+from nemo_subnet.checkpointing import MODEL_CONFIG, TOKENIZER, WEIGHTS, atomic_directory
+from nemo_subnet.models.config import ModelConfig
+
+CHECKPOINTS = "checkpoints"
+TRAIN_STATE = "train_state.json"
+RNG = "rng"
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (partial saves are dot-prefixed and never listed)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if (p / TRAIN_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _sharded_state(model, optimizer, is_loading: bool, optimizer_sharding: str) -> dict:
+    model_state = model.sharded_state_dict()
+    metadata = {"distrib_optim_sharding_type": optimizer_sharding}
+    return {"model": model_state,
+            "optimizer": optimizer.sharded_state_dict(model_state, is_loading=is_loading, metadata=metadata)}
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model, model_cfg: ModelConfig, optimizer, train_state: dict,
+                    keep_last: int, optimizer_sharding: str, tokenizer_dir: Path | None = None) -> Path:
+    """Collective: write step ``step`` atomically, then drop all but the newest ``keep_last``."""
+    out = step_dir(run_dir, step)
+    main = _rank() == 0
+    with atomic_directory(out, overwrite=True) as tmp:
+        if main:
+            (tmp / WEIGHTS).mkdir()
+            (tmp / RNG).mkdir()
+        if dist.is_initialized():
+            dist.barrier()
+        dist_checkpointing.save(_sharded_state(model, optimizer, False, optimizer_sharding), str(tmp / WEIGHTS))
+        torch.save(rng_state(), tmp / RNG / f"rank_{_rank():05d}.pt")
+        if main:
+            model_cfg.save(tmp / MODEL_CONFIG)
+            if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+                shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
+            # written last: its presence marks the directory as a complete checkpoint
+            (tmp / TRAIN_STATE).write_text(json.dumps(train_state, indent=1))
+    if main:
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    if dist.is_initialized():
+        dist.barrier()
+    return out
+
+
+def load_checkpoint(ckpt: Path, *, model, optimizer, layout: dict) -> dict:
+    """Restore model + optimizer (any layout) and this rank's RNG (same layout only); returns train_state."""
+    ckpt = Path(ckpt)
+    train_state = json.loads((ckpt / TRAIN_STATE).read_text())
+    sharded = _sharded_state(model, optimizer, True, train_state["optimizer_sharding"])
+    state = dist_checkpointing.load(sharded, str(ckpt / WEIGHTS))
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    rng_file = ckpt / RNG / f"rank_{_rank():05d}.pt"
+    if train_state.get("layout") == layout and rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return train_state

@@ -1,0 +1,144 @@
+"""Losses on vocabulary-parallel logits, and the frozen teacher that feeds the KD term.
+
+Loss per micro-batch (on the last pipeline stage, every tensor-parallel rank holding a vocab shard):
+
+    loss = alpha_ce * CE(student, labels) + beta_kd * D(teacher || student)
+
+- CE is megatron's ``vocab_parallel_cross_entropy`` with the padding columns (global id >= vocab_size)
+  set to -inf first, so padding never takes probability mass.
+- D is ``nemo_subnet.kernels.vocab_parallel_kd_loss`` (forward KL / reverse KL / JSD(beta), temperature),
+  which excludes padding through its ``vocab_size`` argument and merges row statistics over the TP group.
+- top-k teachers: the teacher's global top-k per token is found from each shard's local top-k (all-gathered
+  over TP), cached as (values, indices) [b, s, k], and turned back into a dense shard whose off-top-k
+  entries sit 1e4 (after temperature) below the row's smallest kept value, so their probability is exactly 0
+  in fp32: P is the renormalised top-k distribution, as in ``kernels.topk_kd_loss``.
+
+Teacher and pipeline parallelism: for each step, the teacher's forward-only pipeline schedule runs first
+over the step's micro-batches and the last stage caches what the KD term needs per micro-batch; then the
+student's forward/backward schedule consumes the cache. Memory cost on the last stage: the cached teacher
+logits of all ``num_microbatches`` micro-batches, ``num_microbatches * b * s * padded_vocab / tp`` floats
+(top-k: ``2 * num_microbatches * b * s * k``), on top of one micro-batch of student logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import parallel_state, tensor_parallel
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from nemo_subnet.kernels import Reduction, vocab_parallel_kd_loss
+from nemo_subnet.training.config import DistillConfig
+
+TOPK_GAP = 1e4
+"""Distance (in logits / T) between the teacher's kept top-k values and the rest: exp(-1e4) is 0 in fp32."""
+
+
+def vocab_shard_start(local_vocab: int) -> int:
+    return parallel_state.get_tensor_model_parallel_rank() * local_vocab
+
+
+def padding_mask(local_vocab: int, vocab_size: int, device) -> torch.Tensor | None:
+    """[v_local] True at padding columns of this rank's shard, or None when the shard has none."""
+    start = vocab_shard_start(local_vocab)
+    if start + local_vocab <= vocab_size:
+        return None
+    return torch.arange(start, start + local_vocab, device=device) >= vocab_size
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Per-token CE [b, s] from vocab-parallel logits [b, s, v_local], padding excluded."""
+    pad = padding_mask(logits.shape[-1], vocab_size, logits.device)
+    # megatron's CE rewrites its input in place: always hand it a copy (KD keeps the original for backward)
+    logits = logits.clone() if pad is None else logits.masked_fill(pad, float("-inf"))
+    return tensor_parallel.vocab_parallel_cross_entropy(logits, labels)
+
+
+def teacher_topk(logits: torch.Tensor, k: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global top-k (values, global ids) [b, s, k] of vocab-parallel logits [b, s, v_local]."""
+    local_vocab = logits.shape[-1]
+    pad = padding_mask(local_vocab, vocab_size, logits.device)
+    if pad is not None:
+        logits = logits.masked_fill(pad, float("-inf"))
+    values, ids = logits.float().topk(min(k, local_vocab), dim=-1)  # [b, s, k']
+    ids = ids + vocab_shard_start(local_vocab)
+    if parallel_state.get_tensor_model_parallel_world_size() > 1:
+        values = tensor_parallel.gather_from_tensor_model_parallel_region(values)  # [b, s, k' * tp]
+        ids = tensor_parallel.gather_from_tensor_model_parallel_region(ids)
+    top, where = values.topk(k, dim=-1)  # [b, s, k]
+    return top, ids.gather(-1, where)
+
+
+def dense_from_topk(values: torch.Tensor, ids: torch.Tensor, local_vocab: int, temperature: float) -> torch.Tensor:
+    """This rank's dense teacher shard [b, s, v_local] from a global top-k: off-top-k far below the kept values."""
+    start = vocab_shard_start(local_vocab)
+    floor = values.min(dim=-1, keepdim=True).values - TOPK_GAP * temperature  # [b, s, 1]
+    dense = floor.expand(*values.shape[:-1], local_vocab).clone()  # [b, s, v_local]
+    inside = (ids >= start) & (ids < start + local_vocab)
+    local_ids = torch.where(inside, ids - start, 0)
+    # amax: an out-of-shard entry (clamped to column 0, value `floor`) never overwrites a kept value
+    return dense.scatter_reduce(-1, local_ids, torch.where(inside, values, floor.expand_as(values)), reduce="amax")
+
+
+def lm_loss(student_logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, vocab_size: int,
+            weights: tuple[float, float], distill: DistillConfig, teacher=None):
+    """(loss, {"loss", "ce", "kd"}) for one micro-batch; ``teacher`` is cached logits or a (values, ids) pair."""
+    alpha, beta = weights
+    mask = loss_mask.float()
+    n_tokens = mask.sum().clamp(min=1.0)
+    distilling = teacher is not None and beta != 0.0
+    with torch.set_grad_enabled(torch.is_grad_enabled() and (alpha != 0.0 or not distilling)):
+        ce = (cross_entropy(student_logits, labels, vocab_size) * mask).sum() / n_tokens  # logged even at alpha 0
+    if not distilling:
+        loss, kd = (ce if teacher is None else alpha * ce), None
+    else:
+        if isinstance(teacher, tuple):
+            teacher = dense_from_topk(*teacher, student_logits.shape[-1], distill.temperature)
+        kd = vocab_parallel_kd_loss(
+            student_logits, teacher.to(student_logits.dtype),
+            group=parallel_state.get_tensor_model_parallel_group(),
+            vocab_start_index=vocab_shard_start(student_logits.shape[-1]),
+            divergence=distill.divergence, beta=distill.beta_jsd, temperature=distill.temperature,
+            loss_mask=mask, reduction=Reduction.MEAN, vocab_size=vocab_size,
+        )
+        loss = alpha * ce + beta * kd if alpha else beta * kd
+    # copies: megatron's schedule divides the returned loss by num_microbatches in place
+    logs = {"loss": loss.detach().float().clone(), "ce": ce.detach().float().clone()}
+    if kd is not None:
+        logs["kd"] = kd.detach().float().clone()
+    return loss, logs
+
+
+class Teacher:
+    """A frozen teacher model (this rank's TP shard / PP stage) that caches what the KD term needs."""
+
+    def __init__(self, model, vocab_size: int, top_k: int | None):
+        self.model = model.eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+        self.vocab_size = vocab_size
+        self.top_k = top_k
+
+    @torch.no_grad()
+    def run(self, batches: list[dict], seq_length: int, micro_batch_size: int) -> list:
+        """Teacher outputs for each micro-batch (last pipeline stage; [] elsewhere), via megatron's schedule."""
+        cache: list = []
+
+        def forward_step(data_iterator, model):
+            batch = next(data_iterator)
+            output = model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"))
+
+            def keep(output_tensor):  # [b, s, v_local]
+                if self.top_k is not None:
+                    cache.append(teacher_topk(output_tensor, self.top_k, self.vocab_size))
+                else:
+                    cache.append(output_tensor)
+                return output_tensor.new_zeros(()), {}
+
+            return output, keep
+
+        get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(batches), model=[self.model],
+            num_microbatches=len(batches), seq_length=seq_length, micro_batch_size=micro_batch_size,
+            forward_only=True,
+        )
+        return cache

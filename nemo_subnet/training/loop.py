@@ -1,0 +1,335 @@
+"""The training loop, on megatron-core's own primitives.
+
+One step = ``num_microbatches = global_batch / (micro_batch * dp)`` micro-batches through megatron's
+forward/backward schedule (1F1B for PP > 1, no-pipelining otherwise), grads reduced by megatron's
+DistributedDataParallel (``finalize_model_grads``), then the (distributed) megatron optimizer steps with
+grad-norm clipping, and ``OptimizerParamScheduler`` sets the LR (linear warmup, cosine/linear decay).
+With a teacher, its forward-only schedule runs over the same micro-batches first (see distill.py).
+
+Step ``k`` (1-based) uses the LR of scheduler step ``k``; the loss logged for step ``k`` is the mean over
+its micro-batches and data-parallel ranks, before the update. A non-finite loss stops the run before the
+optimizer touches the weights, so the newest checkpoint stays the last good state.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from nemo_subnet.checkpointing import load_model, read_model_config
+from nemo_subnet.cli import UserError
+from nemo_subnet.data import GPTDataConfig, MicroBatchIterator, build_gpt_datasets, hf_tokenizer_dir, read_metadata, validate_data
+from nemo_subnet.models import ModelConfig, build_gpt_model
+from nemo_subnet.runtime import init_runtime
+from nemo_subnet.training import checkpoint as ckpt
+from nemo_subnet.training.config import CONFIG_FILE, TrainConfig
+from nemo_subnet.training.distill import Teacher, lm_loss
+from nemo_subnet.training.metrics import MetricsLogger, forward_flops_per_token, peak_flops
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (e.g. a non-finite loss); the newest checkpoint is the last good state."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    tokens: int
+    status: Literal["completed", "preempted"]
+    last_checkpoint: Path | None
+    final_metrics: dict
+    """The last train record merged with the last validation record."""
+
+
+class _Preemption:
+    """SIGTERM (SLURM preemption, ``kill``) sets a flag; the loop checkpoints and stops after the step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        """True on every rank when any rank received SIGTERM."""
+        flag = torch.tensor([1.0 if self.requested else 0.0])
+        if dist.is_initialized():
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _dtype(config: TrainConfig) -> torch.dtype:
+    precision = config.parallel.precision
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None, dict]:
+    """Read model / teacher / data descriptions and check they fit, before anything heavy is built."""
+    try:
+        if config.init.from_checkpoint is not None:
+            student_cfg = read_model_config(config.init.from_checkpoint)
+        else:
+            student_cfg = ModelConfig.load(config.init.random)
+        teacher_cfg = read_model_config(config.distill.teacher) if config.distill.teacher else None
+        metadata = read_metadata(config.data.path)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(str(err)) from None
+    if teacher_cfg is not None and (teacher_cfg.vocab_size, teacher_cfg.padded_vocab_size) != (
+            student_cfg.vocab_size, student_cfg.padded_vocab_size):
+        raise UserError(
+            f"vocab mismatch: teacher vocab_size {teacher_cfg.vocab_size} (padded {teacher_cfg.padded_vocab_size}) != "
+            f"student vocab_size {student_cfg.vocab_size} (padded {student_cfg.padded_vocab_size}); "
+            "distillation needs the same tokenizer")
+    for name, cfg in (("student", student_cfg), ("teacher", teacher_cfg)):
+        if cfg is None:
+            continue
+        try:
+            cfg.check_parallel(config.parallel.tp, config.parallel.pp)
+        except ValueError as err:
+            raise UserError(f"{name}: {err}") from None
+        if cfg.max_position_embeddings < config.data.seq_length:
+            raise UserError(f"{name}: seq_length {config.data.seq_length} is longer than the position limit "
+                            f"{cfg.max_position_embeddings}")
+    validate_data(_data_config(config, student_cfg), metadata)
+    if metadata["vocab_size"] != student_cfg.vocab_size:
+        raise UserError(f"vocab mismatch: the data's tokenizer has {metadata['vocab_size']} tokens, the student "
+                        f"model {student_cfg.vocab_size}")
+    return student_cfg, teacher_cfg, metadata
+
+
+def _data_config(config: TrainConfig, model_cfg: ModelConfig) -> GPTDataConfig:
+    return GPTDataConfig(data_dir=Path(config.data.path), seq_length=config.data.seq_length, seed=config.data.seed,
+                         max_position=model_cfg.max_position_embeddings, model_vocab_size=model_cfg.vocab_size,
+                         eod_mask_loss=config.data.eod_mask_loss)
+
+
+def _build_student(config: TrainConfig, student_cfg: ModelConfig, dtype: torch.dtype):
+    if config.init.from_checkpoint is not None:
+        _, model = load_model(config.init.from_checkpoint, params_dtype=dtype)
+    else:
+        model = build_gpt_model(student_cfg, params_dtype=dtype)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        use_distributed_optimizer=config.optimizer.use_distributed_optimizer)
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    opt = config.optimizer
+    optimizer = get_megatron_optimizer(
+        MegatronOptimizerConfig(
+            optimizer="adam", lr=opt.lr, min_lr=opt.min_lr, weight_decay=opt.weight_decay, adam_beta1=opt.adam_beta1,
+            adam_beta2=opt.adam_beta2, adam_eps=opt.adam_eps, clip_grad=opt.clip_grad,
+            bf16=dtype == torch.bfloat16, params_dtype=dtype, use_distributed_optimizer=opt.use_distributed_optimizer),
+        [ddp])
+    sched = config.schedule
+    scheduler = OptimizerParamScheduler(
+        optimizer, init_lr=0.0, max_lr=opt.lr, min_lr=opt.min_lr, lr_warmup_steps=sched.warmup_steps,
+        lr_decay_steps=sched.decay_steps or sched.train_steps, lr_decay_style=sched.decay_style,
+        start_wd=opt.weight_decay, end_wd=opt.weight_decay, wd_incr_steps=sched.train_steps, wd_incr_style="constant")
+    # megatron's schedules find these hooks on the model config
+    model.config.no_sync_func = ddp.no_sync
+    model.config.finalize_model_grads_func = finalize_model_grads
+    model.config.grad_scale_func = optimizer.scale_loss
+    return model, ddp, optimizer, scheduler
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {key: value.to(device, non_blocking=True) for key, value in batch.items()}
+
+
+class _Step:
+    """Runs megatron's schedule over a list of micro-batches and reduces the logged losses."""
+
+    def __init__(self, config: TrainConfig, model_cfg: ModelConfig, teacher: Teacher | None):
+        self.config = config
+        self.vocab_size = model_cfg.vocab_size
+        self.teacher = teacher
+        self.schedule = get_forward_backward_func()
+
+    def _forward_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        output = model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"))
+        teacher = batch.get("teacher")
+        weights = self.config.loss_weights if self.teacher is not None else (1.0, 0.0)
+
+        def loss_func(logits):  # [b, s, v_local]
+            return lm_loss(logits, batch["labels"], batch["loss_mask"], self.vocab_size, weights,
+                           self.config.distill, teacher)
+
+        return output, loss_func
+
+    def run(self, ddp, batches: list[dict], *, forward_only: bool, with_teacher: bool) -> dict[str, float]:
+        data = self.config.data
+        if with_teacher and self.teacher is not None:
+            for batch, cached in zip(batches, self.teacher.run(batches, data.seq_length, data.micro_batch_size)):
+                batch["teacher"] = cached
+        outputs = self.schedule(
+            forward_step_func=self._forward_step, data_iterator=iter(batches), model=[ddp],
+            num_microbatches=len(batches), seq_length=data.seq_length, micro_batch_size=data.micro_batch_size,
+            forward_only=forward_only)
+        return _reduce_logs(outputs, len(batches))
+
+
+def _reduce_logs(outputs: list[dict], n: int) -> dict[str, float]:
+    """Mean of each logged value over micro-batches and data-parallel ranks, known on every rank."""
+    keys = ("loss", "ce", "kd")
+    values = torch.zeros(len(keys) + 1, dtype=torch.float64)
+    if parallel_state.is_pipeline_last_stage():
+        for out in outputs:
+            for i, key in enumerate(keys):
+                if key in out:
+                    values[i] += out[key].double().cpu() / n
+        values[-1] = 1.0 if "kd" in outputs[0] else 0.0
+    if dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        values = values.to(device)
+        dist.all_reduce(values, group=parallel_state.get_pipeline_model_parallel_group())
+        dist.all_reduce(values, group=parallel_state.get_data_parallel_group())
+        values = values.cpu() / parallel_state.get_data_parallel_world_size()
+    logs = {"loss": values[0].item(), "ce": values[1].item()}
+    if values[-1] > 0:
+        logs["kd"] = values[2].item()
+    return logs
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+    """Train (and distill) a student as configured; collective under torchrun / srun. See the module docstring."""
+    config.validate()
+    student_cfg, teacher_cfg, metadata = _check_inputs(config)
+    runtime = init_runtime(tp=config.parallel.tp, pp=config.parallel.pp, seed=config.seed)
+    if config.global_batch_size_error(runtime.dp):
+        raise UserError(config.global_batch_size_error(runtime.dp))
+    run_dir = Path(config.run_dir)
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None and not resume:
+        raise UserError(f"{run_dir} already has checkpoints ({latest.name}): pass --resume or choose another run_dir")
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG_FILE)
+
+    dtype = _dtype(config)
+    data = config.data
+    num_microbatches = data.global_batch_size // (data.micro_batch_size * runtime.dp)
+    teacher = None
+    if teacher_cfg is not None:
+        _, teacher_model = load_model(config.distill.teacher, params_dtype=dtype)
+        teacher = Teacher(teacher_model, teacher_cfg.vocab_size, config.distill.top_k)
+    model, ddp, optimizer, scheduler = _build_student(config, student_cfg, dtype)
+
+    eval_samples = config.logging.eval_iters * data.micro_batch_size * runtime.dp
+    datasets = build_gpt_datasets(_data_config(config, student_cfg), config.schedule.train_steps * data.global_batch_size,
+                                  eval_samples)
+    dp_rank, dp_size = parallel_state.get_data_parallel_rank(), runtime.dp
+    train_iter = MicroBatchIterator(datasets.train, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
+
+    layout = {"tp": runtime.tp, "pp": runtime.pp, "dp": runtime.dp, "world_size": runtime.world_size}
+    step, tokens = 0, 0
+    if resume and latest is not None:
+        state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, layout=layout)
+        scheduler.load_state_dict(state["scheduler"])
+        train_iter.load_state_dict(state["data"])
+        step, tokens = state["step"], state["tokens"]
+
+    tokens_per_step = data.global_batch_size * data.seq_length
+    flops_per_token = 3 * forward_flops_per_token(student_cfg, data.seq_length)
+    if teacher_cfg is not None:
+        flops_per_token += forward_flops_per_token(teacher_cfg, data.seq_length)
+    peak = peak_flops(config.logging.peak_flops, dtype)
+    logger = MetricsLogger(run_dir, enabled=runtime.is_main, tensorboard=config.logging.tensorboard,
+                           resume_step=step if resume else None)
+    stepper = _Step(config, student_cfg, teacher)
+    preemption = _Preemption()
+    tokenizer_dir = hf_tokenizer_dir(config.data.path) or (Path(config.data.path) / metadata["tokenizer"]["path"])
+
+    def train_state() -> dict:
+        return {"step": step, "tokens": tokens, "data": train_iter.state_dict(), "scheduler": scheduler.state_dict(),
+                "layout": layout, "optimizer_sharding": config.checkpoint.optimizer_sharding}
+
+    def save() -> Path:
+        return ckpt.save_checkpoint(run_dir, step, model=model, model_cfg=student_cfg, optimizer=optimizer,
+                                    train_state=train_state(), keep_last=config.checkpoint.keep_last,
+                                    optimizer_sharding=config.checkpoint.optimizer_sharding,
+                                    tokenizer_dir=tokenizer_dir)
+
+    def evaluate() -> dict:
+        valid_iter = MicroBatchIterator(datasets.valid, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
+        batches = [_to_device(next(valid_iter), runtime.device) for _ in range(config.logging.eval_iters)]
+        ddp.eval()
+        with torch.no_grad():
+            logs = stepper.run(ddp, batches, forward_only=True, with_teacher=False)
+        ddp.train()
+        record = {"kind": "valid", "step": step, "tokens": tokens, "valid_loss": logs["ce"],
+                  "valid_ppl": float(torch.tensor(logs["ce"]).exp())}
+        logger.log(record)
+        return record
+
+    progress = None
+    if runtime.is_main and config.logging.progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=config.schedule.train_steps, initial=step, unit="step", dynamic_ncols=True)
+    last_train, last_valid, last_saved, status = {}, {}, (latest if resume else None), "completed"
+    ddp.train()
+    try:
+        while step < config.schedule.train_steps:
+            started = time.perf_counter()
+            batches = [_to_device(next(train_iter), runtime.device) for _ in range(num_microbatches)]
+            ddp.zero_grad_buffer()
+            optimizer.zero_grad()
+            logs = stepper.run(ddp, batches, forward_only=False, with_teacher=True)
+            if not all(torch.isfinite(torch.tensor(v)) for v in logs.values()):
+                raise TrainingError(
+                    f"non-finite loss at step {step + 1} ({logs}); stopped before the update. Last good checkpoint: "
+                    f"{ckpt.latest_checkpoint(run_dir) or 'none'}. Lower optimizer.lr or check the data.")
+            scheduler.step(increment=1)
+            lr = optimizer.param_groups[0]["lr"]
+            _, grad_norm, _ = optimizer.step()
+            step += 1
+            tokens += tokens_per_step
+            elapsed = time.perf_counter() - started
+            throughput = tokens_per_step / elapsed
+            last_train = {"kind": "train", "step": step, "tokens": tokens, **logs, "lr": lr,
+                          "grad_norm": None if grad_norm is None else float(grad_norm),
+                          "step_time_s": elapsed, "tokens_per_s": throughput,
+                          "mfu": None if peak is None else throughput * flops_per_token / (peak * runtime.world_size)}
+            if step % config.logging.log_every == 0 or step == config.schedule.train_steps:
+                logger.log(last_train)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{throughput:,.0f}")
+            if config.logging.eval_every and step % config.logging.eval_every == 0:
+                last_valid = evaluate()
+            if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
+                last_saved = save()
+            if preemption.agreed():
+                status = "preempted"
+                break
+        if status == "completed" and (not last_valid or last_valid["step"] != step):
+            last_valid = evaluate()
+        if (status == "preempted" or config.checkpoint.save_final) and (
+                last_saved is None or last_saved.name != ckpt.step_dir(run_dir, step).name):
+            last_saved = save()
+    finally:
+        preemption.restore()
+        if progress is not None:
+            progress.close()
+        logger.close()
+    return TrainResult(run_dir=run_dir, step=step, tokens=tokens, status=status, last_checkpoint=last_saved,
+                       final_metrics={**last_train, **last_valid, "kind": "final"})
