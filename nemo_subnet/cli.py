@@ -39,10 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Run as a script (``python nemo_subnet/cli.py``, torchrun), this file is ``__main__`` and its
+    # UserError is a different class from the ``nemo_subnet.cli.UserError`` that stages raise.
+    from nemo_subnet.cli import UserError as StageUserError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except UserError as err:
+    except StageUserError as err:
         print(f"nemo-subnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

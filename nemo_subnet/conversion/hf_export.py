@@ -1,5 +1,6 @@
 """nemo-subnet checkpoint -> HF directory that AutoModelForCausalLM / AutoTokenizer load.
 
+Layer-wise sub-networks are zero-padded to uniform sizes first (exact; see uniform.py).
 The HF model is instantiated on the meta device (no memory for weights), the converted tensors are
 assigned into it, and ``save_pretrained`` writes it, so names, tied weights and file sharding are
 exactly what the installed transformers expects.
@@ -16,6 +17,7 @@ import torch
 from nemo_subnet.checkpointing import HF_CONFIG, TOKENIZER, atomic_directory, load_model
 from nemo_subnet.conversion.adapters import adapter_for_family
 from nemo_subnet.conversion.sharding import global_state_from_model
+from nemo_subnet.conversion.uniform import pad_to_uniform
 
 
 def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -25,9 +27,11 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fa
     ckpt_dir = Path(ckpt_dir)
     cfg, model = load_model(ckpt_dir)
     adapter = adapter_for_family(cfg.family)
-    # Megatron's torch norms keep fp32 weights whatever params_dtype is; store every tensor as the source did
-    hf_state = {k: v.to(cfg.torch_dtype) for k, v in adapter.megatron_to_hf(cfg, global_state_from_model(model)).items()}
+    groups, heads_per_group = adapter.hf_head_layout(cfg)
+    cfg, state = pad_to_uniform(cfg, global_state_from_model(model), groups=groups, heads_per_group=heads_per_group)
     del model
+    # Megatron's torch norms keep fp32 weights whatever params_dtype is; store every tensor as the source did
+    hf_state = {k: v.to(cfg.torch_dtype) for k, v in adapter.megatron_to_hf(cfg, state).items()}
 
     template = json.loads((ckpt_dir / HF_CONFIG).read_text()) if (ckpt_dir / HF_CONFIG).is_file() else {}
     for stale in ("architectures", "torch_dtype", "dtype", "rope_scaling", "rope_theta", "rotary_pct", "rotary_emb_base"):

@@ -89,3 +89,45 @@ def extract_state(cfg: ModelConfig, sub: ResolvedSubnet, state: Mapping[str, tor
         else:
             raise KeyError(f"extraction does not know how to slice {name!r}")
     return out
+
+
+def extract_checkpoint(ckpt_dir, subnet, out_dir, *, tp: int = 1, pp: int = 1, overwrite: bool = False) -> ModelConfig:
+    """Slice a checkpoint's sub-network into a standalone checkpoint (single process, TP=1/PP=1 runtime).
+
+    ``tp``/``pp`` are the layout the result must support: sizes they cannot shard are rejected here,
+    before anything is written.
+    """
+    import json
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from nemo_subnet.checkpointing import HF_CONFIG, TOKENIZER, atomic_directory, load_model, save_model
+    from nemo_subnet.conversion.sharding import global_state_from_model, load_global_state
+    from nemo_subnet.models.builder import build_gpt_model
+    from nemo_subnet.subnet.config import SubnetConfig, SubnetConfigError, resolve
+    from nemo_subnet.subnet.params import count_parameters
+
+    ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+    subnet = subnet if isinstance(subnet, SubnetConfig) else SubnetConfig.load(subnet)
+    cfg, model = load_model(ckpt_dir)
+    resolved = resolve(cfg, subnet)
+    sub_cfg = extract_model_config(cfg, resolved)
+    try:
+        sub_cfg.check_parallel(tp, pp)
+    except ValueError as err:
+        raise SubnetConfigError(f"the extracted model cannot run at tp={tp} pp={pp}: {err}") from None
+    sub_state = extract_state(cfg, resolved, global_state_from_model(model))
+    del model
+    sub_model = build_gpt_model(sub_cfg, perform_initialization=False)
+    load_global_state(sub_model, sub_cfg, sub_state)
+    hf_config = json.loads((ckpt_dir / HF_CONFIG).read_text()) if (ckpt_dir / HF_CONFIG).is_file() else None
+    tokenizer = ckpt_dir / TOKENIZER if (ckpt_dir / TOKENIZER).is_dir() else None
+    with atomic_directory(out_dir, overwrite=overwrite) as tmp:
+        save_model(sub_model, sub_cfg, tmp, hf_config=hf_config, tokenizer_dir=tokenizer)
+        subnet.save(tmp / "subnet.yaml")
+        (tmp / "extraction.json").write_text(json.dumps({
+            "source": str(ckpt_dir.resolve()), "source_parameters": count_parameters(cfg),
+            "parameters": count_parameters(sub_cfg), "layerwise": sub_cfg.is_layerwise,
+            "kept_layers": list(resolved.layers)}, indent=2))
+    return sub_cfg

@@ -60,6 +60,10 @@ class FamilyAdapter:
         """Fields of the HF config.json that the ModelConfig determines (applied over the source's)."""
         raise NotImplementedError
 
+    def hf_head_layout(self, cfg: ModelConfig) -> tuple[int | None, int | None]:
+        """(query groups, heads per group) the HF architecture needs, or None for "the largest layer's"."""
+        return None, None
+
     # --- weights ---
     def active_rules(self, cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], Fuse]]:
         out = []

@@ -59,6 +59,15 @@ class GPTNeoXAdapter(FamilyAdapter):
             init_method_std=getattr(hf, "initializer_range", 0.02),
         )
 
+    def hf_head_layout(self, cfg: ModelConfig) -> tuple[int | None, int | None]:
+        # transformers' GPT-NeoX derives the head size as hidden_size / heads: a sub-network with fewer
+        # heads or a narrower hidden size is padded with zero heads up to hidden_size / head size.
+        largest = max(cfg.layer_sizes(i)[0] for i in range(cfg.num_layers))
+        if cfg.hidden_size % cfg.kv_channels or cfg.hidden_size // cfg.kv_channels < largest:
+            raise ValueError(f"GPT-NeoX in transformers needs hidden_size to be a multiple of the head size: "
+                             f"hidden_size={cfg.hidden_size}, head size {cfg.kv_channels}, up to {largest} heads")
+        return cfg.hidden_size // cfg.kv_channels, 1
+
     def hf_config_updates(self, cfg: ModelConfig) -> dict:
         if cfg.kv_channels * cfg.num_attention_heads != cfg.hidden_size:
             raise ValueError("GPT-NeoX in transformers needs hidden_size == num_attention_heads * head size, got "
