@@ -33,7 +33,7 @@ def _user_error(err: Exception):
 
 
 def _import_hf(args: argparse.Namespace) -> int:
-    from nemo_subnet.runtime import init_runtime, shutdown_runtime
+    from nemo_subnet.runtime import runtime_scope
     from nemo_subnet.runtime.distributed import detect_launch_env
 
     if args.tp < 1 or args.pp < 1:
@@ -44,12 +44,10 @@ def _import_hf(args: argparse.Namespace) -> int:
     try:
         from nemo_subnet.conversion.hf_import import import_hf
 
-        runtime = init_runtime(tp=args.tp if world > 1 else 1, pp=args.pp if world > 1 else 1)
-        cfg = import_hf(args.hf, args.out, tp=args.tp, pp=args.pp, overwrite=args.overwrite)
+        with runtime_scope(tp=args.tp if world > 1 else 1, pp=args.pp if world > 1 else 1) as runtime:
+            cfg = import_hf(args.hf, args.out, tp=args.tp, pp=args.pp, overwrite=args.overwrite)
     except _USER_ERRORS as err:
         raise _user_error(err) from None
-    finally:
-        shutdown_runtime()
     if runtime.is_main:
         print(f"imported {cfg.family.value}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size} "
               f"(padded {cfg.padded_vocab_size}), {cfg.dtype} -> {args.out}")
@@ -57,16 +55,14 @@ def _import_hf(args: argparse.Namespace) -> int:
 
 
 def _export_hf(args: argparse.Namespace) -> int:
-    from nemo_subnet.runtime import init_runtime, shutdown_runtime
+    from nemo_subnet.runtime import runtime_scope
 
     try:
         from nemo_subnet.conversion.hf_export import export_hf
 
-        init_runtime(tp=1, pp=1)
-        export_hf(args.ckpt, args.out, overwrite=args.overwrite)
+        with runtime_scope(tp=1, pp=1):
+            export_hf(args.ckpt, args.out, overwrite=args.overwrite)
     except _USER_ERRORS as err:
         raise _user_error(err) from None
-    finally:
-        shutdown_runtime()
     print(f"exported {args.ckpt} -> {args.out}")
     return 0

@@ -15,6 +15,7 @@ import os
 import random
 import socket
 import subprocess
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -138,3 +139,16 @@ def shutdown_runtime() -> None:
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def runtime_scope(tp: int = 1, pp: int = 1, seed: int = 1234):
+    """init_runtime for the duration of a block; shuts down only what it brought up (a CLI command
+    called from a process that already has a runtime, e.g. a recipe or a test, leaves it running)."""
+    owned = not dist.is_initialized()
+    runtime = init_runtime(tp=tp, pp=pp, seed=seed)
+    try:
+        yield runtime
+    finally:
+        if owned:
+            shutdown_runtime()

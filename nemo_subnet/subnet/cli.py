@@ -20,19 +20,17 @@ def register(subparsers) -> None:
 
 def _extract(args: argparse.Namespace) -> int:
     from nemo_subnet.cli import UserError
-    from nemo_subnet.runtime import init_runtime, shutdown_runtime
+    from nemo_subnet.runtime import runtime_scope
     from nemo_subnet.subnet.extract import extract_checkpoint
     from nemo_subnet.subnet.params import count_parameters
 
     if args.tp < 1 or args.pp < 1:
         raise UserError(f"--tp and --pp must be >= 1, got {args.tp} and {args.pp}")
     try:
-        init_runtime(tp=1, pp=1)
-        cfg = extract_checkpoint(args.ckpt, args.subnet, args.out, tp=args.tp, pp=args.pp, overwrite=args.overwrite)
+        with runtime_scope(tp=1, pp=1):
+            cfg = extract_checkpoint(args.ckpt, args.subnet, args.out, tp=args.tp, pp=args.pp, overwrite=args.overwrite)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError) as err:
         raise UserError(str(err)) from None
-    finally:
-        shutdown_runtime()
     kind = "layer-wise" if cfg.is_layerwise else "uniform"
     print(f"extracted {kind} sub-network: {cfg.num_layers} layers, hidden {cfg.hidden_size}, "
           f"{count_parameters(cfg):,} parameters -> {args.out}")
