@@ -196,11 +196,12 @@ def _acc(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _lse_parts(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _max_and_sum(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(max, sum exp(x - max), lse) over the last dim, from torch's fused logsumexp."""
     m = x.amax(dim=-1)
+    lse = torch.logsumexp(x, dim=-1)
     m_ref = torch.where(m == _NEG_INF, torch.zeros_like(m), m)
-    e = torch.exp(x - m_ref[:, None])
-    return m, e.sum(dim=-1), e
+    return m, torch.exp(lse - m_ref), lse
 
 
 def _logaddexp_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -209,36 +210,43 @@ def _logaddexp_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return mx + torch.log1p(torch.exp(mn - mx_ref))
 
 
-def _valid_mask(n_rows_active: torch.Tensor, n_cols: int, n_valid: int) -> torch.Tensor:
-    cols = torch.arange(n_cols, device=n_rows_active.device)
-    return n_rows_active[:, None] & (cols < n_valid)[None, :]  # [n, v]
+def _weighted_sum(weight: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """sum_v weight * value per row, with 0 where weight == 0 (0 * inf is 0 here, not nan)."""
+    if not torch.isfinite(value).all():
+        value = value.masked_fill(weight == 0, 0.0)
+    return torch.linalg.vecdot(weight, value)
 
 
 def _stats_torch(s, t, w, labels, spec: LossSpec, n_valid: int, vocab_start: int) -> torch.Tensor:
+    n_rows, dtype = s.shape[0], torch.promote_types(s.dtype, torch.float32)
     active = w != 0
-    valid = _valid_mask(active, s.shape[1], n_valid)
-    s32 = _acc(s).masked_fill(~valid, _NEG_INF)
-    x = s32 * spec.inv_temp
-    m_s, d_s, e_s = _lse_parts(x)
+    if n_valid == 0:  # a shard made only of padding: no mass here
+        out = torch.zeros(n_rows, _N_STATS, dtype=dtype, device=s.device)
+        out[:, [0, 2, 5]] = _NEG_INF
+        return torch.where(active[:, None], out, _BENIGN.to(out))
+    x = _acc(s[:, :n_valid]) * spec.inv_temp  # [n, nv]; masked rows are computed and then overwritten
+    m_s, d_s, lse_s = _max_and_sum(x)
     zeros = torch.zeros_like(m_s)
     m_t, d_t, acc, m_1, d_1, s_label = zeros, zeros, zeros, m_s, d_s, zeros
     if t is not None:
-        y = _acc(t).masked_fill(~valid, _NEG_INF) * spec.inv_temp
-        m_t, d_t, e_t = _lse_parts(y)
-        if spec.divergence is Divergence.FORWARD_KL:
-            acc = torch.where(e_t > 0, e_t * (y - x), 0.0).sum(-1)
-        elif spec.divergence is Divergence.REVERSE_KL:
-            acc = torch.where(e_s > 0, e_s * (x - y), 0.0).sum(-1)
+        y = _acc(t[:, :n_valid]) * spec.inv_temp
+        m_t, d_t, lse_t = _max_and_sum(y)
+        if spec.divergence is Divergence.FORWARD_KL:  # d_t * sum_v P (y - x)
+            acc = d_t * _weighted_sum(torch.exp(y - lse_t[:, None]), y - x)
+        elif spec.divergence is Divergence.REVERSE_KL:  # d_s * sum_v Q (x - y)
+            acc = d_s * _weighted_sum(torch.exp(x - lse_s[:, None]), x - y)
     if spec.has_ce and spec.temperature != 1.0:
-        m_1, d_1, _ = _lse_parts(s32)
+        m_1, d_1, _ = _max_and_sum(_acc(s[:, :n_valid]))
     if spec.has_ce:
         label = labels.reshape(-1) - vocab_start
         owned = active & (label >= 0) & (label < n_valid)
         picked = _acc(s).gather(1, torch.where(owned, label, 0)[:, None])[:, 0]
         s_label = torch.where(owned, picked, 0.0)
     stats = torch.stack([m_s, d_s, m_t, d_t, acc, m_1, d_1, s_label], dim=1)  # [n, 8]
-    benign = torch.tensor([0, 1, 0, 1, 0, 0, 1, 0], dtype=stats.dtype, device=stats.device)
-    return torch.where(active[:, None], stats, benign)
+    return torch.where(active[:, None], stats, _BENIGN.to(stats))
+
+
+_BENIGN = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0])  # stats of a masked row: lse 0, loss 0
 
 
 def _jsd_terms(lq, lp, spec: LossSpec):
@@ -248,37 +256,43 @@ def _jsd_terms(lq, lp, spec: LossSpec):
 
 
 def _jsd_torch(s, t, w, lse, spec: LossSpec, n_valid: int) -> torch.Tensor:
-    valid = _valid_mask(w != 0, s.shape[1], n_valid)
-    lq = _acc(s) * spec.inv_temp - lse[:, :1]
-    lp = _acc(t) * spec.inv_temp - lse[:, 1:]
+    lq = _acc(s[:, :n_valid]) * spec.inv_temp - lse[:, :1]  # [n, nv]
+    lp = _acc(t[:, :n_valid]) * spec.inv_temp - lse[:, 1:]
     q, p = torch.exp(lq), torch.exp(lp)
     lm, r = _jsd_terms(lq, lp, spec)
     beta = spec.beta
-    term = (1 - beta) * torch.where(p > 0, p * (lp - lm), 0.0) + beta * torch.where(q > 0, q * (lq - lm), 0.0)
-    g = torch.where(q > 0, q * (beta * (lq - lm) - (1 - beta) * r), 0.0)
-    return torch.stack([torch.where(valid, term, 0.0).sum(-1), torch.where(valid, g, 0.0).sum(-1)], dim=1)
+    loss = (1 - beta) * _weighted_sum(p, lp - lm) + beta * _weighted_sum(q, lq - lm)
+    g_sum = _weighted_sum(q, beta * (lq - lm) - (1 - beta) * r)
+    out = torch.stack([loss, g_sum], dim=1)
+    return torch.where((w != 0)[:, None], out, 0.0)
 
 
-def _grad_torch(s, t, labels, rows, spec: LossSpec, n_valid: int, vocab_start: int) -> torch.Tensor:
+def _grad_torch(s, t, labels, rows, spec: LossSpec, n_valid: int, vocab_start: int, out: torch.Tensor) -> torch.Tensor:
     lse_s, lse_t, lse_1, aux, c_kd, c_ce = (rows[:, i : i + 1] for i in range(6))
-    valid = _valid_mask(((c_kd != 0) | (c_ce != 0))[:, 0], s.shape[1], n_valid)
-    s32 = _acc(s)
-    lq = s32 * spec.inv_temp - lse_s
+    out[:, n_valid:] = 0
+    if n_valid == 0:
+        return out
+    s_v = _acc(s[:, :n_valid])  # [n, nv]
+    lq = s_v * spec.inv_temp - lse_s
     q = torch.exp(lq)
-    lp = _acc(t) * spec.inv_temp - lse_t if t is not None else lq
+    lp = _acc(t[:, :n_valid]) * spec.inv_temp - lse_t if t is not None else None
     if spec.divergence is Divergence.FORWARD_KL:
-        dz = q - torch.exp(lp) if t is not None else q
+        g = q.sub_(torch.exp(lp)) if t is not None else q
     elif spec.divergence is Divergence.REVERSE_KL:
-        dz = torch.where(q > 0, q * (lq - lp - aux), 0.0)
+        g = torch.where(q > 0, q * (lq - lp - aux), 0.0)
     else:
         lm, r = _jsd_terms(lq, lp, spec)
-        dz = torch.where(q > 0, q * (spec.beta * (lq - lm) - (1 - spec.beta) * r - aux), 0.0)
-    g = c_kd * dz
+        g = torch.where(q > 0, q * (spec.beta * (lq - lm) - (1 - spec.beta) * r - aux), 0.0)
+    g = g.mul_(c_kd)
     if spec.has_ce:
-        label = labels.reshape(-1, 1) - vocab_start
-        onehot = torch.arange(s.shape[1], device=s.device)[None, :] == label
-        g = g + c_ce * (torch.exp(s32 - lse_1) - onehot.to(s32.dtype))
-    return torch.where(valid, g, 0.0)
+        g.add_(torch.exp(s_v - lse_1).mul_(c_ce))
+        label = labels.reshape(-1) - vocab_start
+        rows_ce = ((label >= 0) & (label < n_valid) & (c_ce[:, 0] != 0)).nonzero()[:, 0]
+        g[rows_ce, label[rows_ce]] -= c_ce[rows_ce, 0]
+    inactive = ((c_kd[:, 0] == 0) & (c_ce[:, 0] == 0)).nonzero()[:, 0]
+    g.index_fill_(0, inactive, 0.0)  # masked rows: exactly 0, whatever their logits
+    out[:, :n_valid] = g
+    return out
 
 
 # ---------------------------------------------------------------------------------------- launchers
@@ -322,7 +336,7 @@ def row_grad(s, t, labels, rows, spec: LossSpec, triton_path: bool, n_valid: int
     """
     out = torch.empty_like(s) if out is None else out
     if not triton_path:
-        return out.copy_(_grad_torch(s, t, labels, rows, spec, n_valid, vocab_start))
+        return _grad_torch(s, t, labels, rows, spec, n_valid, vocab_start, out)
     n_rows, n_cols = s.shape
     block, warps = _launch_config(n_cols)
     t_arg = s if t is None else t
