@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +114,58 @@ def save_checkpoint(run_dir: Path, step: int, *, model, model_cfg: ModelConfig, 
     return out
 
 
+def _materialize_optimizer_state(optimizer) -> None:
+    """A fresh distributed optimizer has no Adam state yet and cannot describe its sharded state for loading;
+    megatron fills it with a zero-grad step (its own helper). Weights and state are then overwritten by the load."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if hasattr(inner, "_init_optimizer_states_with_dummy_values") and not inner.optimizer.state:
+            inner._init_optimizer_states_with_dummy_values()
+
+
+@contextmanager
+def _torch_adam_step_fix(optimizer):
+    """megatron-core 0.16 + torch Adam (no apex / transformer-engine, i.e. every CPU run): the reshardable
+    optimizer loaders copy every per-param state key from the checkpoint but leave torch Adam's "step" out of
+    what they read (it is restored separately, from param_groups), then fail on the missing key. Hand them the
+    already-restored step for that key, and un-share it afterwards (see below). Remove when megatron-core
+    handles torch Adam's per-param step itself.""" 
+    patched = []
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        original = getattr(inner, "_set_main_param_and_optimizer_states", None)
+        if original is None:
+            continue
+
+        def set_states(model_param, tensors, inner=inner, original=original):
+            group_index, group_order = inner.model_param_group_index_map[model_param]
+            state = inner.optimizer.state[inner.optimizer.param_groups[group_index]["params"][group_order]]
+            if "step" in state and "step" not in tensors:
+                tensors = {**tensors, "step": state["step"]}
+            return original(model_param, tensors)
+
+        inner._set_main_param_and_optimizer_states = set_states
+        patched.append(inner)
+    try:
+        yield
+    finally:
+        for inner in patched:
+            del inner._set_main_param_and_optimizer_states
+            # the loader also puts ONE step tensor into every param's state; torch Adam increments each
+            # param's step in place, so a shared tensor would advance once per parameter per step
+            for state in inner.optimizer.state.values():
+                if "step" in state:
+                    state["step"] = state["step"].clone()
+
+
 def load_checkpoint(ckpt: Path, *, model, optimizer, layout: dict) -> dict:
     """Restore model + optimizer (any layout) and this rank's RNG (same layout only); returns train_state."""
     ckpt = Path(ckpt)
     train_state = json.loads((ckpt / TRAIN_STATE).read_text())
+    _materialize_optimizer_state(optimizer)
     sharded = _sharded_state(model, optimizer, True, train_state["optimizer_sharding"])
     state = dist_checkpointing.load(sharded, str(ckpt / WEIGHTS))
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    with torch.no_grad(), _torch_adam_step_fix(optimizer):  # main params of fp32 models are views of leaves
+        optimizer.load_state_dict(state["optimizer"])
     rng_file = ckpt / RNG / f"rank_{_rank():05d}.pt"
     if train_state.get("layout") == layout and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))

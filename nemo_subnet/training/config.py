@@ -106,9 +106,10 @@ class CheckpointConfig:
     keep_last: int = 2
     """Keep the newest k checkpoints (older ones are removed after a successful save)."""
     save_final: bool = True
-    optimizer_sharding: Literal["fully_reshardable", "dp_reshardable"] = "fully_reshardable"
-    """Distributed-optimizer state format: fully_reshardable resumes at any TP/PP/DP (gathers over DP on
-    save); dp_reshardable writes each DP shard as is (faster at scale) and resumes at the same TP/PP only."""
+    optimizer_sharding: Literal["fully_reshardable"] = "fully_reshardable"
+    """Distributed-optimizer state format (megatron's names). fully_reshardable resumes at any TP/PP/DP and
+    gathers over DP on save. megatron's dp_reshardable (faster at scale) did not restore torch Adam's state
+    exactly on CPU with megatron-core 0.16, so it is not offered until verified on GPU."""
 
 
 @dataclass
