@@ -21,6 +21,8 @@ unmasked path, bit for bit. Mask buffers are allocated once; switching copies in
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
@@ -84,17 +86,17 @@ class MaskedNorm(_MaskSlot, torch.nn.Module):
             if self.kind == "LayerNorm":
                 return F.layer_norm(x, (self.hidden_size,), self.weight, self.bias, self.eps)
             return F.rms_norm(x, (self.hidden_size,), self.weight, self.eps)
-        mask = self.subnet_mask
+        mask, k, h = self.subnet_mask, self.active_count, self.hidden_size
+        if self.kind == "RMSNorm":
+            # With inactive inputs zeroed, the full-width fused kernel gives the active-channel norm:
+            # rms_norm(x*m, eps*k/h) = sqrt(h/k) * x*m / sqrt(sum_active(x^2)/k + eps)
+            normed = F.rms_norm(x * mask.to(x.dtype), (h,), None, self.eps * k / h)
+            return normed * (self.weight * mask * math.sqrt(k / h)).to(x.dtype)
         xf = x.float()
-        if self.kind == "LayerNorm":
-            mean = (xf * mask).sum(-1, keepdim=True) / self.active_count
-            centered = (xf - mean) * mask
-            var = (centered * centered).sum(-1, keepdim=True) / self.active_count
-            out = centered * torch.rsqrt(var + self.eps) * self.weight + self.bias
-        else:
-            mean_square = (xf * xf * mask).sum(-1, keepdim=True) / self.active_count
-            out = xf * torch.rsqrt(mean_square + self.eps) * self.weight
-        return (out * mask).to(x.dtype)
+        mean = (xf * mask).sum(-1, keepdim=True) / k
+        centered = (xf - mean) * mask
+        var = (centered * centered).sum(-1, keepdim=True) / k
+        return (centered * torch.rsqrt(var + self.eps) * self.weight + self.bias * mask).to(x.dtype)
 
 
 class MaskedRowParallelLinear(_MaskSlot, RowParallelLinear):
