@@ -17,6 +17,9 @@ STAGE_MODULES = (
     "nemo_subnet.data.cli",
     "nemo_subnet.training.cli",
     "nemo_subnet.subnet.cli",
+    "nemo_subnet.importance.cli",
+    "nemo_subnet.search.cli",
+    "nemo_subnet.recipe_cli",
 )
 
 
