@@ -65,10 +65,22 @@ def interpreter_active() -> bool:
     return isinstance(tl.standard.zeros, InterpretedFunction)
 
 
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def use_triton(tensor: torch.Tensor, backend: Backend) -> bool:
     """Resolve `backend` for `tensor`; raise if TRITON is asked for where it cannot run."""
     backend = Backend(backend)
     if backend is Backend.TORCH:
+        return False
+    if not triton_available():
+        if backend is Backend.TRITON or tensor.is_cuda:
+            raise RuntimeError("triton is not installed: use Backend.TORCH (pip install nemo-subnet[triton])")
         return False
     if backend is Backend.AUTO:
         return tensor.is_cuda

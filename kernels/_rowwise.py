@@ -21,10 +21,18 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import triton
-import triton.language as tl
 
 from ._common import Divergence, LossSpec, interpreter_active
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install without triton: the torch mirrors still run
+    triton = tl = None
+
+
+def _jit(fn):
+    return fn if triton is None else triton.jit(fn)
 
 _DIV_CODE = {Divergence.FORWARD_KL: 0, Divergence.REVERSE_KL: 1, Divergence.JSD: 2}
 _N_STATS = 8  # m_s, d_s, m_t, d_t, acc, m_1, d_1, s_label  (columns of the stats buffer)
@@ -32,7 +40,7 @@ _NEG_INF = float("-inf")
 
 
 # ----------------------------------------------------------------------------------------------- Triton
-@triton.jit
+@_jit
 def _online_lse_step(m, d, x):
     """Fold block x (masked entries -inf) into running max m and sum d = sum exp(x - m)."""
     m_new = tl.maximum(m, tl.max(x, axis=0))
@@ -42,7 +50,7 @@ def _online_lse_step(m, d, x):
     return m_new, d * alpha + tl.sum(e, axis=0), e, alpha
 
 
-@triton.jit
+@_jit
 def _logaddexp(a, b):
     mx = tl.maximum(a, b)
     mn = tl.minimum(a, b)
@@ -50,7 +58,7 @@ def _logaddexp(a, b):
     return mx + tl.log(1.0 + tl.exp(mn - mx_ref))
 
 
-@triton.jit
+@_jit
 def _kd_stats_kernel(
     s_ptr, s_stride, t_ptr, t_stride, w_ptr, labels_ptr, stats_ptr,
     inv_temp, n_valid, vocab_start,
@@ -103,7 +111,7 @@ def _kd_stats_kernel(
     tl.store(out + 7, s_label)
 
 
-@triton.jit
+@_jit
 def _kd_jsd_kernel(
     s_ptr, s_stride, t_ptr, t_stride, w_ptr, lse_ptr, out_ptr,
     inv_temp, beta, log_beta, log_1m_beta, n_valid,
@@ -134,7 +142,7 @@ def _kd_jsd_kernel(
     tl.store(out_ptr + row * 2 + 1, tl.sum(g_sum, axis=0))
 
 
-@triton.jit
+@_jit
 def _kd_grad_kernel(
     s_ptr, s_stride, t_ptr, t_stride, g_ptr, g_stride, rows_ptr, labels_ptr,
     inv_temp, beta, log_beta, log_1m_beta, n_valid, vocab_start,
