@@ -59,7 +59,9 @@ def _build_fused(kind: str):
     def build(case: dict):
         hidden, weight, t_hidden, t_weight = _fused_inputs(case)
         if kind == "ours":
-            fn = lambda h, w, th, tw: fused_linear_kd_loss(h, w, teacher_hidden=th, teacher_weight=tw, scale_t2=False)  # noqa: E731
+            chunk = case.get("chunk_size")
+            fn = lambda h, w, th, tw: fused_linear_kd_loss(  # noqa: E731
+                h, w, teacher_hidden=th, teacher_weight=tw, scale_t2=False, chunk_size=chunk)
         elif kind == "torch_compile":
             fn = torch.compile(_eager_fused, dynamic=False)
         elif kind == "liger":
@@ -114,6 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ops", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS))
     p.add_argument("--providers", nargs="+", default=["torch", "torch_compile", "liger", "ours"])
     p.add_argument("--modes", nargs="+", choices=[m.value for m in Mode], default=["fwd", "full"])
+    p.add_argument("--chunk-size", type=int, default=None, help="ours (fused_linear): tokens per chunk")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out-dir", default=RESULTS)
@@ -130,7 +133,8 @@ def main(argv=None) -> None:
         for n in args.N:
             for v in args.V:
                 for h in hs:
-                    case = {"N": n, "V": v, "H": h, "dtype": DTYPES[args.dtype], "device": device}
+                    case = {"N": n, "V": v, "H": h, "dtype": DTYPES[args.dtype], "device": device,
+                            "chunk_size": args.chunk_size}
                     for provider in PROVIDERS[op]:
                         if provider.name not in args.providers or not provider.available(device):
                             continue
