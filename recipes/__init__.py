@@ -1,0 +1,1 @@
+"""NeMo-Run recipes: search-then-pretrain as one experiment (installed as ``nemo_subnet.recipes``)."""

@@ -1,0 +1,1 @@
+"""search-then-pretrain NeMo-Run entrypoint (being written)."""
