@@ -1,0 +1,141 @@
+"""Held-out loss of a (masked) super-network at any TP/PP/DP; a checkpoint loaded as a super-network.
+
+Shared by importance (calibration passes, layer-drop perplexity) and search (the objective).
+
+Data parallelism: every rank reads its own micro-batches (``MicroBatchIterator`` with its DP rank), the
+sums of per-token losses and token counts are all-reduced over the DP group, so every rank knows the
+same perplexity. Pipeline parallelism: megatron's forward-only schedule; the last stage computes the
+loss and the sums are all-reduced over the PP group (other stages contribute zeros). Tensor
+parallelism: the vocab-parallel cross entropy of training (padding columns excluded).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from nemo_subnet.models.config import ModelConfig
+
+
+def load_supernet(ckpt_dir: str | Path):
+    """(ModelConfig, this rank's ElasticGPTModel in eval mode) from a model checkpoint, at the runtime's TP/PP."""
+    from megatron.core import dist_checkpointing
+
+    from nemo_subnet.checkpointing import WEIGHTS, read_model_config
+    from nemo_subnet.subnet.supernet import build_supernet
+
+    cfg = read_model_config(ckpt_dir)
+    model = build_supernet(cfg, perform_initialization=False)
+    state = dist_checkpointing.load(model.sharded_state_dict(), str(Path(ckpt_dir) / WEIGHTS))
+    model.load_state_dict(state)
+    return cfg, model.eval()
+
+
+@dataclass
+class EvalData:
+    """Micro-batches of one data-parallel rank; ``global_batches`` over all DP ranks."""
+
+    batches: list[dict]
+    seq_length: int
+    micro_batch_size: int
+    global_batches: int
+
+
+def load_batches(data_dir: str | Path, cfg: ModelConfig, *, split: Literal["train", "valid"], num_batches: int,
+                 seq_length: int, micro_batch_size: int, seed: int = 1234, skip_batches: int = 0) -> EvalData:
+    """``num_batches`` global micro-batches (split over DP ranks) of a prepared directory's split.
+
+    ``skip_batches`` global micro-batches are skipped first (e.g. to keep search and test batches apart).
+    Raises UserError when the split cannot provide them (an empty validation set included).
+    """
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.data import GPTDataConfig, MicroBatchIterator, build_gpt_datasets
+
+    dp_size = parallel_state.get_data_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    if num_batches < 1:
+        raise UserError(f"the number of {split} batches must be at least 1, got {num_batches}")
+    if num_batches % dp_size:
+        raise UserError(f"{num_batches} {split} batches cannot be split evenly over {dp_size} data-parallel ranks")
+    data_cfg = GPTDataConfig(data_dir=Path(data_dir), seq_length=seq_length, seed=seed,
+                             max_position=cfg.max_position_embeddings, model_vocab_size=cfg.padded_vocab_size)
+    needed = (num_batches + skip_batches) * micro_batch_size
+    datasets = build_gpt_datasets(data_cfg, train_samples=needed, valid_samples=None)
+    dataset = datasets.train if split == "train" else datasets.valid
+    available = len(dataset) // micro_batch_size
+    if available < needed // micro_batch_size:
+        raise UserError(f"the {split} split of {data_dir} holds {len(dataset)} samples of {seq_length} tokens "
+                        f"= {available} micro-batches of {micro_batch_size}, fewer than the {num_batches + skip_batches} "
+                        f"needed: use fewer batches, a shorter sequence or more {split} data")
+    iterator = MicroBatchIterator(dataset, micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,
+                                  consumed_samples=skip_batches * micro_batch_size)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    batches = [{k: v.to(device) for k, v in next(iterator).items()} for _ in range(num_batches // dp_size)]
+    return EvalData(batches=batches, seq_length=seq_length, micro_batch_size=micro_batch_size, global_batches=num_batches)
+
+
+def random_batches(vocab_size: int, *, num_batches: int, seq_length: int, micro_batch_size: int, seed: int = 0) -> EvalData:
+    """Uniform random tokens (tests and smoke runs); DP ranks get different batches of one seeded stream."""
+    dp_size = parallel_state.get_data_parallel_world_size()
+    dp_rank = parallel_state.get_data_parallel_rank()
+    gen = torch.Generator().manual_seed(seed)
+    batches = []
+    for i in range(num_batches):
+        tokens = torch.randint(0, vocab_size, (micro_batch_size, seq_length + 1), generator=gen)
+        if i % dp_size == dp_rank:
+            batches.append({"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
+                            "loss_mask": torch.ones(micro_batch_size, seq_length),
+                            "position_ids": torch.arange(seq_length).expand(micro_batch_size, -1).contiguous()})
+    return EvalData(batches=batches, seq_length=seq_length, micro_batch_size=micro_batch_size, global_batches=num_batches)
+
+
+def _all_reduce(values: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(values, op=op, group=parallel_state.get_pipeline_model_parallel_group())
+        dist.all_reduce(values, op=op, group=parallel_state.get_data_parallel_group())
+    return values
+
+
+@torch.no_grad()
+def evaluate_loss(model, cfg: ModelConfig, data: EvalData) -> float:
+    """Mean per-token cross entropy (nats) over all DP ranks' batches; the same value on every rank."""
+    from nemo_subnet.training.distill import cross_entropy
+
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64)  # [loss sum, tokens]
+
+    def forward_step(data_iterator, step_model):
+        batch = next(data_iterator)
+        output = step_model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"))
+
+        def loss_func(logits):  # [b, s, v_local]
+            mask = batch["loss_mask"].float()
+            ce = cross_entropy(logits.float(), batch["labels"], cfg.vocab_size)  # [b, s]
+            sums[0] += (ce * mask).sum().double().cpu()
+            sums[1] += mask.sum().double().cpu()
+            return logits.sum() * 0.0, {}
+
+        return output, loss_func
+
+    get_forward_backward_func()(
+        forward_step_func=forward_step, data_iterator=iter(data.batches), model=[model],
+        num_microbatches=len(data.batches), seq_length=data.seq_length, micro_batch_size=data.micro_batch_size,
+        forward_only=True)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    sums = _all_reduce(sums.to(device)).cpu()
+    if sums[1] <= 0:
+        from nemo_subnet.cli import UserError
+
+        raise UserError("the evaluation data holds no token with a loss (empty validation data or an all-zero loss mask)")
+    return float(sums[0] / sums[1])
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 700.0))
