@@ -118,7 +118,8 @@ class LoggingConfig:
     eval_every: int = 0
     """Validation every N steps (0: only at the end)."""
     eval_iters: int = 4
-    """Validation micro-batches per data-parallel rank (a fixed prefix of the valid split)."""
+    """Validation micro-batches in total, split over data-parallel ranks: the same eval_iters *
+    micro_batch_size samples (a fixed prefix of the valid split) at any layout; a multiple of dp."""
     tensorboard: bool = True
     progress: bool = True
     peak_flops: float | None = None

@@ -233,7 +233,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         teacher = Teacher(teacher_model, teacher_cfg.vocab_size, config.distill.top_k)
     model, ddp, optimizer, scheduler = _build_student(config, student_cfg, dtype)
 
-    eval_samples = config.logging.eval_iters * data.micro_batch_size * runtime.dp
+    if config.logging.eval_iters % runtime.dp:
+        raise UserError(f"logging.eval_iters {config.logging.eval_iters} is not a multiple of data_parallel {runtime.dp}")
+    eval_samples = config.logging.eval_iters * data.micro_batch_size
     datasets = build_gpt_datasets(_data_config(config, student_cfg), config.schedule.train_steps * data.global_batch_size,
                                   eval_samples)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), runtime.dp
@@ -270,7 +272,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 
     def evaluate() -> dict:
         valid_iter = MicroBatchIterator(datasets.valid, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
-        batches = [_to_device(next(valid_iter), runtime.device) for _ in range(config.logging.eval_iters)]
+        batches = [_to_device(next(valid_iter), runtime.device) for _ in range(config.logging.eval_iters // dp_size)]
         ddp.eval()
         with torch.no_grad():
             logs = stepper.run(ddp, batches, forward_only=True, with_teacher=False)

@@ -1,0 +1,87 @@
+"""Run configuration (YAML + overrides) and bad inputs that must fail fast with one clear line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import CLI, TINY, env, make_checkpoint, run_config, write_yaml
+
+from nemo_subnet.cli import UserError
+from nemo_subnet.training import TrainConfig, train
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    path = write_yaml(tmp_path / "run.yaml", {"run_dir": "r", "init": {"random": "m.yaml"}, "data": {"path": "d"},
+                                              "distill": {"teacher": "t", "divergence": "jsd"}})
+    config = TrainConfig.load(path, ["schedule.train_steps=7", "distill.temperature=2", "distill.top_k=4",
+                                     "optimizer.lr=1e-3", "distill.teacher="])
+    assert config.schedule.train_steps == 7 and config.distill.temperature == 2.0 and config.distill.top_k == 4
+    assert config.optimizer.lr == 1e-3 and config.distill.teacher is None and config.loss_weights == (1.0, 0.0)
+    config.save(tmp_path / "resolved.yaml")
+    assert TrainConfig.load(tmp_path / "resolved.yaml") == config
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optimiser.lr=1"], "unknown config keys"),
+    (["schedule.decay_style=exp"], "is not one of"),
+    (["schedule.train_steps=abc"], "cannot read"),
+    (["init.from_checkpoint=x"], "exactly one of"),
+    (["data.global_batch_size=3"], "not a multiple"),
+    (["distill.teacher=t", "distill.top_k=4", "distill.divergence=reverse_kl"], "top_k needs"),
+    (["distill.divergence=kl"], "cannot read"),
+])
+def test_bad_config(tmp_path, overrides, message):
+    path = write_yaml(tmp_path / "run.yaml", {"init": {"random": "m.yaml"}, "data": {"path": "d"}})
+    with pytest.raises(UserError, match=message):
+        TrainConfig.load(path, overrides).validate()
+
+
+def _config(tmp_path, data_dir, init, **sections) -> TrainConfig:
+    return TrainConfig.from_dict(run_config(tmp_path, tmp_path / "run", data_dir, init, **sections))
+
+
+def test_sequence_longer_than_position_limit(tmp_path, data_dir, model_yaml):
+    config = _config(tmp_path, data_dir, {"random": str(model_yaml)}, data={"seq_length": 256})
+    with pytest.raises(UserError, match="longer than the position limit 128"):
+        train(config)
+
+
+def test_model_vocab_smaller_than_data_vocab(tmp_path, data_dir):
+    small = write_yaml(tmp_path / "small.yaml", {**TINY, "vocab_size": 300})
+    with pytest.raises(UserError, match="vocab mismatch"):
+        train(_config(tmp_path, data_dir, {"random": str(small)}))
+
+
+def test_teacher_vocab_mismatch(tmp_path, data_dir, model_yaml):
+    teacher = make_checkpoint({**TINY, "vocab_size": 700}, tmp_path / "teacher", seed=3)
+    config = _config(tmp_path, data_dir, {"random": str(model_yaml)}, distill={"teacher": str(teacher)})
+    with pytest.raises(UserError, match="vocab mismatch: teacher vocab_size 700"):
+        train(config)
+
+
+def test_empty_corpus(tmp_path, model_yaml):
+    from nemo_subnet.data import PrepareConfig, prepare_dataset
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(4):
+        (corpus / f"d{i}.txt").write_text(f"x = {i}\n")
+    data = tmp_path / "data"
+    prepare_dataset(PrepareConfig(inputs=[str(corpus)], out=data, train_tokenizer="sentencepiece", vocab_size=40,
+                                  valid_fraction=0.25, progress=False))
+    model = write_yaml(tmp_path / "m.yaml", {**TINY, "vocab_size": 40})
+    with pytest.raises(UserError, match="fewer than seq_length"):
+        train(_config(tmp_path, data, {"random": str(model)}))
+
+
+def test_cli_reports_one_line_and_exit_2(tmp_path, data_dir, model_yaml):
+    config = write_yaml(tmp_path / "run.yaml", run_config(tmp_path, tmp_path / "run", data_dir, {"random": str(model_yaml)}))
+    proc = subprocess.run([sys.executable, str(CLI), "train", "--config", str(config), "data.seq_length=512"],
+                          capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("nemo-subnet train: error: ")
+    assert not (tmp_path / "run").exists()  # nothing created for a run that cannot start
+    assert yaml.safe_load(config.read_text())["data"]["seq_length"] == 64
