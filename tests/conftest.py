@@ -7,6 +7,10 @@ import pytest
 # tests import their helpers (torchrun_utils) by module name
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Triton picks interpret mode when it is first imported (megatron-core imports it): without CUDA, the
+# Triton kernels can only run under the interpreter, so choose it before anything imports triton.
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(scope="session")
