@@ -62,7 +62,7 @@ def test_teacher_vocab_mismatch(tmp_path, data_dir, model_yaml):
         train(config)
 
 
-def test_empty_corpus(tmp_path, model_yaml):
+def test_empty_corpus(tmp_path, data_dir, model_yaml):
     from nemo_subnet.data import PrepareConfig, prepare_dataset
 
     corpus = tmp_path / "corpus"
@@ -70,11 +70,10 @@ def test_empty_corpus(tmp_path, model_yaml):
     for i in range(4):
         (corpus / f"d{i}.txt").write_text(f"x = {i}\n")
     data = tmp_path / "data"
-    prepare_dataset(PrepareConfig(inputs=[str(corpus)], out=data, train_tokenizer="sentencepiece", vocab_size=40,
+    prepare_dataset(PrepareConfig(inputs=[str(corpus)], out=data, sentencepiece=str(data_dir / "tokenizer" / "tokenizer.model"),
                                   valid_fraction=0.25, progress=False))
-    model = write_yaml(tmp_path / "m.yaml", {**TINY, "vocab_size": 40})
     with pytest.raises(UserError, match="fewer than seq_length"):
-        train(_config(tmp_path, data, {"random": str(model)}))
+        train(_config(tmp_path, data, {"random": str(model_yaml)}))
 
 
 def test_cli_reports_one_line_and_exit_2(tmp_path, data_dir, model_yaml):
