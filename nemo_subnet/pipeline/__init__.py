@@ -1,1 +1,27 @@
-"""Stage pipeline shared by ``make demo`` and the NeMo-Run recipes: stages with reuse of finished outputs."""
+"""Stage pipeline shared by ``make demo`` and the NeMo-Run recipes: stages with reuse of finished outputs.
+
+``run_pipeline_stage(config, stage)`` is what one NeMo-Run task runs; ``run_all`` what the demo runs.
+"""
+
+from nemo_subnet.pipeline.config import DataSpec, DistillSpec, PipelineConfig, SearchSpec, TeacherModel, TrainSpec
+
+__all__ = ["DataSpec", "DistillSpec", "PipelineConfig", "SearchSpec", "TeacherModel", "TrainSpec", "run_pipeline_stage",
+           "run_pipeline"]
+
+
+def run_pipeline_stage(config: PipelineConfig, stage: str) -> dict:
+    """Run one stage (skipped when already complete); the body of one NeMo-Run task."""
+    from nemo_subnet.pipeline.runner import run_stage
+    from nemo_subnet.pipeline.stages import build_stages
+
+    config.validate()
+    return run_stage(config, build_stages(), stage)
+
+
+def run_pipeline(config: PipelineConfig, stages: list[str] | None = None) -> dict:
+    """Run stages in order in this process (all by default)."""
+    from nemo_subnet.pipeline.runner import run_all
+    from nemo_subnet.pipeline.stages import build_stages
+
+    config.validate()
+    return run_all(config, build_stages(), stages)

@@ -1,0 +1,224 @@
+"""``report.md`` and its plots from a finished search-then-pretrain output directory.
+
+Reads only files the stages wrote (``.stages/*.json`` markers, ``search/results.json``, each run's
+``metrics.jsonl``, ``export/generation.txt``, and ``parity.json`` when the demo ran its conversion check),
+so a report can be rebuilt at any time: ``python -m nemo_subnet.report OUT_DIR``.
+
+Tokens-to-target: the target is the random-init baseline's final validation perplexity; the tokens each
+run needs to reach it are interpolated linearly between its validation points (None: never reached).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def read_metrics(run_dir: Path, kind: str = "valid") -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("kind") == kind]
+
+
+def tokens_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
+    """First token count at which a (tokens, ppl) curve reaches ``target``, linearly interpolated."""
+    prev = None
+    for tokens, ppl in points:
+        if ppl <= target:
+            if prev is None or prev[1] == ppl:
+                return float(tokens)
+            t0, p0 = prev
+            return t0 + (p0 - target) / (p0 - ppl) * (tokens - t0)
+        prev = (tokens, ppl)
+    return None
+
+
+def _marker(out: Path, name: str) -> dict:
+    path = out / ".stages" / f"{name}.done.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _fmt(x, digits=2) -> str:
+    if x is None:
+        return "not reached"
+    if isinstance(x, float):
+        return f"{x:,.{digits}f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _plot_curves(curves: dict[str, list[tuple[float, float]]], target: float | None, teacher_ppl: float | None,
+                 path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name, points in curves.items():
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle=":", label=f"target ppl {target:.2f}")
+    if teacher_ppl is not None:
+        ax.axhline(teacher_ppl, color="black", linestyle="--", linewidth=0.8, label=f"teacher {teacher_ppl:.2f}")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation perplexity")
+    ax.set_yscale("log")
+    ax.set_title("student pretraining: same data, same tokens")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.scatter([c["params"] for c in candidates], [c["objective"] for c in candidates], s=12, alpha=0.6,
+               label="evaluated sub-networks")
+    if candidates:
+        best = min(candidates, key=lambda c: c["objective"])
+        ax.scatter([best["params"]], [best["objective"]], color="red", s=40, label="selected")
+    if budget:
+        ax.axvline(budget, color="gray", linestyle=":", label="parameter budget")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation perplexity (masked teacher)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _candidates(search_dir: Path) -> list[dict]:
+    path = search_dir / "candidates.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _params(ckpt: Path) -> int | None:
+    from nemo_subnet.models.config import ModelConfig
+    from nemo_subnet.subnet.params import count_parameters
+
+    path = ckpt / "model.yaml"
+    return count_parameters(ModelConfig.load(path)) if path.is_file() else None
+
+
+def _describe(subnet: dict) -> str:
+    """hidden / layers / per-layer sizes of a sub-network record, as counts."""
+    count = lambda x: len(x) if isinstance(x, list) else x  # noqa: E731
+    layers = subnet.get("layer")
+    layers = layers if isinstance(layers, list) else [layers]
+    sizes = {(count(x.get("query_groups")), count(x.get("heads_per_group")), count(x.get("ffn"))) for x in layers}
+    per_layer = "; ".join(f"groups {g}, heads/group {h}, ffn {f}" for g, h, f in sorted(sizes, key=str))
+    return f"hidden {count(subnet.get('hidden'))}, layers {count(subnet.get('layers'))}, {per_layer}"
+
+
+def student_comparison(out: Path) -> dict:
+    """Per-evaluation comparison of the KD student and the random-init baseline, and tokens-to-target."""
+    distill = [(r["tokens"], r["valid_ppl"]) for r in read_metrics(out / "distill")]
+    baseline = [(r["tokens"], r["valid_ppl"]) for r in read_metrics(out / "baseline")]
+    base_at = dict(baseline)
+    rows = [[int(t), p, base_at.get(t), None if t not in base_at else base_at[t] / p] for t, p in distill]
+    target = baseline[-1][1] if baseline else None
+    reach = {name: tokens_to_reach(points, target) if target else None
+             for name, points in (("subnet init + KD", distill), ("random init", baseline))}
+    return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach}
+
+
+def write_report(out: Path, report_dir: Path, config=None) -> dict:
+    out, report_dir = Path(out), Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    sections = ["# nemo-subnet: search-then-pretrain report", ""]
+    sections += [f"Output directory: `{out}`.", ""]
+
+    # stages
+    stage_rows = []
+    for marker in sorted((out / ".stages").glob("*.done.json"), key=lambda p: p.stat().st_mtime):
+        m = json.loads(marker.read_text())
+        stage_rows.append([m.get("stage", marker.name.split(".")[0]), float(m.get("seconds", 0.0))])
+    sections += ["## Stages", "", _table(["stage", "seconds"], stage_rows), ""]
+
+    # teacher and search
+    teacher = _marker(out, "teacher").get("summary", {})
+    extract = _marker(out, "extract").get("summary", {})
+    candidates = _candidates(out / "search")
+    teacher_params = _params(out / "teacher" / "model")
+    sections += ["## Sub-network search", ""]
+    if candidates:
+        search = json.loads((out / "search" / "search.json").read_text())
+        lo, hi = search["bounds"]
+        sections += [f"Teacher: {_fmt(teacher_params)} parameters, final validation perplexity "
+                     f"{_fmt(teacher.get('valid_ppl'))}. Budget: {_fmt(lo)}–{_fmt(hi)} parameters; "
+                     f"{search['strategy']} search over a {search['space']['granularity']} space, "
+                     f"{len(candidates)} sub-networks evaluated by the validation perplexity of the masked teacher.", ""]
+        best = sorted(candidates, key=lambda c: c["objective"])[:5]
+        sections += [_table(["rank", "parameters", "fraction of teacher", "valid ppl (masked teacher)", "sub-network"],
+                            [[i + 1, c["params"], c["params"] / teacher_params if teacher_params else None,
+                              c["objective"], _describe(c["subnet"])] for i, c in enumerate(best)]), ""]
+        _plot_search(candidates, (lo + hi) / 2, report_dir / "search.png")
+        sections += ["![search](search.png)", ""]
+    if extract:
+        sections += [f"Extracted student: {_fmt(extract.get('parameters'))} parameters.", ""]
+
+    # students
+    cmp = student_comparison(out)
+    sections += ["## Student pretraining at equal tokens", "",
+                 "Both students see the same data in the same order for the same number of tokens; "
+                 "lower perplexity is better.", ""]
+    sections += [_table(["tokens", "subnet init + KD ppl", "random init ppl", "random / KD"], cmp["rows"]), ""]
+    sections += ["### Tokens to target", "",
+                 f"Target: the random-init student's final validation perplexity ({_fmt(cmp['target'])}).", ""]
+    reach = cmp["reach"]
+    base_tokens = reach.get("random init")
+    sections += [_table(["run", "tokens to target", "fewer tokens than random init"],
+                        [[name, None if t is None else int(t), None if (t is None or not base_tokens) else base_tokens / t]
+                         for name, t in reach.items()]), ""]
+    _plot_curves({"subnet init + KD": cmp["distill"], "random init": cmp["baseline"]}, cmp["target"],
+                 teacher.get("valid_ppl"), report_dir / "students.png")
+    sections += ["![students](students.png)", ""]
+    ahead = bool(cmp["rows"]) and all(r[2] is not None and r[1] < r[2] for r in cmp["rows"])
+    sections += [f"**Sub-network init + KD ahead of random init at every evaluation: {'yes' if ahead else 'no'}.**", ""]
+
+    # export
+    generation = out / "export" / "generation.txt"
+    if generation.is_file():
+        sections += ["## Export", "", f"`{out / 'export' / 'student_hf'}` loads with transformers; greedy "
+                     "completion:", "", "```python", generation.read_text(), "```", ""]
+
+    parity = out / "parity.json"
+    if parity.is_file():
+        rows = json.loads(parity.read_text())
+        sections += ["## HF ⇄ Megatron conversion parity (fp32, CPU)", "",
+                     _table(["variant", "params", "max abs logit diff", "round trip bitwise", "generate() equal"],
+                            [[r["variant"], r["params"], f"{r['max_abs_logit_diff']:.2e}", r["round_trip_bitwise"],
+                              r["generate_equal"]] for r in rows]), ""]
+
+    (report_dir / "report.md").write_text("\n".join(sections))
+    return {"report": str(report_dir / "report.md"), "kd_ahead": ahead, "target": cmp["target"],
+            "tokens_to_target": reach}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(argv[0] if argv else "demo_out")
+    print(write_report(out, out / "report")["report"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
