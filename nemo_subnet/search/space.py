@@ -1,0 +1,255 @@
+"""Search spaces (YAML) and the parameter budget; candidates as integer genomes over allowed choices.
+
+The four granularities of the paper (whittle): coarse / fine choices x uniform / layer-wise sizes::
+
+    granularity: fine_layerwise     # coarse_uniform | fine_uniform | coarse_layerwise | fine_layerwise
+    ordering: importance            # importance (needs --scores) | first_k
+    hidden: [32, 48, 64]            # allowed values; omitted -> defaults of the granularity
+    layers: [2, 3, 4]               # number of kept layers
+    query_groups: [1, 2]
+    heads_per_group: [1, 2]
+    ffn: [32, 64, 96]
+    round_to: 8                     # default hidden / ffn choices are multiples of this
+    budget: {target: 0.33, tolerance: 0.05}   # optional here; the CLI's --budget overrides
+
+Default choices: coarse = {1/4, 1/2, 3/4, 1} of the model's size, fine = every 1/16 (hidden, ffn) and
+every count (layers, query groups, heads per group). Uniform: one (query_groups, heads_per_group, ffn)
+for all kept layers; layer-wise: one per kept layer.
+
+Genome: ``(hidden, layers, [query_groups, heads_per_group, ffn] x slots)`` as indices into the choice
+lists; ``slots`` is 1 (uniform) or the largest layer count (layer-wise; slot i sizes the i-th kept layer,
+slots beyond the kept layers are inactive). ``key()`` is the active part, so genomes that differ only in
+inactive slots are the same candidate.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig
+from nemo_subnet.subnet.params import count_parameters, subnet_parameters
+
+Genome = tuple[int, ...]
+DIMENSIONS = ("hidden", "layers", "query_groups", "heads_per_group", "ffn")
+PER_LAYER = ("query_groups", "heads_per_group", "ffn")
+
+
+class SearchSpaceError(ValueError):
+    """A space or budget that cannot work with the model; the message names the field."""
+
+
+class Granularity(str, enum.Enum):
+    COARSE_UNIFORM = "coarse_uniform"
+    FINE_UNIFORM = "fine_uniform"
+    COARSE_LAYERWISE = "coarse_layerwise"
+    FINE_LAYERWISE = "fine_layerwise"
+
+    @property
+    def layerwise(self) -> bool:
+        return self.value.endswith("layerwise")
+
+    @property
+    def fine(self) -> bool:
+        return self.value.startswith("fine")
+
+
+class Ordering(str, enum.Enum):
+    FIRST_K = "first_k"
+    """Keep the first k units of every dimension."""
+    IMPORTANCE = "importance"
+    """Keep the k most important units (importance scores needed)."""
+
+
+@dataclass
+class Budget:
+    target: float
+    """Parameters of the sub-network: a fraction of the super-network's if <= 1, else an absolute count."""
+    tolerance: float = 0.05
+    """Accepted relative deviation: params in [target * (1 - tol), target * (1 + tol)]."""
+
+    def bounds(self, total: int) -> tuple[int, int]:
+        if self.target <= 0:
+            raise SearchSpaceError(f"budget target must be positive, got {self.target}")
+        if not 0 <= self.tolerance < 1:
+            raise SearchSpaceError(f"budget tolerance must be in [0, 1), got {self.tolerance}")
+        target = self.target * total if self.target <= 1 else self.target
+        return int(target * (1 - self.tolerance)), int(target * (1 + self.tolerance) + 0.5)
+
+
+@dataclass
+class SearchSpace:
+    granularity: Granularity = Granularity.FINE_LAYERWISE
+    ordering: Ordering = Ordering.IMPORTANCE
+    hidden: list[int] | None = None
+    layers: list[int] | None = None
+    query_groups: list[int] | None = None
+    heads_per_group: list[int] | None = None
+    ffn: list[int] | None = None
+    round_to: int = 1
+    """Default hidden / ffn choices are multiples of this (e.g. 8 or 64 for fast kernels, tp for TP)."""
+    budget: Budget | None = None
+
+    def __post_init__(self):
+        self.granularity = Granularity(self.granularity)
+        self.ordering = Ordering(self.ordering)
+        if isinstance(self.budget, dict):
+            self.budget = Budget(**self.budget)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SearchSpace":
+        allowed = {"granularity", "ordering", "round_to", "budget", *DIMENSIONS}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise SearchSpaceError(f"unknown search-space fields {unknown}; allowed: {sorted(allowed)}")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as err:
+            raise SearchSpaceError(f"bad search space: {err}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SearchSpace":
+        path = Path(path)
+        if not path.is_file():
+            raise SearchSpaceError(f"search space {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise SearchSpaceError(f"{path}: a search space must be a mapping")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict:
+        out = {"granularity": self.granularity.value, "ordering": self.ordering.value, "round_to": self.round_to}
+        out.update({d: getattr(self, d) for d in DIMENSIONS if getattr(self, d) is not None})
+        if self.budget is not None:
+            out["budget"] = {"target": self.budget.target, "tolerance": self.budget.tolerance}
+        return out
+
+
+def _default_choices(total: int, fine: bool, round_to: int, is_count: bool) -> list[int]:
+    if is_count and fine:
+        return list(range(1, total + 1))
+    fractions = [i / 16 for i in range(1, 17)] if fine else [0.25, 0.5, 0.75, 1.0]
+    step = 1 if is_count else max(round_to, 1)
+    values = {max(step, int(round(f * total / step)) * step) for f in fractions}
+    return sorted(v for v in values if v <= total) or [total]
+
+
+@dataclass
+class ResolvedSpace:
+    """A space checked against a model: choice lists per dimension, genome helpers, parameter counts."""
+
+    cfg: ModelConfig
+    space: SearchSpace
+    choices: dict[str, list[int]]
+    slots: int
+    _params: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def layerwise(self) -> bool:
+        return self.space.granularity.layerwise
+
+    @property
+    def genome_length(self) -> int:
+        return 2 + 3 * self.slots
+
+    def gene_choices(self, i: int) -> list[int]:
+        return self.choices[DIMENSIONS[i] if i < 2 else PER_LAYER[(i - 2) % 3]]
+
+    def active_genes(self, genome: Genome) -> list[int]:
+        n_slots = self.choices["layers"][genome[1]] if self.layerwise else 1
+        return list(range(2 + 3 * n_slots))
+
+    def key(self, genome: Genome) -> Genome:
+        return tuple(genome[i] for i in self.active_genes(genome))
+
+    def sizes(self, genome: Genome) -> SubnetConfig:
+        """The candidate as counts (first-k form); what parameter counts and FLOPs depend on."""
+        value = lambda i: self.gene_choices(i)[genome[i]]  # noqa: E731
+        n_layers = value(1)
+        per_layer = [LayerSubnet(value(2 + 3 * s), value(3 + 3 * s), value(4 + 3 * s))
+                     for s in range(n_layers if self.layerwise else 1)]
+        return SubnetConfig(hidden=value(0), layers=n_layers, layer=per_layer if self.layerwise else per_layer[0])
+
+    def subnet(self, genome: Genome, scores=None, layer_metric=None) -> SubnetConfig:
+        """The candidate's sub-network: first-k, or importance-ordered when the space says so."""
+        sizes = self.sizes(genome)
+        if self.space.ordering is Ordering.FIRST_K:
+            return sizes
+        from nemo_subnet.importance.scores import LayerMetric, importance_ordered
+
+        if scores is None:
+            raise SearchSpaceError("ordering: importance needs importance scores (--scores; or use ordering: first_k)")
+        return importance_ordered(self.cfg, sizes, scores, layer_metric=layer_metric or LayerMetric.COSINE)
+
+    def params(self, genome: Genome) -> int:
+        key = self.key(genome)
+        if key not in self._params:
+            self._params[key] = subnet_parameters(self.cfg, self.sizes(genome))
+        return self._params[key]
+
+    def extreme(self, largest: bool) -> Genome:
+        return tuple(len(self.gene_choices(i)) - 1 if largest else 0 for i in range(self.genome_length))
+
+    def enumerate(self) -> list[Genome]:
+        """Every distinct candidate (inactive slots 0), in a fixed order; only sensible for small spaces."""
+        import itertools
+
+        out = []
+        per_slot = [range(len(self.choices[d])) for d in PER_LAYER]
+        for li, n_layers in enumerate(self.choices["layers"]):
+            n_slots = n_layers if self.layerwise else 1
+            for hidden in range(len(self.choices["hidden"])):
+                for slots in itertools.product(*(per_slot * n_slots)):
+                    out.append((hidden, li, *slots) + (0,) * (3 * (self.slots - n_slots)))
+        return out
+
+    def total_params(self) -> int:
+        return count_parameters(self.cfg)
+
+    def size(self) -> int:
+        """Number of distinct candidates (sum over layer counts for layer-wise spaces)."""
+        per = 1
+        for d in PER_LAYER:
+            per *= len(self.choices[d])
+        n = len(self.choices["hidden"])
+        if not self.layerwise:
+            return n * len(self.choices["layers"]) * per
+        return n * sum(per ** k for k in self.choices["layers"])
+
+
+def resolve_space(space: SearchSpace, cfg: ModelConfig) -> ResolvedSpace:
+    """Fill default choices and check every choice against the model (errors name the dimension)."""
+    totals = {"hidden": cfg.hidden_size, "layers": cfg.num_layers, "query_groups": cfg.num_query_groups,
+              "heads_per_group": cfg.num_attention_heads // cfg.num_query_groups, "ffn": cfg.ffn_hidden_size}
+    choices = {}
+    for dim in DIMENSIONS:
+        given = getattr(space, dim)
+        total = totals[dim]
+        if given is None:
+            choices[dim] = _default_choices(total, space.granularity.fine, space.round_to, dim not in ("hidden", "ffn"))
+            continue
+        if not isinstance(given, list) or not given or any(isinstance(v, bool) or not isinstance(v, int) for v in given):
+            raise SearchSpaceError(f"{dim}: expected a non-empty list of integers, got {given!r}")
+        bad = [v for v in given if not 1 <= v <= total]
+        if bad:
+            raise SearchSpaceError(f"{dim}: choices {bad} exceed the model (it has {total}; allowed 1..{total})")
+        choices[dim] = sorted(set(given))
+    slots = max(choices["layers"]) if space.granularity.layerwise else 1
+    return ResolvedSpace(cfg=cfg, space=space, choices=choices, slots=slots)
+
+
+def check_budget(rspace: ResolvedSpace, budget: Budget) -> tuple[int, int]:
+    """(lower, upper) parameter bounds; raises SearchSpaceError when the space cannot reach them."""
+    total = rspace.total_params()
+    lower, upper = budget.bounds(total)
+    smallest, largest = rspace.params(rspace.extreme(False)), rspace.params(rspace.extreme(True))
+    if upper < smallest or lower > largest:
+        raise SearchSpaceError(
+            f"budget unreachable: the space spans {smallest:,}..{largest:,} parameters but the budget asks for "
+            f"{lower:,}..{upper:,} ({budget.target:g}{' of ' + format(total, ',') if budget.target <= 1 else ''} "
+            f"+-{budget.tolerance:.0%}): change the budget or the space's choices")
+    return lower, upper

@@ -1,0 +1,173 @@
+"""Strategies and the search loop against pure-Python objectives (no model is built)."""
+
+import json
+
+import pytest
+
+from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.search import (Budget, Granularity, SearchSpace, SearchSpaceError, check_budget, make_strategy,
+                                resolve_space, search_loop)
+from nemo_subnet.search.results import RunDir
+from nemo_subnet.subnet.config import resolve
+from nemo_subnet.subnet.params import count_parameters, subnet_parameters
+
+CFG = ModelConfig(family="llama", vocab_size=500, hidden_size=64, num_layers=6, num_attention_heads=4, num_query_groups=2,
+                  ffn_hidden_size=128, kv_channels=16, max_position_embeddings=128, normalization="RMSNorm", norm_eps=1e-5,
+                  activation="silu", gated_mlp=True, add_bias_linear=False, add_qkv_bias=False)
+BUDGET = Budget(0.5, 0.05)
+
+
+def space(granularity=Granularity.FINE_LAYERWISE, **kw):
+    return resolve_space(SearchSpace(granularity=granularity, ordering="first_k", **kw), CFG)
+
+
+class Synthetic:
+    """Distance in choice steps from a hidden target genome: a unique optimum 0 at the target."""
+
+    def __init__(self, rspace, target):
+        self.rspace, self.target, self.calls = rspace, target, []
+
+    def genome_of(self, subnet):
+        res = resolve(CFG, subnet)
+        sizes = [len(res.hidden), len(res.layers)]
+        for li in res.per_layer[: 1 if not self.rspace.layerwise else len(res.per_layer)]:
+            sizes += [len(li.groups), len(li.heads_in_group), len(li.ffn)]
+        return [self.rspace.gene_choices(i).index(v) for i, v in enumerate(sizes)]
+
+    def __call__(self, subnet):
+        self.calls.append(subnet)
+        genome = self.genome_of(subnet)
+        target = self.target[: len(genome)]
+        return 1.0 + sum(abs(a - b) for a, b in zip(genome, target)) + 3 * abs(len(genome) - len(self.rspace.key(self.target)))
+
+
+def _target(rspace, lower, upper, seed=7):
+    import random
+
+    from nemo_subnet.search.strategies import BudgetSampler
+
+    return BudgetSampler(rspace, lower, upper, random.Random(seed)).sample(set())
+
+
+def _run(tmp_path, name, rspace, objective, n, seed=0, previous=(), **kw):
+    bounds = check_budget(rspace, BUDGET)
+    strategy = make_strategy(name, rspace, bounds, seed, **kw)
+    run_dir = RunDir(tmp_path)
+    return search_loop(rspace, strategy, objective, run_dir, n, previous=previous, progress=False, plots=False)
+
+
+@pytest.mark.parametrize("name", ["evolutionary", "random"])
+def test_every_candidate_inside_budget(tmp_path, name):
+    rspace = space()
+    lower, upper = check_budget(rspace, BUDGET)
+    objective = Synthetic(rspace, _target(rspace, lower, upper))
+    result = _run(tmp_path, name, rspace, objective, 120)
+    assert len(objective.calls) == 120 and len({json.dumps(r["key"]) for r in result.records}) == 120
+    for subnet, record in zip(objective.calls, result.records):
+        assert lower <= subnet_parameters(CFG, subnet) <= upper
+        assert record["params"] == subnet_parameters(CFG, subnet)
+
+
+@pytest.mark.parametrize("granularity", list(Granularity))
+def test_evolution_finds_known_optimum(tmp_path, granularity):
+    rspace = space(granularity)
+    lower, upper = check_budget(rspace, BUDGET)
+    target = _target(rspace, lower, upper)
+    objective = Synthetic(rspace, target)
+    result = _run(tmp_path, "evolutionary", rspace, objective, 400 if granularity.layerwise else 150)
+    assert result.best_objective == 1.0, (granularity, result.best_objective, rspace.size())
+    assert result.records[result.records.index(min(result.records, key=lambda r: r["objective"]))]["key"] == list(rspace.key(target))
+
+
+def test_evolution_beats_random_on_synthetic(tmp_path):
+    rspace = space()
+    lower, upper = check_budget(rspace, BUDGET)
+    target = _target(rspace, lower, upper)
+    evo = _run(tmp_path / "e", "evolutionary", rspace, Synthetic(rspace, target), 150)
+    rnd = _run(tmp_path / "r", "random", rspace, Synthetic(rspace, target), 150)
+    assert evo.best_objective < rnd.best_objective
+
+
+@pytest.mark.parametrize("name", ["evolutionary", "random"])
+def test_seeded_runs_identical(tmp_path, name):
+    rspace = space()
+    lower, upper = check_budget(rspace, BUDGET)
+    target = _target(rspace, lower, upper)
+    a = _run(tmp_path / "a", name, rspace, Synthetic(rspace, target), 60, seed=3)
+    b = _run(tmp_path / "b", name, rspace, Synthetic(rspace, target), 60, seed=3)
+    c = _run(tmp_path / "c", name, rspace, Synthetic(rspace, target), 60, seed=4)
+    strip = lambda rs: [(r["key"], r["objective"], r["subnet"]) for r in rs]  # noqa: E731
+    assert strip(a.records) == strip(b.records)
+    assert strip(a.records) != strip(c.records)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_skips_finished(tmp_path):
+    rspace = space()
+    lower, upper = check_budget(rspace, BUDGET)
+    target = _target(rspace, lower, upper)
+    full = _run(tmp_path / "full", "evolutionary", rspace, Synthetic(rspace, target), 50, seed=1)
+
+    class Dies(Synthetic):
+        def __call__(self, subnet):
+            if len(self.calls) == 30:
+                raise Killed
+            return super().__call__(subnet)
+
+    run = tmp_path / "killed"
+    with pytest.raises(Killed):
+        _run(run, "evolutionary", rspace, Dies(rspace, target), 50, seed=1)
+    with open(run / "candidates.jsonl", "a") as f:
+        f.write('{"index": 30, "key": [1, 2')  # a line cut by SIGKILL mid-write
+    previous = RunDir(run).read_candidates()
+    assert len(previous) == 30
+    objective = Synthetic(rspace, target)
+    resumed = _run(run, "evolutionary", rspace, objective, 50, seed=1, previous=previous)
+    assert len(objective.calls) == 20 and resumed.evaluated == 20
+    strip = lambda rs: [(r["key"], r["objective"]) for r in rs]  # noqa: E731
+    assert strip(resumed.records) == strip(full.records)
+    lines = (run / "candidates.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in lines] == list(range(50))
+    for name in ("best.yaml", "pareto.csv", "candidates.csv", "summary.json"):
+        assert (run / name).is_file()
+
+
+def test_budget_bounds_and_errors():
+    rspace = space()
+    total = count_parameters(CFG)
+    assert check_budget(rspace, Budget(0.5, 0.1)) == (int(0.45 * total), int(0.55 * total + 0.5))
+    assert check_budget(rspace, Budget(100_000, 0.0)) == (100_000, 100_000)
+    with pytest.raises(SearchSpaceError, match="budget unreachable"):
+        check_budget(rspace, Budget(0.01))
+    with pytest.raises(SearchSpaceError, match="budget unreachable"):
+        check_budget(space(hidden=[16, 32]), Budget(0.9))
+    with pytest.raises(SearchSpaceError, match="exceed the model"):
+        space(ffn=[64, 256])
+    with pytest.raises(SearchSpaceError, match="exceed the model"):
+        space(layers=[0, 2])
+    with pytest.raises(SearchSpaceError, match="unknown strategy"):
+        make_strategy("annealing", rspace, (1, 10**9), 0)
+    with pytest.raises(SearchSpaceError, match="needs importance scores"):
+        make_strategy("proxy", rspace, check_budget(rspace, BUDGET), 0)
+    with pytest.raises(SearchSpaceError, match="unknown search-space fields"):
+        SearchSpace.from_dict({"hiden": [1]})
+    with pytest.raises(SearchSpaceError, match="bad search space"):
+        SearchSpace.from_dict({"granularity": "medium"})
+
+
+def test_granularity_defaults(tmp_path):
+    coarse, fine = space(Granularity.COARSE_UNIFORM), space(Granularity.FINE_LAYERWISE)
+    assert coarse.choices["hidden"] == [16, 32, 48, 64] and coarse.choices["ffn"] == [32, 64, 96, 128]
+    assert fine.choices["layers"] == [1, 2, 3, 4, 5, 6] and len(fine.choices["ffn"]) == 16
+    assert coarse.slots == 1 and fine.slots == 6
+    assert fine.size() > coarse.size()
+    path = tmp_path / "space.yaml"
+    path.write_text("granularity: coarse_layerwise\nordering: first_k\nffn: [64, 128]\nround_to: 8\n"
+                    "budget: {target: 0.4, tolerance: 0.1}\n")
+    loaded = SearchSpace.load(path)
+    assert loaded.granularity is Granularity.COARSE_LAYERWISE and loaded.budget == Budget(0.4, 0.1)
+    assert resolve_space(loaded, CFG).choices["ffn"] == [64, 128]
+    assert SearchSpace.from_dict(loaded.to_dict()) == loaded
