@@ -18,10 +18,10 @@ def run_pipeline_stage(config: PipelineConfig, stage: str) -> dict:
     return run_stage(config, build_stages(), stage)
 
 
-def run_pipeline(config: PipelineConfig, stages: list[str] | None = None) -> dict:
+def run_pipeline(config: PipelineConfig, stages: list[str] | None = None, *, log=print) -> dict:
     """Run stages in order in this process (all by default)."""
     from nemo_subnet.pipeline.runner import run_all
     from nemo_subnet.pipeline.stages import build_stages
 
     config.validate()
-    return run_all(config, build_stages(), stages)
+    return run_all(config, build_stages(), stages, log=log)

@@ -5,7 +5,6 @@ The same ``PipelineConfig`` drives ``make demo`` (stages called in this process)
 data so NeMo-Run / fiddle can override any of them from the command line (``config.search.population=16``).
 """
 
-from __future__ import annotations
 
 import dataclasses
 import typing

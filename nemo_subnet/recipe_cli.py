@@ -1,0 +1,88 @@
+"""`nemo-subnet run`: launch a recipe (NeMo-Run experiment) without NeMo-Run's own CLI.
+
+``nemo-subnet run search-then-pretrain --factory tiny [--dryrun] [key=value ...]`` is the same as
+``nemo subnet search-then-pretrain --factory tiny [--dryrun] -y [key=value ...]``. Overrides address the
+pipeline config as ``config.<field>`` (or just ``<field>``) and the launch settings as ``launch.<field>``,
+values parsed as YAML: ``config.student_train.steps=20 launch.executor=slurm launch.nodes=2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+RECIPES = ("search-then-pretrain",)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("run", help="run a recipe (all stages as one NeMo-Run experiment)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("recipe", nargs="?", default="search-then-pretrain", help=f"one of {list(RECIPES)}")
+    p.add_argument("--factory", "-f", default="tiny", help="preset: tiny, pythia_410m, llama_1b (default: tiny)")
+    p.add_argument("--dryrun", action="store_true", help="print every task's command / sbatch script; run nothing")
+    p.add_argument("--detach", action="store_true", help="return after submitting (SLURM)")
+    p.add_argument("--stage", action="append", help="run only these stages (repeatable; finished ones are reused)")
+    p.add_argument("--name", default=None, help="experiment name (default: the recipe's)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_run)
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(pipeline overrides without the ``config.`` prefix, launch overrides without ``launch.``)."""
+    from nemo_subnet.cli import UserError
+
+    config, launch = [], []
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value")
+        if item.startswith("launch."):
+            launch.append(item[len("launch."):])
+        else:
+            config.append(item[len("config."):] if item.startswith("config.") else item)
+    return config, launch
+
+
+def resolve(factory: str, overrides: list[str]):
+    """(PipelineConfig, LaunchConfig) of a preset with overrides applied; UserError on bad names / keys."""
+    import dataclasses
+
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.pipeline.config import _from_dict, apply_overrides
+    from nemo_subnet.recipes.executors import LaunchConfig
+    from nemo_subnet.recipes.presets import PRESETS
+    from nemo_subnet.training.config import apply_overrides as apply_dotted
+
+    if factory not in PRESETS:
+        raise UserError(f"unknown factory {factory!r}; available: {', '.join(PRESETS)}")
+    config_overrides, launch_overrides = split_overrides(overrides)
+    config = apply_overrides(PRESETS[factory](), config_overrides)
+    launch = _from_dict(LaunchConfig, apply_dotted(dataclasses.asdict(LaunchConfig()), launch_overrides), "launch.")
+    return config, launch
+
+
+def _run(args: argparse.Namespace) -> int:
+    from nemo_subnet.cli import UserError
+
+    if args.recipe not in RECIPES:
+        raise UserError(f"unknown recipe {args.recipe!r}; available: {', '.join(RECIPES)}")
+    config, launch = resolve(args.factory, args.overrides)
+    from nemo_subnet.pipeline.stages import STAGE_NAMES
+    from nemo_subnet.recipes.search_then_pretrain import launch_experiment
+
+    for stage in args.stage or []:
+        if stage not in STAGE_NAMES:
+            raise UserError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
+    exp = launch_experiment(config, launch, dryrun=args.dryrun, detach=args.detach,
+                            name=args.name or args.recipe, stages=args.stage)
+    if args.dryrun:
+        return 0
+    from nemo_subnet.pipeline.runner import read_marker
+    from pathlib import Path
+
+    out = Path(config.out_dir).absolute()
+    missing = [s for s in (args.stage or STAGE_NAMES) if read_marker(out, s) is None]
+    if missing and not args.detach:
+        raise UserError(f"experiment {exp._id} finished without stages {missing}; see the task logs under "
+                        f"{exp._exp_dir}")
+    print(f"{args.recipe}: {'submitted' if args.detach else 'done'}; outputs in {out}"
+          + ("" if args.detach else f", report {out / 'report' / 'report.md'}"))
+    return 0
