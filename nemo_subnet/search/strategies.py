@@ -101,8 +101,8 @@ class BudgetSampler:
             if candidate is not None and self.space.key(candidate) not in seen:
                 return candidate
         raise SearchSpaceError(
-            f"no new sub-network within the budget {self.lower:,}..{self.upper:,} parameters found in {tries} tries: "
-            "the budget band may be too narrow for the space's choices (raise the tolerance)")
+            f"budget unreachable: no new sub-network of {self.lower:,}..{self.upper:,} parameters found in {tries} "
+            "tries; the band may be too narrow for the space's choices (raise the tolerance or change the budget)")
 
 
 class Strategy(ABC):
