@@ -33,8 +33,10 @@ def load_supernet(ckpt_dir: str | Path):
 
     cfg = read_model_config(ckpt_dir)
     model = build_supernet(cfg, perform_initialization=False)
-    state = dist_checkpointing.load(model.sharded_state_dict(), str(Path(ckpt_dir) / WEIGHTS))
-    model.load_state_dict(state)
+    sharded = model.sharded_state_dict()
+    state = dist_checkpointing.load(sharded, str(Path(ckpt_dir) / WEIGHTS))
+    # a training checkpoint also holds the optimizer's (common) state: keep the model's keys only
+    model.load_state_dict({k: v for k, v in state.items() if k in sharded})
     return cfg, model.eval()
 
 
