@@ -15,8 +15,8 @@ from nemo_subnet.subnet.params import count_parameters, subnet_parameters
 CLI_EVAL = ["--val-batches", "2", "--seq-length", "32", "--micro-batch-size", "2"]
 
 
-def _space(tmp_path, text="granularity: fine_layerwise\nordering: importance\nround_to: 8\n"):
-    path = tmp_path / "space.yaml"
+def _space(tmp_path, text="granularity: fine_layerwise\nordering: importance\nround_to: 8\n", name="space.yaml"):
+    path = tmp_path / name
     path.write_text(text)
     return path
 
@@ -87,8 +87,8 @@ def test_search_dp2_equals_dp1(ckpt, data_dir, tmp_path, megatron_runtime):
 ])
 def test_bad_input_is_one_line(extra, message, ckpt, data_dir, tmp_path, capsys, megatron_runtime):
     spaces = {"SPACE_FIRST_K": _space(tmp_path, "ordering: first_k\n"),
-              "SPACE_BIG": _space(tmp_path / "big" if (tmp_path / "big").mkdir() is None else None, "ordering: first_k\nffn: [64, 512]\n"),
-              "SPACE_NO_SCORES": _space(tmp_path / "ns" if (tmp_path / "ns").mkdir() is None else None, "ordering: importance\n")}
+              "SPACE_BIG": _space(tmp_path, "ordering: first_k\nffn: [64, 512]\n", "big.yaml"),
+              "SPACE_NO_SCORES": _space(tmp_path, "ordering: importance\n", "no_scores.yaml")}
     args = ["search", "--ckpt", str(ckpt), "--data", str(data_dir), "--out", str(tmp_path / "run"), "--evaluations", "2",
             "--no-progress", "--space", str(spaces["SPACE_FIRST_K"]), *CLI_EVAL]
     args += [str(spaces.get(x, x)) for x in extra]
