@@ -87,7 +87,7 @@ def parity_check(out: Path, console) -> bool:
     path = out / "parity.json"
     if path.is_file():
         rows = json.loads(path.read_text())
-        console.print(f"[parity] reusing {path}")
+        console.print(escape(f"[parity] reusing {path}"), style="bold cyan")
     else:
         rows = []
         with runtime_scope(tp=1, pp=1, seed=0), console.status("converting") as status:
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
     from rich.console import Console
+    from rich.markup import escape
 
     from nemo_subnet.cli import UserError
     from nemo_subnet.pipeline import run_pipeline
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parity_ok = True if args.skip_parity else parity_check(out, console)
     try:
         config = apply_overrides(demo_config(str(out)), args.overrides)
-        run_pipeline(config, log=lambda msg: console.print(f"[bold cyan]{msg}"))
+        run_pipeline(config, log=lambda msg: console.print(escape(msg), style="bold cyan"))
     except (UserError, StageError) as err:
         console.print(f"[bold red]demo failed: {err}")
         return 1
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((out / ".stages" / "report.done.json").read_text())["summary"]
     console.rule("report")
     text = report.read_text()
-    console.print(text[text.index("## Student pretraining"):text.index("![students]")])
+    console.print(escape(text[text.index("## Student pretraining"):text.index("![students]")]))
     ok = parity_ok and summary["kd_ahead"]
     console.print(f"report: {report}  ({time.perf_counter() - start:.0f} s)  "
                   f"[{'bold green' if ok else 'bold red'}]{'sub-network init + KD ahead of random init' if summary['kd_ahead'] else 'KD student NOT ahead'}"

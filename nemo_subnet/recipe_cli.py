@@ -62,6 +62,9 @@ def resolve(factory: str, overrides: list[str]):
 def _run(args: argparse.Namespace) -> int:
     from nemo_subnet.cli import UserError
 
+    if "=" in args.recipe:  # no recipe named: the first positional is an override
+        args.overrides.insert(0, args.recipe)
+        args.recipe = RECIPES[0]
     if args.recipe not in RECIPES:
         raise UserError(f"unknown recipe {args.recipe!r}; available: {', '.join(RECIPES)}")
     config, launch = resolve(args.factory, args.overrides)
@@ -75,8 +78,9 @@ def _run(args: argparse.Namespace) -> int:
                             name=args.name or args.recipe, stages=args.stage)
     if args.dryrun:
         return 0
-    from nemo_subnet.pipeline.runner import read_marker
     from pathlib import Path
+
+    from nemo_subnet.pipeline.runner import read_marker
 
     out = Path(config.out_dir).absolute()
     missing = [s for s in (args.stage or STAGE_NAMES) if read_marker(out, s) is None]

@@ -44,6 +44,8 @@ def _marker(out: Path, name: str) -> dict:
 def _fmt(x, digits=2) -> str:
     if x is None:
         return "not reached"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
     if isinstance(x, float):
         return f"{x:,.{digits}f}"
     return f"{x:,}" if isinstance(x, int) else str(x)
@@ -185,9 +187,15 @@ def write_report(out: Path, report_dir: Path, config=None) -> dict:
                  f"Target: the random-init student's final validation perplexity ({_fmt(cmp['target'])}).", ""]
     reach = cmp["reach"]
     base_tokens = reach.get("random init")
-    sections += [_table(["run", "tokens to target", "fewer tokens than random init"],
-                        [[name, None if t is None else int(t), None if (t is None or not base_tokens) else base_tokens / t]
-                         for name, t in reach.items()]), ""]
+    first = {"subnet init + KD": cmp["distill"][0][0] if cmp["distill"] else None}
+    rows = []
+    for name, t in reach.items():
+        bound = t is not None and first.get(name) == t  # reached at its first evaluation: an upper bound
+        rows.append([name, None if t is None else ("≤ " if bound else "") + f"{int(t):,}",
+                     None if (t is None or not base_tokens) else ("≥ " if bound else "") + f"{base_tokens / t:.2f}x"])
+    sections += [_table(["run", "tokens to target", "fewer tokens than random init"], rows), ""]
+    if any(r[1] and str(r[1]).startswith("≤") for r in rows):
+        sections += ["(≤ / ≥: the KD student was already below the target at its first evaluation.)", ""]
     _plot_curves({"subnet init + KD": cmp["distill"], "random init": cmp["baseline"]}, cmp["target"],
                  teacher.get("valid_ppl"), report_dir / "students.png")
     sections += ["![students](students.png)", ""]
@@ -210,7 +218,7 @@ def write_report(out: Path, report_dir: Path, config=None) -> dict:
 
     (report_dir / "report.md").write_text("\n".join(sections))
     return {"report": str(report_dir / "report.md"), "kd_ahead": ahead, "target": cmp["target"],
-            "tokens_to_target": reach}
+            "tokens_to_target": reach, "rows": cmp["rows"]}
 
 
 def main(argv: list[str] | None = None) -> int:

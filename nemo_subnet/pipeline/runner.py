@@ -28,8 +28,11 @@ from typing import Callable
 from nemo_subnet.pipeline.config import PipelineConfig
 
 MARKERS = ".stages"
-_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-                "MASTER_PORT", "TORCHELASTIC_RUN_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
+_LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
+                "SLURM_LOCALID")
+# (also every TORCHELASTIC_* variable: TORCHELASTIC_USE_AGENT_STORE=True makes a child's init_process_group
+# wait forever for the agent's store instead of starting its own)
 
 
 class StageError(RuntimeError):
@@ -74,9 +77,10 @@ class StageContext:
         """Run ``python -m MODULE ARGS``; raise StageError on failure. Not distributed: launcher variables
         are removed so the child is a single process."""
         env = dict(os.environ)
-        if not distributed:
-            for var in _LAUNCH_VARS:
-                env.pop(var, None)
+        if not distributed:  # a single process: nothing may point it at the launcher's rendezvous
+            for var in list(env):
+                if var in _LAUNCH_VARS or var.startswith(("TORCHELASTIC_", "TORCHX_", "PET_")):
+                    env.pop(var)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2))))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("PYTHONWARNINGS", "ignore")
@@ -176,14 +180,18 @@ def run_stage(config: PipelineConfig, stages: dict[str, Stage], name: str, *, lo
     if not stage.distributed and _rank() != 0:
         return {"skipped_rank": _rank()}
 
-    started = read_marker(out, name, "started")
-    resume = stage.resumable and started is not None and started.get("fingerprint") == prints[name]
+    # Rank 0 clears a stale directory, then writes the "started" marker; the other ranks of a distributed
+    # stage wait for that marker, so no rank starts on a directory that is about to be removed.
     if _rank() == 0:
+        started = read_marker(out, name, "started")
+        keep = stage.resumable and started is not None and started.get("fingerprint") == prints[name]
         marker_path(out, name).unlink(missing_ok=True)
-        if (out / name).exists() and not resume:
+        if (out / name).exists() and not keep:
             shutil.rmtree(out / name)
         _write_marker(out, name, {"fingerprint": prints[name]}, "started")
-    log(f"[{name}] {'resuming' if resume else 'running'}: {stage.help}")
+    else:
+        _wait_for_started(out, name, prints[name])
+    resume = stage.resumable and (out / name).exists()
     begin = time.perf_counter()
     summary = stage.run(StageContext(config=config, stage=stage, out=out, resume=resume))
     seconds = time.perf_counter() - begin
@@ -193,6 +201,16 @@ def run_stage(config: PipelineConfig, stages: dict[str, Stage], name: str, *, lo
         marker_path(out, name, "started").unlink(missing_ok=True)
     log(f"[{name}] done in {seconds:.0f} s")
     return {**result, "reused": False}
+
+
+def _wait_for_started(out: Path, name: str, fingerprint_: str, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        marker = read_marker(out, name, "started")
+        if marker and marker.get("fingerprint") == fingerprint_:
+            return
+        time.sleep(0.5)
+    raise StageError(f"stage {name}: rank 0 did not start it within {timeout:.0f} s")
 
 
 def run_all(config: PipelineConfig, stages: dict[str, Stage], names: list[str] | None = None, *, log=print) -> dict:

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# A real one-node SLURM cluster on this machine (Debian slurm-wlm + munge), for CI and laptop tests.
+#
+#   sudo launch/local_slurm.sh          # install if needed, configure, start; waits until the node is idle
+#   launch/local_slurm.sh --status      # sinfo
+#
+# Idempotent: packages, the munge key and slurm.conf are made once; running daemons are left running.
+# Settings that work without cgroups or a database (see DESIGN.md): SlurmUser=root, proctrack/linuxproc,
+# task/none, select/cons_tres, one partition "debug" with this host's CPUs and memory.
+set -euo pipefail
+if [[ "${1:-}" == "--status" ]]; then exec sinfo; fi
+[[ "$(id -u)" -eq 0 ]] || { echo "local_slurm.sh: needs root (apt-get, daemons)" >&2; exit 1; }
+
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+fi
+
+HOST="$(hostname -s)"
+CPUS="$(nproc)"
+MEM_MB="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
+CONF_DIR=/etc/slurm
+mkdir -p "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /var/lib/munge /var/log/munge /etc/munge
+
+if [[ ! -s /etc/munge/munge.key ]]; then
+  if command -v mungekey >/dev/null; then mungekey -c -f -k /etc/munge/munge.key; else
+    dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null; fi
+fi
+chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge
+chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key
+
+CONF="$CONF_DIR/slurm.conf"
+WANT="$(cat <<CONF
+ClusterName=nemo-subnet-ci
+SlurmctldHost=$HOST
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+ReturnToService=2
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldPidFile=/run/slurmctld.pid
+SlurmdPidFile=/run/slurmd.pid
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+InactiveLimit=0
+KillWait=10
+MinJobAge=300
+NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+CONF
+)"
+RESTART=0
+if [[ ! -f "$CONF" ]] || [[ "$(cat "$CONF")" != "$WANT" ]]; then echo "$WANT" > "$CONF"; RESTART=1; fi
+
+pgrep -x munged >/dev/null || su -s /bin/sh munge -c "munged" || munged --force
+if [[ "$RESTART" -eq 1 ]]; then
+  pkill -x slurmctld 2>/dev/null || true; pkill -x slurmd 2>/dev/null || true; sleep 1
+fi
+pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmd >/dev/null || slurmd
+
+for _ in $(seq 1 60); do
+  state="$(sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1 || true)"
+  case "$state" in
+    idle|mixed|allocated) echo "local SLURM ready: node $HOST $state, partition debug"; exit 0 ;;
+    down*|drain*) scontrol update NodeName="$HOST" State=RESUME 2>/dev/null || true ;;
+  esac
+  sleep 1
+done
+echo "local_slurm.sh: node $HOST not idle after 60 s (state: ${state:-none}); see /var/log/slurm/" >&2
+exit 1
