@@ -15,6 +15,7 @@ was never copied there.
 """
 
 
+import getpass
 import os
 import shutil
 import subprocess
@@ -90,7 +91,9 @@ def slurm_executor(launch: LaunchConfig, *, distributed: bool) -> run.SlurmExecu
         from nemo_run.config import get_nemorun_home
 
         tunnel = run.LocalTunnel(job_dir=os.path.join(get_nemorun_home(), "experiments"))
-    kwargs = dict(account=launch.account, partition=launch.partition, nodes=nodes, ntasks_per_node=ranks,
+    # NeMo-Run needs an account to name jobs; clusters without accounting accept any, so fall back to the user
+    account = launch.account or os.environ.get("SLURM_ACCOUNT") or getpass.getuser()
+    kwargs = dict(account=account, partition=launch.partition, nodes=nodes, ntasks_per_node=ranks,
                   time=launch.time, packager=run.Packager(), tunnel=tunnel, env_vars=task_env(launch, ranks),
                   launcher="torchrun" if nodes * ranks > 1 else None)
     if launch.gpus_per_node and distributed:
