@@ -79,6 +79,7 @@ def _parity_for(variant: str, out: Path) -> dict:
 
 def parity_check(out: Path, console) -> bool:
     """HF <-> Megatron round trip of every family on tiny random models; reused when parity.json exists."""
+    from rich.markup import escape
     from rich.table import Table
 
     from nemo_subnet.models.tiny_hf import VARIANTS
