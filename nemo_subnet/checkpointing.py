@@ -17,6 +17,7 @@ import json
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -114,12 +115,17 @@ def read_model_config(ckpt_dir: str | Path) -> ModelConfig:
     return ModelConfig.load(ckpt_dir / MODEL_CONFIG)
 
 
-def load_model(ckpt_dir: str | Path, *, params_dtype: torch.dtype | None = None, parallel_output: bool = True):
-    """(ModelConfig, this rank's GPTModel) from a checkpoint, at the current runtime's TP/PP."""
+def load_model(ckpt_dir: str | Path, *, builder: Callable = build_gpt_model, params_dtype: torch.dtype | None = None,
+               parallel_output: bool = True):
+    """(ModelConfig, this rank's model) from a model or training checkpoint, at the current runtime's TP/PP.
+
+    ``builder`` builds the module (``build_gpt_model``, or ``build_supernet`` for an elastic model).
+    """
     ckpt_dir = Path(ckpt_dir)
     cfg = read_model_config(ckpt_dir)
-    model = build_gpt_model(cfg, params_dtype=params_dtype, parallel_output=parallel_output,
-                            perform_initialization=False)
-    state = dist_checkpointing.load(model.sharded_state_dict(), str(ckpt_dir / WEIGHTS))
-    model.load_state_dict(state)
+    model = builder(cfg, params_dtype=params_dtype, parallel_output=parallel_output, perform_initialization=False)
+    sharded = model.sharded_state_dict()
+    state = dist_checkpointing.load(sharded, str(ckpt_dir / WEIGHTS))
+    # a training checkpoint also returns the optimizer's common (non-sharded) state: keep the model's keys
+    model.load_state_dict({k: v for k, v in state.items() if k in sharded})
     return cfg, model

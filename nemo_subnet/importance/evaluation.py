@@ -26,17 +26,10 @@ from nemo_subnet.models.config import ModelConfig
 
 def load_supernet(ckpt_dir: str | Path):
     """(ModelConfig, this rank's ElasticGPTModel in eval mode) from a model checkpoint, at the runtime's TP/PP."""
-    from megatron.core import dist_checkpointing
-
-    from nemo_subnet.checkpointing import WEIGHTS, read_model_config
+    from nemo_subnet.checkpointing import load_model
     from nemo_subnet.subnet.supernet import build_supernet
 
-    cfg = read_model_config(ckpt_dir)
-    model = build_supernet(cfg, perform_initialization=False)
-    sharded = model.sharded_state_dict()
-    state = dist_checkpointing.load(sharded, str(Path(ckpt_dir) / WEIGHTS))
-    # a training checkpoint also holds the optimizer's (common) state: keep the model's keys only
-    model.load_state_dict({k: v for k, v in state.items() if k in sharded})
+    cfg, model = load_model(ckpt_dir, builder=build_supernet)
     return cfg, model.eval()
 
 

@@ -12,19 +12,12 @@ from pathlib import Path
 
 
 def to_model_checkpoint(train_ckpt: str | Path, out: str | Path) -> None:
-    from megatron.core import dist_checkpointing
-
-    from nemo_subnet.checkpointing import TOKENIZER, WEIGHTS, atomic_directory, read_model_config, save_model
-    from nemo_subnet.models.builder import build_gpt_model
+    from nemo_subnet.checkpointing import TOKENIZER, atomic_directory, load_model, save_model
     from nemo_subnet.runtime import runtime_scope
 
     train_ckpt = Path(train_ckpt)
     with runtime_scope(tp=1, pp=1):
-        cfg = read_model_config(train_ckpt)
-        model = build_gpt_model(cfg, perform_initialization=False)
-        state = dist_checkpointing.load(model.sharded_state_dict(), str(train_ckpt / WEIGHTS))
-        state.pop("optimizer", None)  # common (non-sharded) optimizer state saved beside the model's
-        model.load_state_dict(state)
+        cfg, model = load_model(train_ckpt)
         tokenizer = train_ckpt / TOKENIZER
         with atomic_directory(out, overwrite=True) as tmp:
             save_model(model, cfg, tmp, tokenizer_dir=tokenizer if tokenizer.is_dir() else None)

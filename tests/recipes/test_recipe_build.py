@@ -32,7 +32,7 @@ def test_presets_build_every_stage_with_dependencies(preset, tmp_path):
     config = dataclasses.replace(config, out_dir=str(tmp_path / "out"))
     config.validate()
     launch = LaunchConfig(executor="slurm", nodes=2, nproc_per_node=1, gpus_per_node=8, partition="batch",
-                          account="acct", container_image="nvcr.io/x/nemo-subnet:latest")
+                          account="acct", container_image="registry.example/x/nemo-subnet:latest")
     exp = build_experiment(config, launch)
     stages = build_stages()
     jobs = {job.id: job for job in exp.jobs}
@@ -43,7 +43,7 @@ def test_presets_build_every_stage_with_dependencies(preset, tmp_path):
         assert ex.nodes == (2 if stage.distributed else 1)
         assert (ex.gpus_per_node == 8) == stage.distributed
         assert ex.partition == "batch" and ex.account == "acct"
-        assert ex.container_image == "nvcr.io/x/nemo-subnet:latest"
+        assert ex.container_image == "registry.example/x/nemo-subnet:latest"
 
 
 def test_nemo_run_cli_dryrun_tiny_torchrun(home):

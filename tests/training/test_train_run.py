@@ -98,3 +98,25 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, dat
     assert ckpts[-1] == f"step_{bad_step - 1:07d}" and not [c for c in ckpts if c.startswith(".")]
     state = json.loads((tmp_path / "run" / "checkpoints" / ckpts[-1] / "train_state.json").read_text())
     assert state["step"] == bad_step - 1
+
+
+def test_training_checkpoint_loads_as_a_model_and_exports(baseline_run: Path, tmp_path, megatron_runtime):
+    """A training checkpoint (weights + optimizer) is also a model checkpoint: plain, elastic, and HF export."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from nemo_subnet.checkpointing import load_model
+    from nemo_subnet.conversion.hf_export import export_hf
+    from nemo_subnet.models.inference import forward_logits
+    from nemo_subnet.subnet.supernet import build_supernet
+
+    step12 = baseline_run / "checkpoints" / "step_0000012"
+    cfg, model = load_model(step12)
+    _, supernet = load_model(step12, builder=build_supernet)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 16))
+    logits = forward_logits(model, cfg, tokens)
+    assert torch.equal(forward_logits(supernet, cfg, tokens), logits)
+    export_hf(step12, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        assert (hf(tokens).logits - logits).abs().max().item() <= 1e-4
