@@ -5,16 +5,19 @@
 #   launch/local_slurm.sh --status      # sinfo
 #
 # Idempotent: packages, the munge key and slurm.conf are made once; running daemons are left running.
-# Settings that work without cgroups or a database (see DESIGN.md): SlurmUser=root, proctrack/linuxproc,
-# task/none, select/cons_tres, one partition "debug" with this host's CPUs and memory.
+# Settings that work without cgroups (see DESIGN.md): SlurmUser=root, proctrack/linuxproc, task/none,
+# select/cons_tres, one partition "debug" with this host's CPUs and memory. Job accounting runs through
+# slurmdbd on a local MariaDB: NeMo-Run's SlurmExecutor reads job states with `sacct`, which answers
+# nothing without accounting storage (it then gives up after ~30 failed polls, mid-job).
 set -euo pipefail
 if [[ "${1:-}" == "--status" ]]; then exec sinfo; fi
 [[ "$(id -u)" -eq 0 ]] || { echo "local_slurm.sh: needs root (apt-get, daemons)" >&2; exit 1; }
 
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! command -v slurmdbd >/dev/null \
+    || ! command -v mariadbd >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
+  apt-get install -y -qq --no-install-recommends slurm-wlm slurmdbd munge mariadb-server >/dev/null
 fi
 
 HOST="$(hostname -s)"
@@ -51,7 +54,8 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
 InactiveLimit=0
 KillWait=10
 MinJobAge=300
@@ -63,6 +67,32 @@ RESTART=0
 if [[ ! -f "$CONF" ]] || [[ "$(cat "$CONF")" != "$WANT" ]]; then echo "$WANT" > "$CONF"; RESTART=1; fi
 
 pgrep -x munged >/dev/null || su -s /bin/sh munge -c "munged" || munged --force
+
+# accounting: MariaDB -> slurmdbd -> the cluster registered, before slurmctld starts
+mysqladmin ping >/dev/null 2>&1 || service mariadb start >/dev/null
+for _ in $(seq 1 30); do mysqladmin ping >/dev/null 2>&1 && break; sleep 1; done
+mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+          CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmdbd-local';
+          GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+DBD_CONF="$CONF_DIR/slurmdbd.conf"
+cat > "$DBD_CONF" <<DBD
+AuthType=auth/munge
+DbdHost=localhost
+DbdPort=6819
+SlurmUser=root
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=slurmdbd-local
+StorageLoc=slurm_acct_db
+LogFile=/var/log/slurm/slurmdbd.log
+PidFile=/run/slurmdbd.pid
+DBD
+chmod 0600 "$DBD_CONF"
+pgrep -x slurmdbd >/dev/null || slurmdbd
+for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/6819) 2>/dev/null && break; sleep 1; done
+sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx nemo-subnet-ci \
+  || sacctmgr -i add cluster nemo-subnet-ci >/dev/null
 if [[ "$RESTART" -eq 1 ]]; then
   pkill -x slurmctld 2>/dev/null || true; pkill -x slurmd 2>/dev/null || true; sleep 1
 fi
