@@ -15,6 +15,7 @@ Megatron layouts the fusions produce (per TP=1 tensor; TP sharding is done later
 from __future__ import annotations
 
 import enum
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -42,7 +43,7 @@ class WeightRule:
         return "{i}" in self.megatron
 
 
-class FamilyAdapter:
+class FamilyAdapter(ABC):
     """Subclasses set the class attributes and implement the two config translations."""
 
     model_types: tuple[str, ...] = ()
@@ -53,12 +54,13 @@ class FamilyAdapter:
     """On-disk HF names that transformers renames in memory (disk name -> in-memory name)."""
 
     # --- config ---
+    @abstractmethod
     def config_from_hf(self, hf_config) -> ModelConfig:
-        raise NotImplementedError
+        """Our ModelConfig from a transformers config; ValueError for what the family cannot express."""
 
+    @abstractmethod
     def hf_config_updates(self, cfg: ModelConfig) -> dict:
         """Fields of the HF config.json that the ModelConfig determines (applied over the source's)."""
-        raise NotImplementedError
 
     def hf_head_layout(self, cfg: ModelConfig) -> tuple[int | None, int | None]:
         """(query groups, heads per group) the HF architecture needs, or None for "the largest layer's"."""
