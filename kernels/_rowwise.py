@@ -392,7 +392,8 @@ def combine_stats(stats: torch.Tensor, spec: LossSpec, group=None):
 
 
 def forward_rows(s, t, w, labels, spec: LossSpec, triton_path: bool, n_valid: int, vocab_start: int = 0, group=None):
-    """All forward passes for one block of rows → (per-row loss [n], saved [n, 4] for `backward_rows`).
+    """All forward passes for one block of rows → (per-row loss [n], saved [n, 4] for `backward_rows`,
+    per-row CE [n] or None without CE).
 
     The per-row loss is kd_scale * D + ce_weight * CE, before the token weight.
     """
@@ -409,7 +410,8 @@ def forward_rows(s, t, w, labels, spec: LossSpec, triton_path: bool, n_valid: in
         loss = loss + spec.ce_weight * ce
     active = w != 0
     loss = torch.where(active, loss, 0.0)
-    return loss, torch.stack([lse_s, lse_t, lse_1, torch.where(active, aux, 0.0)], dim=1)
+    ce_rows = torch.where(active, ce, 0.0) if spec.has_ce else None
+    return loss, torch.stack([lse_s, lse_t, lse_1, torch.where(active, aux, 0.0)], dim=1), ce_rows
 
 
 def backward_rows(s, t, labels, saved, coef, spec: LossSpec, triton_path: bool, n_valid: int, vocab_start: int = 0, out=None):

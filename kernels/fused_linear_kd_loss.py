@@ -59,7 +59,7 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
                 t_c = teacher_hidden[start:end] @ teacher_weight.t()  # [c, v]
             w_c = weights[start:end]
             l_c = None if labels is None else labels[start:end]
-            loss_rows, saved = _rowwise.forward_rows(s_c, t_c, w_c, l_c, spec, triton_path, n_valid)
+            loss_rows, saved, _ = _rowwise.forward_rows(s_c, t_c, w_c, l_c, spec, triton_path, n_valid)
             total += (w_c * loss_rows).sum()
             if grad_hidden is None and grad_weight is None:
                 continue

@@ -51,16 +51,19 @@ class LogitKDLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, weights, labels, spec: LossSpec, triton_path: bool,
                 n_valid: int, vocab_start: int, group, reduction: Reduction):
-        loss_rows, saved = _rowwise.forward_rows(
+        loss_rows, saved, ce_rows = _rowwise.forward_rows(
             student, teacher, weights, labels, spec, triton_path, n_valid, vocab_start, group
         )
         ctx.save_for_backward(student, teacher, weights, labels, saved)
         ctx.args = (spec, triton_path, n_valid, vocab_start)
-        per_token = weights * loss_rows
-        return per_token if reduction is Reduction.NONE else per_token.sum()
+        # second output: the unweighted CE term, reduced like the loss, for logging (no gradient)
+        terms = [weights * loss_rows, weights * (ce_rows if ce_rows is not None else torch.zeros_like(loss_rows))]
+        loss, ce = (t if reduction is Reduction.NONE else t.sum() for t in terms)
+        ctx.mark_non_differentiable(ce)
+        return loss, ce
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_ce):
         student, teacher, weights, labels, saved = ctx.saved_tensors
         spec, triton_path, n_valid, vocab_start = ctx.args
         coef = grad_output * weights  # scalar or per-token upstream grad, no host sync
@@ -86,12 +89,15 @@ def logit_kd_loss(
     backend: Backend,
     group=None,
     vocab_start_index: int = 0,
-) -> torch.Tensor:
+    return_ce: bool = False,
+):
     """Shared body of `kd_loss` and `vocab_parallel_kd_loss` (see those for the arguments)."""
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student {tuple(student_logits.shape)} != teacher {tuple(teacher_logits.shape)}")
     if ce_weight != 0.0 and labels is None:
         raise ValueError("ce_weight != 0 needs labels")
+    if return_ce and ce_weight == 0.0:
+        raise ValueError("return_ce needs the CE term in the loss (ce_weight != 0)")
     reduction = Reduction(reduction)
     spec = make_spec(divergence, beta, temperature, scale_t2, kd_weight, ce_weight)
     lead_shape, n_cols = student_logits.shape[:-1], student_logits.shape[-1]
@@ -107,11 +113,13 @@ def logit_kd_loss(
         student.shape[0], student.device, labels, ignore_index, loss_mask, reduction,
         dtype=torch.promote_types(student.dtype, torch.float32),
     )
-    loss = LogitKDLossFunction.apply(
+    loss, ce = LogitKDLossFunction.apply(
         student, teacher, weights, labels, spec, use_triton(student, backend),
         n_valid, vocab_start_index, group, reduction,
     )
-    return loss.reshape(lead_shape) if reduction is Reduction.NONE else loss
+    if reduction is Reduction.NONE:
+        loss, ce = loss.reshape(lead_shape), ce.reshape(lead_shape)
+    return (loss, ce) if return_ce else loss
 
 
 def kd_loss(
@@ -130,7 +138,8 @@ def kd_loss(
     kd_weight: float = 1.0,
     ce_weight: float = 0.0,
     backend: Backend = Backend.AUTO,
-) -> torch.Tensor:
+    return_ce: bool = False,
+):
     """Distillation loss between student and teacher logits [..., V]; see `LogitKDLossFunction`.
 
     Args:
@@ -143,10 +152,13 @@ def kd_loss(
         vocab_size: true vocabulary size; columns >= vocab_size are padding and excluded.
         kd_weight, ce_weight: loss = kd_weight * KD + ce_weight * CE.
         backend: AUTO (Triton on CUDA), TRITON or TORCH.
-    Gradients flow to student_logits only.
+        return_ce: also return the CE term (unweighted, reduced like the loss, no gradient), computed in
+            the same pass, for logging; needs ce_weight != 0.
+    Gradients flow to student_logits only. Returns the loss, or (loss, ce) with return_ce.
     """
     return logit_kd_loss(
         student_logits, teacher_logits, divergence=divergence, beta=beta, temperature=temperature,
         scale_t2=scale_t2, labels=labels, ignore_index=ignore_index, loss_mask=loss_mask,
         reduction=reduction, vocab_size=vocab_size, kd_weight=kd_weight, ce_weight=ce_weight, backend=backend,
+        return_ce=return_ce,
     )

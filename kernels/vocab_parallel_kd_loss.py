@@ -41,7 +41,8 @@ def vocab_parallel_kd_loss(
     kd_weight: float = 1.0,
     ce_weight: float = 0.0,
     backend: Backend = Backend.AUTO,
-) -> torch.Tensor:
+    return_ce: bool = False,
+):
     """`kd_loss` for logits [..., V_local] sharded over `group`; equals the full-vocabulary loss.
 
     Args:
@@ -55,5 +56,5 @@ def vocab_parallel_kd_loss(
         student_shard, teacher_shard, divergence=divergence, beta=beta, temperature=temperature,
         scale_t2=scale_t2, labels=labels, ignore_index=ignore_index, loss_mask=loss_mask,
         reduction=reduction, vocab_size=vocab_size, kd_weight=kd_weight, ce_weight=ce_weight,
-        backend=backend, group=group, vocab_start_index=vocab_start_index,
+        backend=backend, group=group, vocab_start_index=vocab_start_index, return_ce=return_ce,
     )

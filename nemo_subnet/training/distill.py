@@ -86,23 +86,25 @@ def lm_loss(student_logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch
     mask = loss_mask.float()
     n_tokens = mask.sum().clamp(min=1.0)
     distilling = teacher is not None and beta != 0.0
-    # With KD on, CE is computed inside the KD kernel (one pass over the logits, one backward); the
-    # separate CE below then only feeds the logs and runs without autograd.
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not distilling):
-        ce = (cross_entropy(student_logits, labels, vocab_size) * mask).sum() / n_tokens  # logged even at alpha 0
+    if not distilling or alpha == 0.0:
+        # CE is logged even at alpha 0; with KD on it only feeds the logs and runs without autograd
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not distilling):
+            ce = (cross_entropy(student_logits, labels, vocab_size) * mask).sum() / n_tokens
     if not distilling:
         loss, kd = (ce if teacher is None else alpha * ce), None
     else:
         if isinstance(teacher, tuple):
             teacher = dense_from_topk(*teacher, student_logits.shape[-1], distill.temperature)
-        loss = vocab_parallel_kd_loss(
+        # one pass over the logits for KD and CE; the kernel also returns the CE term for the logs
+        out = vocab_parallel_kd_loss(
             student_logits, teacher.to(student_logits.dtype),
             group=parallel_state.get_tensor_model_parallel_group(),
             vocab_start_index=vocab_shard_start(student_logits.shape[-1]),
             divergence=distill.divergence, beta=distill.beta_jsd, temperature=distill.temperature,
             labels=labels if alpha else None, loss_mask=mask, reduction=Reduction.MEAN, vocab_size=vocab_size,
-            kd_weight=beta, ce_weight=alpha,
+            kd_weight=beta, ce_weight=alpha, return_ce=alpha != 0.0,
         )
+        loss, ce = out if alpha else (out, ce)
         kd = (loss.detach() - alpha * ce) / beta
     # copies: megatron's schedule divides the returned loss by num_microbatches in place
     logs = {"loss": loss.detach().float().clone(), "ce": ce.detach().float().clone()}

@@ -209,3 +209,21 @@ def test_bad_arguments_raise():
         kd_loss(student, teacher, divergence=Divergence.JSD, beta=1.5)
     with pytest.raises(ValueError):
         kd_loss(student, teacher, divergence="sinkhorn")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", [Reduction.MEAN, Reduction.NONE])
+def test_return_ce_gives_the_ce_term_without_changing_the_loss(backend, reduction):
+    student, teacher = logits_pair(N, V, seed=5)
+    labels, loss_mask = _mask_and_labels(N, seed=5)
+    kwargs = dict(labels=labels, loss_mask=loss_mask, vocab_size=VOCAB, temperature=2.0, reduction=reduction,
+                  kd_weight=0.7, ce_weight=0.3)
+    loss, ce = kd_loss(student, teacher, backend=backend, return_ce=True, **kwargs)
+    plain = kd_loss(student, teacher, backend=backend, **kwargs)
+    assert_close(loss, plain, torch.float32)
+    assert not ce.requires_grad
+    expected_ce = kd_loss_reference(student, teacher, **{**kwargs, "kd_weight": 0.0, "ce_weight": 1.0})
+    assert_close(ce, expected_ce, torch.float32)
+    assert_close(grad_of(loss.sum(), student), grad_of(plain.sum(), student), torch.float32, grad=True)
+    with pytest.raises(ValueError, match="return_ce needs"):
+        kd_loss(student, teacher, labels=labels, return_ce=True, backend=backend)
