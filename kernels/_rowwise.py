@@ -366,12 +366,14 @@ def combine_stats(stats: torch.Tensor, spec: LossSpec, group=None):
     of the sum-exps rescaled to the global maxima (with the KL numerators and s[label] in the same call).
     For FORWARD/REVERSE_KL the returned KD term is the final per-row KL; for JSD it is 0 (needs `row_jsd`).
     """
-    m = stats[:, [0, 2, 5]]  # [n, 3]: student, teacher, student at T=1
+    # column picks by stack, not a Python-list index (which builds a host index tensor and copies it per call)
+    local_max = torch.stack([stats[:, 0], stats[:, 2], stats[:, 5]], dim=1)  # [n, 3]: student, teacher, T=1
+    m = local_max
     if group is not None:
         m = m.clone()
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=group)
     m_ref = torch.where(m == _NEG_INF, torch.zeros_like(m), m)
-    scale = torch.exp(stats[:, [0, 2, 5]] - m_ref)  # local max -> global max
+    scale = torch.exp(local_max - m_ref)  # local max -> global max
     acc_scale = scale[:, 1] if spec.divergence is Divergence.FORWARD_KL else scale[:, 0]
     sums = torch.stack(
         [stats[:, 1] * scale[:, 0], stats[:, 3] * scale[:, 1], stats[:, 6] * scale[:, 2],

@@ -7,6 +7,9 @@ import pytest
 # tests import their helpers (torchrun_utils) by module name
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Every test process (and every torchrun / subprocess it starts, through the environment) runs the CPU
+# backend in device-discipline mode: host/device mistakes that only a GPU would catch raise here too.
+os.environ.setdefault("NEMO_SUBNET_DEVICE_DISCIPLINE", "1")
 # Triton picks interpret mode when it is first imported (megatron-core imports it): without CUDA, the
 # Triton kernels can only run under the interpreter, so choose it before anything imports triton.
 if not os.environ.get("CUDA_VISIBLE_DEVICES") and not Path("/dev/nvidia0").exists():

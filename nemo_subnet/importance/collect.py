@@ -29,6 +29,7 @@ from nemo_subnet.importance.evaluation import EvalData, evaluate_loss
 from nemo_subnet.importance.scores import STATS, Aggregation, ImportanceScores, shape_of
 from nemo_subnet.models.config import ModelConfig
 from nemo_subnet.subnet.config import SubnetConfig
+from nemo_subnet.runtime import compute_device
 
 
 @dataclass
@@ -42,18 +43,15 @@ class ImportanceConfig:
 class _Accumulator:
     """Per-channel sum |a|, sum a^2, max |a| of one dimension, indexed by global layer."""
 
-    def __init__(self, rows: int, width: int):
-        self.stats = {s: torch.zeros(rows, width, dtype=torch.float64) for s in STATS}
+    def __init__(self, rows: int, width: int, device: torch.device):
+        # float64 sums on the device: exact enough over billions of tokens, without a per-batch host copy
+        self.stats = {s: torch.zeros(rows, width, dtype=torch.float64, device=device) for s in STATS}
 
     def add(self, row: int, x: torch.Tensor) -> None:
-        flat = x.detach().reshape(-1, x.shape[-1]).double().cpu()  # [tokens, width]
-        self.stats["sum_abs"][row] += flat.abs().sum(0)
-        self.stats["sum_sq"][row] += flat.square().sum(0)
-        self.stats["max_abs"][row] = torch.maximum(self.stats["max_abs"][row], flat.abs().amax(0))
-
-
-def _device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        flat = x.detach().reshape(-1, x.shape[-1]).float()  # [tokens, width], fp32 like the model's math
+        self.stats["sum_abs"][row] += flat.abs().sum(0, dtype=torch.float64)
+        self.stats["sum_sq"][row] += flat.square().sum(0, dtype=torch.float64)
+        self.stats["max_abs"][row] = torch.maximum(self.stats["max_abs"][row], flat.abs().amax(0).double())
 
 
 def _gather_tp(local: torch.Tensor) -> torch.Tensor:
@@ -100,10 +98,11 @@ def compute_importance(model, cfg: ModelConfig, data: EvalData, config: Importan
     model.reset_subnet()
     tp = parallel_state.get_tensor_model_parallel_world_size()
     L = cfg.num_layers
-    ffn = _Accumulator(L, cfg.ffn_hidden_size // tp)
-    attn = _Accumulator(L, cfg.num_attention_heads * cfg.kv_channels // tp)
-    hidden = _Accumulator(1, cfg.hidden_size)
-    cosine = torch.zeros(L, dtype=torch.float64)
+    device = compute_device()
+    ffn = _Accumulator(L, cfg.ffn_hidden_size // tp, device)
+    attn = _Accumulator(L, cfg.num_attention_heads * cfg.kv_channels // tp, device)
+    hidden = _Accumulator(1, cfg.hidden_size, device)
+    cosine = torch.zeros(L, dtype=torch.float64, device=device)
     counts = {"tokens": 0.0, "hidden": 0.0}
     handles = []
 
@@ -124,7 +123,7 @@ def compute_importance(model, cfg: ModelConfig, data: EvalData, config: Importan
             x = args[0] if args else kwargs["hidden_states"]  # [s, b, h]
             y = output[0] if isinstance(output, tuple) else output
             cos = torch.nn.functional.cosine_similarity(x.double(), y.double(), dim=-1)  # [s, b]
-            cosine[row] += (1.0 - cos).sum().cpu()
+            cosine[row] += (1.0 - cos).sum()
             if row == layer_rows[0]:
                 counts["tokens"] += cos.numel()
 
@@ -144,16 +143,15 @@ def compute_importance(model, cfg: ModelConfig, data: EvalData, config: Importan
         for handle in handles:
             handle.remove()
 
-    device = _device()
     tensors: dict[str, torch.Tensor] = {}
     for name, acc in (("ffn", ffn), ("attn", attn)):
         for stat in STATS:
-            full = _gather_tp(acc.stats[stat].to(device))
+            full = _gather_tp(acc.stats[stat])
             op = dist.ReduceOp.MAX if stat == "max_abs" else dist.ReduceOp.SUM
             tensors[f"{name}.{stat}"] = _reduce_pp_dp(full, op).cpu()
     for stat in STATS:
         op = dist.ReduceOp.MAX if stat == "max_abs" else dist.ReduceOp.SUM
-        tensors[f"hidden.{stat}"] = _reduce_pp_dp(hidden.stats[stat][0].to(device), op).cpu()
+        tensors[f"hidden.{stat}"] = _reduce_pp_dp(hidden.stats[stat][0], op).cpu()
     scalars = _reduce_pp_dp(torch.tensor([counts["hidden"], 0.0], dtype=torch.float64, device=device), dist.ReduceOp.SUM)
     tensors["hidden.count"] = scalars[:1].cpu()
     # tokens: counted on the first layer of each stage; every stage sees the same tokens, so take the DP sum only
@@ -161,7 +159,7 @@ def compute_importance(model, cfg: ModelConfig, data: EvalData, config: Importan
     if dist.is_initialized():
         dist.all_reduce(tokens, group=parallel_state.get_data_parallel_group())
     n_tokens = float(tokens.item())
-    cosine = _reduce_pp_dp(cosine.to(device), dist.ReduceOp.SUM).cpu()
+    cosine = _reduce_pp_dp(cosine, dist.ReduceOp.SUM).cpu()
     tensors["layer.cosine"] = cosine / max(n_tokens, 1.0)
 
     meta = {"calibration_batches": data.global_batches, "seq_length": data.seq_length,

@@ -22,6 +22,7 @@ from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.runtime import compute_device
 
 
 def load_supernet(ckpt_dir: str | Path):
@@ -71,7 +72,7 @@ def load_batches(data_dir: str | Path, cfg: ModelConfig, *, split: Literal["trai
                         f"needed: use fewer batches, a shorter sequence or more {split} data")
     iterator = MicroBatchIterator(dataset, micro_batch_size, dp_rank=dp_rank, dp_size=dp_size,
                                   consumed_samples=skip_batches * micro_batch_size)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = compute_device()
     batches = [{k: v.to(device) for k, v in next(iterator).items()} for _ in range(num_batches // dp_size)]
     return EvalData(batches=batches, seq_length=seq_length, micro_batch_size=micro_batch_size, global_batches=num_batches)
 
@@ -123,7 +124,7 @@ def evaluate_loss(model, cfg: ModelConfig, data: EvalData) -> float:
         forward_step_func=forward_step, data_iterator=iter(data.batches), model=[model],
         num_microbatches=len(data.batches), seq_length=data.seq_length, micro_batch_size=data.micro_batch_size,
         forward_only=True)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = compute_device()
     sums = _all_reduce(sums.to(device)).cpu()
     if sums[1] <= 0:
         from nemo_subnet.cli import UserError

@@ -9,6 +9,7 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 
 from nemo_subnet.models.config import ModelConfig, to_transformer_config
 from nemo_subnet.models.specs import gpt_layer_spec
+from nemo_subnet.runtime import compute_device
 
 
 def build_gpt_model(cfg: ModelConfig, *, params_dtype: torch.dtype | None = None, parallel_output: bool = True,
@@ -41,8 +42,9 @@ def build_gpt_model(cfg: ModelConfig, *, params_dtype: torch.dtype | None = None
         # checkpoint's parameters instead of its defaults.
         rope = model.rotary_pos_emb
         rope.inv_freq = rope._apply_scaling(rope.inv_freq, **vars(cfg.rope_scaling))
-    if torch.cuda.is_available():
-        model.cuda(torch.cuda.current_device())
+    device = compute_device()
+    if device.type == "cuda":
+        model.cuda(device)
     return model
 
 
@@ -64,6 +66,3 @@ def _mark_tensor_parallel_params(model) -> None:
         if weight is not None and not getattr(weight, "tensor_model_parallel", False):
             set_tensor_model_parallel_attributes(weight, True, dim, 1)
 
-
-def model_device() -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

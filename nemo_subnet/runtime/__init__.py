@@ -1,5 +1,6 @@
 """Process-level runtime: distributed init (torchrun / SLURM / single) and the CPU backend."""
 
+from nemo_subnet.runtime.cpu_backend import compute_device
 from nemo_subnet.runtime.distributed import Runtime, init_runtime, runtime_scope, shutdown_runtime
 
-__all__ = ["Runtime", "init_runtime", "runtime_scope", "shutdown_runtime"]
+__all__ = ["Runtime", "compute_device", "init_runtime", "runtime_scope", "shutdown_runtime"]

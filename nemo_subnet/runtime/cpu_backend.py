@@ -14,6 +14,9 @@ Megatron's own code paths running unchanged:
    with no argument reports the CUDA type name of the same dtype.
 
 Nothing here is active when CUDA is present: ``install()`` returns False and changes nothing.
+
+``install(discipline=True)`` (or ``NEMO_SUBNET_DEVICE_DISCIPLINE=1``) adds the device-discipline checks of
+``device_discipline.py``: host/device mistakes that only a GPU would catch raise here too.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import contextlib
 import torch
 from megatron.core.tensor_parallel import random as mp_random
 from torch.overrides import TorchFunctionMode
+
+from nemo_subnet.runtime import device_discipline
 
 _INSTALLED_MODE: "_CudaToCpuMode | None" = None
 
@@ -87,21 +92,43 @@ class CpuRNGStatesTracker(mp_random.CudaRNGStatesTracker):
             torch.set_rng_state(outer_state)
 
 
-def install() -> bool:
-    """Activate the CPU backend if (and only if) CUDA is absent. Idempotent; returns whether active."""
+def install(discipline: bool | None = None) -> bool:
+    """Activate the CPU backend if (and only if) CUDA is absent. Idempotent; returns whether active.
+
+    ``discipline`` (default: the ``NEMO_SUBNET_DEVICE_DISCIPLINE`` environment flag) also turns on the
+    device-discipline checks; it is fixed by the first call."""
     global _INSTALLED_MODE
     if torch.cuda.is_available():
         return False
     if _INSTALLED_MODE is not None:
         return True
+    if discipline is None:
+        discipline = device_discipline.enabled_by_env()
     torch.cuda.current_device = lambda: 0
     torch.cuda.synchronize = lambda device=None: None
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
-    _INSTALLED_MODE = _CudaToCpuMode()
+    if discipline:
+        device_discipline.install_collective_checks()
+        device_discipline.install_parameter_marks()
+        _INSTALLED_MODE = device_discipline.disciplined(_CudaToCpuMode, _is_cuda_device)()
+    else:
+        _INSTALLED_MODE = _CudaToCpuMode()
     _INSTALLED_MODE.__enter__()
     return True
 
 
 def is_active() -> bool:
     return _INSTALLED_MODE is not None
+
+
+def discipline_active() -> bool:
+    return _INSTALLED_MODE is not None and not type(_INSTALLED_MODE) is _CudaToCpuMode
+
+
+def compute_device() -> torch.device:
+    """Where this process's hot-path tensors belong: the current GPU; on CPU the host, except in the
+    device-discipline mode, where it is the logical ``cuda:0`` (rewritten to the host and marked device)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cuda", 0) if discipline_active() else torch.device("cpu")

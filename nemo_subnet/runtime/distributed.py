@@ -107,11 +107,16 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
         raise ValueError(f"world size {launch.world_size} is not divisible by tp*pp = {tp}*{pp}")
     use_cuda = torch.cuda.is_available()
     if use_cuda:
-        torch.cuda.set_device(launch.local_rank % torch.cuda.device_count())
-        device = torch.device("cuda", torch.cuda.current_device())
+        if launch.local_rank >= torch.cuda.device_count():
+            # never wrap around (two ranks on one GPU): the launcher started more ranks than GPUs visible
+            raise RuntimeError(
+                f"local rank {launch.local_rank} but only {torch.cuda.device_count()} GPU(s) visible "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start at most "
+                f"{torch.cuda.device_count()} ranks per node")
+        torch.cuda.set_device(launch.local_rank)
     else:
         cpu_backend.install()
-        device = torch.device("cpu")
+    device = cpu_backend.compute_device()
 
     if not dist.is_initialized():
         dist.init_process_group(

@@ -55,8 +55,9 @@ class SupernetPerplexity:
         finally:
             self.model.reset_subnet()
         if dist.is_initialized():  # every rank must tell its strategy the bit-identical value
-            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
-            value_t = torch.tensor([value], dtype=torch.float64, device=device)
+            from nemo_subnet.runtime import compute_device
+
+            value_t = torch.tensor([value], dtype=torch.float64, device=compute_device())
             dist.broadcast(value_t, src=0)
             value = float(value_t.item())
         return value

@@ -10,13 +10,17 @@ from nemo_subnet.runtime import cpu_backend
 from nemo_subnet.runtime.distributed import _first_slurm_host, detect_launch_env
 
 
+def _storage_device(t: torch.Tensor) -> str:
+    return t.untyped_storage().device.type
+
+
 def test_cpu_backend_redirects_cuda_placement(megatron_runtime):
     assert cpu_backend.is_active() and cpu_backend.install()  # idempotent
-    assert torch.zeros(2, device="cuda").device.type == "cpu"
-    assert torch.empty(2, device=torch.cuda.current_device()).device.type == "cpu"
-    assert torch.ones(2, device=torch.device("cuda", 0)).device.type == "cpu"
-    t = torch.arange(3.0)
-    assert t.cuda() is t and t.to("cuda").device.type == "cpu"
+    assert _storage_device(torch.zeros(2, device="cuda")) == "cpu"
+    assert _storage_device(torch.empty(2, device=torch.cuda.current_device())) == "cpu"
+    assert _storage_device(torch.ones(2, device=torch.device("cuda", 0))) == "cpu"
+    t = torch.arange(3.0, device=cpu_backend.compute_device())
+    assert not t.cuda().is_cuda and _storage_device(t.to("cuda")) == "cpu"
     assert t.type() == "torch.cuda.FloatTensor" and t.type(torch.float64).dtype == torch.float64
     torch.cuda.synchronize()  # a no-op instead of an error
 
