@@ -46,7 +46,8 @@ class Reduction(str, enum.Enum):
 
 class Backend(str, enum.Enum):
     """AUTO: Triton for CUDA tensors, torch otherwise. TRITON on CPU tensors needs Triton's interpreter
-    (TRITON_INTERPRET=1 set before `triton` is first imported). TORCH: the pure-torch mirror."""
+    (TRITON_INTERPRET=1 set before `triton` is first imported); on meta tensors it plans the launches
+    (see `_row_kernels.recording`). TORCH: the pure-torch mirror."""
 
     AUTO = "auto"
     TRITON = "triton"
@@ -84,6 +85,8 @@ def use_triton(tensor: torch.Tensor, backend: Backend) -> bool:
         return False
     if backend is Backend.AUTO:
         return tensor.is_cuda
+    if tensor.is_meta:  # shapes only: the launches are recorded, not run (`_row_kernels.recording`)
+        return True
     if not tensor.is_cuda and not interpreter_active():
         raise RuntimeError(
             "Backend.TRITON on CPU tensors needs Triton's interpreter: set TRITON_INTERPRET=1 before "
