@@ -86,9 +86,10 @@ def random_batches(vocab_size: int, *, num_batches: int, seq_length: int, micro_
     for i in range(num_batches):
         tokens = torch.randint(0, vocab_size, (micro_batch_size, seq_length + 1), generator=gen)
         if i % dp_size == dp_rank:
-            batches.append({"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
-                            "loss_mask": torch.ones(micro_batch_size, seq_length),
-                            "position_ids": torch.arange(seq_length).expand(micro_batch_size, -1).contiguous()})
+            batch = {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
+                     "loss_mask": torch.ones(micro_batch_size, seq_length),
+                     "position_ids": torch.arange(seq_length).expand(micro_batch_size, -1).contiguous()}
+            batches.append({k: v.to(compute_device()) for k, v in batch.items()})
     return EvalData(batches=batches, seq_length=seq_length, micro_batch_size=micro_batch_size, global_batches=num_batches)
 
 

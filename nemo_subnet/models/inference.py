@@ -11,6 +11,7 @@ from megatron.core import parallel_state, tensor_parallel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.runtime import compute_device
 
 
 def _position_ids(tokens: torch.Tensor) -> torch.Tensor:
@@ -19,8 +20,10 @@ def _position_ids(tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def forward_logits(model, cfg: ModelConfig, tokens: torch.Tensor) -> torch.Tensor | None:
-    """Logits [b, s, vocab_size] on the last pipeline stage; None on the other stages."""
+    """Logits [b, s, vocab_size] on the last pipeline stage; None on the other stages. ``tokens`` may be a
+    host tensor (callers hold them there); they are moved to the model's device once."""
     model.eval()
+    tokens = tokens.to(compute_device())
     collected: list[torch.Tensor] = []
 
     def forward_step(data_iterator, step_model):

@@ -147,6 +147,8 @@ def disciplined(base_mode_cls, is_cuda_device):
                     "raises; call .cpu() first (and mind the host sync)")
             if func in (torch.Tensor.to, torch.Tensor.cpu):
                 return self._transfer(func, args, kwargs)
+            if func is torch.autograd.grad:
+                return self._autograd_grad(func, types, args, kwargs)
 
             has_device = has_host = False
             host_nonscalar = None
@@ -194,6 +196,15 @@ def disciplined(base_mode_cls, is_cuda_device):
             if result is source and host != is_host(source):
                 return _alias(source, host)  # the GPU would return a new tensor on the other side
             return _mark(result, host)
+
+        def _autograd_grad(self, func, types, args, kwargs):
+            # gradients are made in C++: each one lives where its input does
+            inputs = kwargs.get("inputs", args[1] if len(args) > 1 else None)
+            inputs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+            grads = super().__torch_function__(func, types, args, kwargs)
+            for grad, source in zip(grads, inputs):
+                _mark(grad, is_host(source))
+            return grads
 
         @staticmethod
         def _check_indexing(func, args):
@@ -253,12 +264,28 @@ def _wrap_batch_isend_irecv(fn):
     def checked(p2p_op_list):
         for op in p2p_op_list:
             _check_collective(f"batch_isend_irecv({op.op.__name__})", op.group, [op.tensor])
-            # c10d tells sends from receives by identity (`op.op is isend`): hand it its own functions
-            op.op = getattr(op.op, "__wrapped_collective__", op.op)
+            op.op = _unwrapped(op.op)  # c10d tells sends from receives by identity (`op.op is isend`)
         return fn(p2p_op_list)
 
     checked.__wrapped_collective__ = fn
     return checked
+
+
+def _unwrapped(fn):
+    return getattr(fn, "__wrapped_collective__", fn)
+
+
+def _p2p_op_class(base):
+    """P2POp accepts only c10d's own isend / irecv (an identity check): hand it those."""
+
+    class CheckedP2POp(base):
+        def __new__(cls, op, *args, **kwargs):
+            return super().__new__(cls, _unwrapped(op), *args, **kwargs)
+
+        def __init__(self, op, *args, **kwargs):
+            super().__init__(_unwrapped(op), *args, **kwargs)
+
+    return CheckedP2POp
 
 
 def _wrap_new_group(fn):
@@ -300,10 +327,11 @@ def install_parameter_marks() -> None:
 def install_collective_checks() -> None:
     """Wrap the public collectives of ``torch.distributed`` (what megatron and our code call). c10d's own
     internals (object collectives pick their device per backend) keep the unwrapped functions."""
-    if getattr(dist.new_group, "__wrapped_collective__", None) is not None:
+    if dist.new_group is not _unwrapped(dist.new_group):
         return
     for name in _COLLECTIVES:
         if hasattr(dist, name):
             setattr(dist, name, _wrap_collective(name, getattr(dist, name)))
     dist.batch_isend_irecv = _wrap_batch_isend_irecv(dist.batch_isend_irecv)
+    dist.P2POp = _p2p_op_class(dist.P2POp)
     dist.new_group = _wrap_new_group(dist.new_group)

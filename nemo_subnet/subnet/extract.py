@@ -38,7 +38,7 @@ def extract_model_config(cfg: ModelConfig, sub: ResolvedSubnet) -> ModelConfig:
 
 
 def _take(tensor: torch.Tensor, dim: int, indices) -> torch.Tensor:
-    return tensor.index_select(dim, torch.as_tensor(indices, dtype=torch.long))
+    return tensor.index_select(dim, torch.as_tensor(indices, dtype=torch.long, device=tensor.device))
 
 
 def _slice_layer_tensor(cfg: ModelConfig, name: str, tensor: torch.Tensor, li: LayerIndices, hidden) -> torch.Tensor:

@@ -13,18 +13,14 @@ Loss per micro-batch (on the last pipeline stage, every tensor-parallel rank hol
   entries sit 1e4 (after temperature) below the row's smallest kept value, so their probability is exactly 0
   in fp32: P is the renormalised top-k distribution, as in ``kernels.topk_kd_loss``.
 
-Teacher and pipeline parallelism: for each step, the teacher's forward-only pipeline schedule runs first
-over the step's micro-batches and the last stage caches what the KD term needs per micro-batch; then the
-student's forward/backward schedule consumes the cache. Memory cost on the last stage: the cached teacher
-logits of all ``num_microbatches`` micro-batches, ``num_microbatches * b * s * padded_vocab / tp`` floats
-(top-k: ``2 * num_microbatches * b * s * k``), on top of one micro-batch of student logits.
+The teacher runs inside each micro-batch of the student's schedule (teacher.py), so its outputs are
+never cached across micro-batches; for top-k KD only its (values, ids) reach the loss.
 """
 
 from __future__ import annotations
 
 import torch
 from megatron.core import parallel_state, tensor_parallel
-from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nemo_subnet.kernels import Reduction, vocab_parallel_kd_loss
 from nemo_subnet.training.config import DistillConfig
@@ -111,39 +107,3 @@ def lm_loss(student_logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch
     if kd is not None:
         logs["kd"] = kd.detach().float().clone()
     return loss, logs
-
-
-class Teacher:
-    """A frozen teacher model (this rank's TP shard / PP stage) that caches what the KD term needs."""
-
-    def __init__(self, model, vocab_size: int, top_k: int | None):
-        self.model = model.eval()
-        for param in self.model.parameters():
-            param.requires_grad_(False)
-        self.vocab_size = vocab_size
-        self.top_k = top_k
-
-    @torch.no_grad()
-    def run(self, batches: list[dict], seq_length: int, micro_batch_size: int) -> list:
-        """Teacher outputs for each micro-batch (last pipeline stage; [] elsewhere), via megatron's schedule."""
-        cache: list = []
-
-        def forward_step(data_iterator, model):
-            batch = next(data_iterator)
-            output = model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"))
-
-            def keep(output_tensor):  # [b, s, v_local]
-                if self.top_k is not None:
-                    cache.append(teacher_topk(output_tensor, self.top_k, self.vocab_size))
-                else:
-                    cache.append(output_tensor)
-                return output_tensor.new_zeros(()), {}
-
-            return output, keep
-
-        get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter(batches), model=[self.model],
-            num_microbatches=len(batches), seq_length=seq_length, micro_batch_size=micro_batch_size,
-            forward_only=True,
-        )
-        return cache

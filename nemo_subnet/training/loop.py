@@ -4,7 +4,7 @@ One step = ``num_microbatches = global_batch / (micro_batch * dp)`` micro-batche
 forward/backward schedule (1F1B for PP > 1, no-pipelining otherwise), grads reduced by megatron's
 DistributedDataParallel (``finalize_model_grads``), then the (distributed) megatron optimizer steps with
 grad-norm clipping, and ``OptimizerParamScheduler`` sets the LR (linear warmup, cosine/linear decay).
-With a teacher, its forward-only schedule runs over the same micro-batches first (see distill.py).
+With a teacher, its forward runs inside each micro-batch, on the same pipeline stages (see teacher.py).
 
 Step ``k`` (1-based) uses the LR of scheduler step ``k``; the loss logged for step ``k`` is the mean over
 its micro-batches and data-parallel ranks, before the update. A non-finite loss stops the run before the
@@ -35,7 +35,8 @@ from nemo_subnet.models import ModelConfig, build_gpt_model
 from nemo_subnet.runtime import compute_device, init_runtime
 from nemo_subnet.training import checkpoint as ckpt
 from nemo_subnet.training.config import CONFIG_FILE, TrainConfig
-from nemo_subnet.training.distill import Teacher, lm_loss
+from nemo_subnet.training.distill import lm_loss, teacher_topk
+from nemo_subnet.training.teacher import StudentWithTeacher
 from nemo_subnet.training.metrics import MetricsLogger, forward_flops_per_token, peak_flops
 
 
@@ -111,9 +112,11 @@ def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None,
             raise UserError(f"{name}: seq_length {config.data.seq_length} is longer than the position limit "
                             f"{cfg.max_position_embeddings}")
     validate_data(_data_config(config, student_cfg), metadata)
-    if metadata["vocab_size"] != student_cfg.vocab_size:
-        raise UserError(f"vocab mismatch: the data's tokenizer has {metadata['vocab_size']} tokens, the student "
-                        f"model {student_cfg.vocab_size}")
+    # more embedding rows than tokenizer tokens is normal (Pythia 50304 vs 50277): the extra rows are never
+    # a label; only token ids the model has no row for are an error
+    if metadata["vocab_size"] > student_cfg.vocab_size:
+        raise UserError(f"vocab mismatch: the data's tokenizer has {metadata['vocab_size']} tokens, more than the "
+                        f"student model's {student_cfg.vocab_size} embedding rows")
     return student_cfg, teacher_cfg, metadata
 
 
@@ -156,19 +159,26 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 
 
 class _Step:
-    """Runs megatron's schedule over a list of micro-batches and reduces the logged losses."""
+    """Runs megatron's schedule over a list of micro-batches and reduces the logged losses.
 
-    def __init__(self, config: TrainConfig, model_cfg: ModelConfig, teacher: Teacher | None):
+    With a teacher, training steps run ``StudentWithTeacher`` (teacher.py): the teacher's forward happens
+    inside each micro-batch, next to the student's, on the same pipeline stages."""
+
+    def __init__(self, config: TrainConfig, model_cfg: ModelConfig, ddp, pair: StudentWithTeacher | None):
         self.config = config
         self.vocab_size = model_cfg.vocab_size
-        self.teacher = teacher
+        self.ddp, self.pair = ddp, pair
         self.schedule = get_forward_backward_func()
 
     def _forward_step(self, data_iterator, model):
         batch = next(data_iterator)
         output = model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"))
-        teacher = batch.get("teacher")
-        weights = self.config.loss_weights if self.teacher is not None else (1.0, 0.0)
+        teacher = None
+        if model is self.pair and parallel_state.is_pipeline_last_stage():
+            teacher = model.take_teacher_output()  # [b, s, v_local]
+            if self.config.distill.top_k is not None:
+                teacher = teacher_topk(teacher, self.config.distill.top_k, self.vocab_size)
+        weights = self.config.loss_weights if teacher is not None else (1.0, 0.0)
 
         def loss_func(logits):  # [b, s, v_local]
             return lm_loss(logits, batch["labels"], batch["loss_mask"], self.vocab_size, weights,
@@ -176,15 +186,17 @@ class _Step:
 
         return output, loss_func
 
-    def run(self, ddp, batches: list[dict], *, forward_only: bool, with_teacher: bool) -> dict[str, float]:
+    def run(self, batches: list[dict], *, forward_only: bool, with_teacher: bool) -> dict[str, float]:
         data = self.config.data
-        if with_teacher and self.teacher is not None:
-            for batch, cached in zip(batches, self.teacher.run(batches, data.seq_length, data.micro_batch_size)):
-                batch["teacher"] = cached
+        model, extra = self.ddp, {}
+        if with_teacher and self.pair is not None:
+            model = self.pair
+            if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+                extra["adjust_tensor_shapes_fn"] = self.pair.adjust_tensor_shapes
         outputs = self.schedule(
-            forward_step_func=self._forward_step, data_iterator=iter(batches), model=[ddp],
+            forward_step_func=self._forward_step, data_iterator=iter(batches), model=[model],
             num_microbatches=len(batches), seq_length=data.seq_length, micro_batch_size=data.micro_batch_size,
-            forward_only=forward_only)
+            forward_only=forward_only, **extra)
         return _reduce_logs(outputs, len(batches))
 
 
@@ -226,11 +238,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     dtype = _dtype(config)
     data = config.data
     num_microbatches = data.global_batch_size // (data.micro_batch_size * runtime.dp)
-    teacher = None
+    model, ddp, optimizer, scheduler = _build_student(config, student_cfg, dtype)
+    pair = None
     if teacher_cfg is not None:
         _, teacher_model = load_model(config.distill.teacher, params_dtype=dtype)
-        teacher = Teacher(teacher_model, teacher_cfg.vocab_size, config.distill.top_k)
-    model, ddp, optimizer, scheduler = _build_student(config, student_cfg, dtype)
+        pair = StudentWithTeacher(ddp, teacher_model, student_cfg.hidden_size, teacher_cfg.hidden_size)
 
     if config.logging.eval_iters % runtime.dp:
         raise UserError(f"logging.eval_iters {config.logging.eval_iters} is not a multiple of data_parallel {runtime.dp}")
@@ -255,7 +267,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     peak = peak_flops(config.logging.peak_flops, dtype)
     logger = MetricsLogger(run_dir, enabled=runtime.is_main, tensorboard=config.logging.tensorboard,
                            resume_step=step if resume else None)
-    stepper = _Step(config, student_cfg, teacher)
+    stepper = _Step(config, student_cfg, ddp, pair)
     preemption = _Preemption()
     tokenizer_dir = hf_tokenizer_dir(config.data.path) or (Path(config.data.path) / metadata["tokenizer"]["path"])
 
@@ -274,7 +286,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         batches = [_to_device(next(valid_iter), runtime.device) for _ in range(config.logging.eval_iters // dp_size)]
         ddp.eval()
         with torch.no_grad():
-            logs = stepper.run(ddp, batches, forward_only=True, with_teacher=False)
+            logs = stepper.run(batches, forward_only=True, with_teacher=False)
         ddp.train()
         record = {"kind": "valid", "step": step, "tokens": tokens, "valid_loss": logs["ce"],
                   "valid_ppl": float(torch.tensor(logs["ce"]).exp())}
@@ -294,7 +306,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             batches = [_to_device(next(train_iter), runtime.device) for _ in range(num_microbatches)]
             ddp.zero_grad_buffer()
             optimizer.zero_grad()
-            logs = stepper.run(ddp, batches, forward_only=False, with_teacher=True)
+            logs = stepper.run(batches, forward_only=False, with_teacher=True)
             if not all(torch.isfinite(torch.tensor(v)) for v in logs.values()):
                 raise TrainingError(
                     f"non-finite loss at step {step + 1} ({logs}); stopped before the update. Last good checkpoint: "
