@@ -26,6 +26,15 @@ from nemo_subnet.kernels import interpreter_active  # noqa: E402  (after TRITON_
 _child_results: dict[str, tuple[str, str]] | None = None
 
 
+@pytest.fixture
+def device() -> torch.device:
+    """Where a kernel test puts its tensors: CUDA where it exists (compiled Triton), else the CPU (Triton's
+    interpreter for Backend.TRITON, the torch mirror for Backend.TORCH)."""
+    from kd_testing import DEVICE
+
+    return DEVICE
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "triton: runs Triton kernels (CUDA, or the CPU interpreter)")
 

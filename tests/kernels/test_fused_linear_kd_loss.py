@@ -14,15 +14,15 @@ from nemo_subnet.kernels.reference import kd_loss_reference
 N, H, H_T, V, VOCAB = 41, 24, 16, 277, 263
 
 
-def _inputs(seed: int, dtype=torch.float32):
+def _inputs(seed: int, device, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    hidden = (torch.randn(N, H, generator=g)).to(dtype).requires_grad_()
-    weight = (torch.randn(V, H, generator=g) * 0.3).to(dtype).requires_grad_()
-    teacher_hidden = torch.randn(N, H_T, generator=g).to(dtype)
-    teacher_weight = (torch.randn(V, H_T, generator=g) * 0.4).to(dtype)
+    hidden = (torch.randn(N, H, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    weight = (torch.randn(V, H, generator=g) * 0.3).to(device=device, dtype=dtype).requires_grad_()
+    teacher_hidden = torch.randn(N, H_T, generator=g).to(device=device, dtype=dtype)
+    teacher_weight = (torch.randn(V, H_T, generator=g) * 0.4).to(device=device, dtype=dtype)
     labels = torch.randint(0, VOCAB, (N,), generator=g)
     labels[::6] = -100
-    return hidden, weight, teacher_hidden, teacher_weight, labels
+    return hidden, weight, teacher_hidden, teacher_weight, labels.to(device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -30,8 +30,8 @@ def _inputs(seed: int, dtype=torch.float32):
 @pytest.mark.parametrize("divergence,beta", [
     (Divergence.FORWARD_KL, 0.5), (Divergence.REVERSE_KL, 0.5), (Divergence.JSD, 0.5),
 ])
-def test_matches_reference(backend, teacher_source, divergence, beta):
-    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=30)
+def test_matches_reference(backend, teacher_source, divergence, beta, device):
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=30, device=device)
     teacher = dict(teacher_hidden=t_hidden, teacher_weight=t_weight) if teacher_source == "hidden" else \
         dict(teacher_logits=t_hidden @ t_weight.T)
     kwargs = dict(divergence=divergence, beta=beta, temperature=2.0, labels=labels, vocab_size=VOCAB,
@@ -44,8 +44,8 @@ def test_matches_reference(backend, teacher_source, divergence, beta):
 
 
 @pytest.mark.parametrize("chunk_size", [1, 7, 41, None])
-def test_chunking_does_not_change_the_result(chunk_size):
-    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=31)
+def test_chunking_does_not_change_the_result(chunk_size, device):
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=31, device=device)
     kwargs = dict(teacher_hidden=t_hidden, teacher_weight=t_weight, divergence=Divergence.JSD, beta=0.2,
                   labels=labels, ce_weight=1.0, reduction=Reduction.SUM, backend=Backend.TORCH)
     base = fused_linear_kd_loss(hidden, weight, chunk_size=N, **kwargs)
@@ -70,8 +70,8 @@ class _LargestTensor(TorchDispatchMode):
         return out
 
 
-def test_never_materialises_n_by_v():
-    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=32)
+def test_never_materialises_n_by_v(device):
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=32, device=device)
     with _LargestTensor() as mode:
         loss = fused_linear_kd_loss(hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight,
                                     divergence=Divergence.JSD, labels=labels, ce_weight=1.0, chunk_size=8,
@@ -81,8 +81,8 @@ def test_never_materialises_n_by_v():
     assert mode.largest < N * V
 
 
-def test_bf16_close_to_fp32():
-    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=33)
+def test_bf16_close_to_fp32(device):
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=33, device=device)
     kwargs = dict(divergence=Divergence.FORWARD_KL, labels=labels, ce_weight=0.5, backend=Backend.TORCH, chunk_size=16)
     loss32 = fused_linear_kd_loss(hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight, **kwargs)
     h16, w16 = hidden.detach().bfloat16().requires_grad_(), weight.detach().bfloat16().requires_grad_()
@@ -94,8 +94,8 @@ def test_bf16_close_to_fp32():
         torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2 * float(want.abs().max()))
 
 
-def test_upstream_grad_scales_gradients():
-    hidden, weight, t_hidden, t_weight, _ = _inputs(seed=34)
+def test_upstream_grad_scales_gradients(device):
+    hidden, weight, t_hidden, t_weight, _ = _inputs(seed=34, device=device)
     kwargs = dict(teacher_hidden=t_hidden, teacher_weight=t_weight, backend=Backend.TORCH)
     g1 = grad_of(fused_linear_kd_loss(hidden, weight, **kwargs), hidden, weight)
     g3 = grad_of(3.0 * fused_linear_kd_loss(hidden, weight, **kwargs), hidden, weight)
@@ -103,8 +103,8 @@ def test_upstream_grad_scales_gradients():
         assert_close(b, 3.0 * a, torch.float32, grad=True)
 
 
-def test_bad_arguments_raise():
-    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=35)
+def test_bad_arguments_raise(device):
+    hidden, weight, t_hidden, t_weight, labels = _inputs(seed=35, device=device)
     with pytest.raises(ValueError, match="reduction"):
         fused_linear_kd_loss(hidden, weight, teacher_logits=t_hidden @ t_weight.T, reduction=Reduction.NONE)
     with pytest.raises(ValueError, match="teacher"):

@@ -18,18 +18,18 @@ DIVERGENCES = [
 ]
 
 
-def _mask_and_labels(n: int, seed: int):
+def _mask_and_labels(n: int, seed: int, device):
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, VOCAB, (n,), generator=g)
     labels[::7] = -100
     loss_mask = (torch.rand(n, generator=g) > 0.2).float()
-    return labels, loss_mask
+    return labels.to(device), loss_mask.to(device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-def test_forward_kl_matches_torch_kl_div(backend, temperature):
-    student, teacher = logits_pair(N, V, seed=0)
+def test_forward_kl_matches_torch_kl_div(backend, temperature, device):
+    student, teacher = logits_pair(N, V, seed=0, device=device)
     loss = kd_loss(student, teacher, temperature=temperature, backend=backend)
     expected = F.kl_div(
         F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1),
@@ -52,9 +52,9 @@ def _reference_grid():
 
 
 @pytest.mark.parametrize("backend,temperature,divergence,beta", list(_reference_grid()))
-def test_matches_reference_with_masks_padding_and_ce(backend, temperature, divergence, beta):
-    student, teacher = logits_pair(N, V, seed=1)
-    labels, loss_mask = _mask_and_labels(N, seed=2)
+def test_matches_reference_with_masks_padding_and_ce(backend, temperature, divergence, beta, device):
+    student, teacher = logits_pair(N, V, seed=1, device=device)
+    labels, loss_mask = _mask_and_labels(N, seed=2, device=device)
     kwargs = dict(divergence=divergence, beta=beta, temperature=temperature, labels=labels, loss_mask=loss_mask,
                   vocab_size=VOCAB, ce_weight=0.3, kd_weight=0.7)
     loss = kd_loss(student, teacher, backend=backend, **kwargs)
@@ -66,15 +66,15 @@ def test_matches_reference_with_masks_padding_and_ce(backend, temperature, diver
 
 
 @pytest.mark.parametrize("beta,limit", [(1e-7, Divergence.FORWARD_KL), (1 - 1e-7, Divergence.REVERSE_KL)])
-def test_jsd_is_continuous_at_both_ends(beta, limit):
-    student, teacher = logits_pair(N, V, seed=3)
+def test_jsd_is_continuous_at_both_ends(beta, limit, device):
+    student, teacher = logits_pair(N, V, seed=3, device=device)
     near = kd_loss(student, teacher, divergence=Divergence.JSD, beta=beta, backend=Backend.TORCH)
     at = kd_loss(student, teacher, divergence=limit, backend=Backend.TORCH)
     torch.testing.assert_close(near, at, rtol=1e-4, atol=1e-6)
 
 
-def test_symmetric_jsd_is_symmetric():
-    student, teacher = logits_pair(N, V, seed=4)
+def test_symmetric_jsd_is_symmetric(device):
+    student, teacher = logits_pair(N, V, seed=4, device=device)
     a = kd_loss(student, teacher, divergence=Divergence.JSD, beta=0.5, backend=Backend.TORCH)
     b = kd_loss(teacher, student.detach(), divergence=Divergence.JSD, beta=0.5, backend=Backend.TORCH)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
@@ -83,11 +83,11 @@ def test_symmetric_jsd_is_symmetric():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", list(Reduction))
-def test_reductions_on_3d_logits(backend, reduction):
-    student, teacher = logits_pair(3 * 7, 53, seed=5)
+def test_reductions_on_3d_logits(backend, reduction, device):
+    student, teacher = logits_pair(3 * 7, 53, seed=5, device=device)
     student = student.detach().reshape(3, 7, 53).requires_grad_()  # [s, b, v]
     teacher = teacher.reshape(3, 7, 53)
-    loss_mask = torch.ones(3, 7)
+    loss_mask = torch.ones(3, 7, device=device)
     loss_mask[1, 2:5] = 0
     kwargs = dict(divergence=Divergence.JSD, beta=0.3, temperature=2.0, loss_mask=loss_mask, reduction=reduction)
     loss = kd_loss(student, teacher, backend=backend, **kwargs)
@@ -101,21 +101,22 @@ def test_reductions_on_3d_logits(backend, reduction):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", [Reduction.MEAN, Reduction.SUM])
-def test_all_masked_rows_give_zero_not_nan(backend, reduction):
-    student, teacher = logits_pair(9, 31, seed=6)
-    labels = torch.full((9,), -100)
+def test_all_masked_rows_give_zero_not_nan(backend, reduction, device):
+    student, teacher = logits_pair(9, 31, seed=6, device=device)
+    labels = torch.full((9,), -100, device=device)
     labels[4] = 3  # one valid token; every other row is masked
     loss = kd_loss(student, teacher, labels=labels, ce_weight=1.0, reduction=reduction, backend=backend,
                    divergence=Divergence.JSD, beta=0.5)
     grad = grad_of(loss, student)
     assert torch.isfinite(loss) and torch.all(torch.isfinite(grad))
     assert torch.all(grad[labels == -100] == 0) and grad[4].abs().sum() > 0
-    none_valid = kd_loss(student, teacher, loss_mask=torch.zeros(9), reduction=reduction, backend=backend)
+    none_valid = kd_loss(student, teacher, loss_mask=torch.zeros(9, device=device), reduction=reduction,
+                         backend=backend)
     assert none_valid.item() == 0.0
     assert torch.all(grad_of(none_valid, student) == 0)
 
 
-def _extreme_pair():
+def _extreme_pair(device):
     g = torch.Generator().manual_seed(7)
     sign = torch.randint(0, 2, (6, 67), generator=g) * 2.0 - 1.0
     student = sign * 1e4
@@ -124,13 +125,13 @@ def _extreme_pair():
     student[4:] = -1e4
     teacher[4:] = -1e4 + torch.randn(2, 67, generator=g)
     student[4:, 3] = teacher[4:, 3] = 1e4
-    return student.requires_grad_(), teacher
+    return student.to(device).requires_grad_(), teacher.to(device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("divergence,beta", [DIVERGENCES[0], DIVERGENCES[1], DIVERGENCES[3], DIVERGENCES[4]])
-def test_extreme_logits_are_finite_and_exact(backend, divergence, beta):
-    student, teacher = _extreme_pair()
+def test_extreme_logits_are_finite_and_exact(backend, divergence, beta, device):
+    student, teacher = _extreme_pair(device)
     kwargs = dict(divergence=divergence, beta=beta, reduction=Reduction.SUM)
     loss = kd_loss(student, teacher, backend=backend, **kwargs)
     grad = grad_of(loss, student)
@@ -147,9 +148,9 @@ def test_extreme_logits_are_finite_and_exact(backend, divergence, beta):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision_inputs_accumulate_in_fp32(backend, dtype):
-    student, teacher = logits_pair(N, V, seed=8, dtype=dtype)
-    labels, loss_mask = _mask_and_labels(N, seed=9)
+def test_low_precision_inputs_accumulate_in_fp32(backend, dtype, device):
+    student, teacher = logits_pair(N, V, seed=8, dtype=dtype, device=device)
+    labels, loss_mask = _mask_and_labels(N, seed=9, device=device)
     kwargs = dict(divergence=Divergence.JSD, beta=0.9, temperature=2.0, labels=labels, ce_weight=0.5)
     loss = kd_loss(student, teacher, backend=backend, **kwargs)
     s32 = student.detach().float().requires_grad_()
@@ -162,8 +163,8 @@ def test_low_precision_inputs_accumulate_in_fp32(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_padding_columns_are_ignored(backend):
-    student, teacher = logits_pair(N, V, seed=10)
+def test_padding_columns_are_ignored(backend, device):
+    student, teacher = logits_pair(N, V, seed=10, device=device)
     with torch.no_grad():  # garbage in the padding must not matter
         student[:, VOCAB:] = 1e4
         teacher[:, VOCAB:] = float("nan")
@@ -177,19 +178,19 @@ def test_padding_columns_are_ignored(backend):
 
 
 @pytest.mark.parametrize("divergence,beta", [DIVERGENCES[0], DIVERGENCES[1], DIVERGENCES[3]])
-def test_gradcheck_float64(divergence, beta):
+def test_gradcheck_float64(divergence, beta, device):
     g = torch.Generator().manual_seed(11)
-    student = torch.randn(3, 7, generator=g, dtype=torch.float64, requires_grad=True)
-    teacher = torch.randn(3, 7, generator=g, dtype=torch.float64)
-    labels = torch.tensor([1, -100, 4])
+    student = torch.randn(3, 7, generator=g, dtype=torch.float64).to(device).requires_grad_()
+    teacher = torch.randn(3, 7, generator=g, dtype=torch.float64).to(device)
+    labels = torch.tensor([1, -100, 4], device=device)
     kwargs = dict(divergence=divergence, beta=beta, temperature=2.0, labels=labels, ce_weight=0.5, vocab_size=6)
     assert torch.autograd.gradcheck(lambda s: kd_loss_reference(s, teacher, **kwargs), (student,))
     # the closed-form gradient of the autograd Function (torch mirror keeps float64)
     assert torch.autograd.gradcheck(lambda s: kd_loss(s, teacher, backend=Backend.TORCH, **kwargs), (student,))
 
 
-def test_no_grad_forward_and_teacher_gets_no_grad():
-    student, teacher = logits_pair(5, 11, seed=12)
+def test_no_grad_forward_and_teacher_gets_no_grad(device):
+    student, teacher = logits_pair(5, 11, seed=12, device=device)
     teacher.requires_grad_()
     with torch.no_grad():
         value = kd_loss(student, teacher, backend=Backend.TORCH)
@@ -199,8 +200,8 @@ def test_no_grad_forward_and_teacher_gets_no_grad():
     assert teacher.grad is None and student.grad is not None
 
 
-def test_bad_arguments_raise():
-    student, teacher = logits_pair(5, 11, seed=13)
+def test_bad_arguments_raise(device):
+    student, teacher = logits_pair(5, 11, seed=13, device=device)
     with pytest.raises(ValueError):
         kd_loss(student, teacher[:, :10])
     with pytest.raises(ValueError):
@@ -213,9 +214,9 @@ def test_bad_arguments_raise():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", [Reduction.MEAN, Reduction.NONE])
-def test_return_ce_gives_the_ce_term_without_changing_the_loss(backend, reduction):
-    student, teacher = logits_pair(N, V, seed=5)
-    labels, loss_mask = _mask_and_labels(N, seed=5)
+def test_return_ce_gives_the_ce_term_without_changing_the_loss(backend, reduction, device):
+    student, teacher = logits_pair(N, V, seed=5, device=device)
+    labels, loss_mask = _mask_and_labels(N, seed=5, device=device)
     kwargs = dict(labels=labels, loss_mask=loss_mask, vocab_size=VOCAB, temperature=2.0, reduction=reduction,
                   kd_weight=0.7, ce_weight=0.3)
     loss, ce = kd_loss(student, teacher, backend=backend, return_ce=True, **kwargs)

@@ -12,11 +12,11 @@ from nemo_subnet.kernels.reference import topk_kd_loss_reference
 N, V, VOCAB, K = 37, 211, 200, 9
 
 
-def _topk_teacher(n: int, vocab: int, k: int, seed: int):
+def _topk_teacher(n: int, vocab: int, k: int, seed: int, device):
     g = torch.Generator().manual_seed(seed)
     values = torch.randn(n, k, generator=g) * 3
     indices = torch.stack([torch.randperm(vocab, generator=g)[:k] for _ in range(n)])
-    return values, indices
+    return values.to(device), indices.to(device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -24,10 +24,10 @@ def _topk_teacher(n: int, vocab: int, k: int, seed: int):
     (Divergence.FORWARD_KL, 0.5, 1.0), (Divergence.FORWARD_KL, 0.5, 2.0),
     (Divergence.JSD, 0.1, 1.0), (Divergence.JSD, 0.5, 2.0), (Divergence.JSD, 0.0, 2.0),
 ])
-def test_matches_dense_reference(backend, divergence, beta, temperature):
-    student, _ = logits_pair(N, V, seed=20)
-    values, indices = _topk_teacher(N, VOCAB, K, seed=21)
-    loss_mask = torch.ones(N)
+def test_matches_dense_reference(backend, divergence, beta, temperature, device):
+    student, _ = logits_pair(N, V, seed=20, device=device)
+    values, indices = _topk_teacher(N, VOCAB, K, seed=21, device=device)
+    loss_mask = torch.ones(N, device=device)
     loss_mask[5:9] = 0
     kwargs = dict(divergence=divergence, beta=beta, temperature=temperature, vocab_size=VOCAB, loss_mask=loss_mask)
     loss = topk_kd_loss(student, values, indices, backend=backend, **kwargs)
@@ -40,9 +40,10 @@ def test_matches_dense_reference(backend, divergence, beta, temperature):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("divergence,beta", [(Divergence.FORWARD_KL, 0.5), (Divergence.JSD, 0.7)])
-def test_full_topk_equals_dense_loss(backend, divergence, beta):
-    student, teacher = logits_pair(11, 23, seed=22)
-    order = torch.stack([torch.randperm(23) for _ in range(11)])  # every id, shuffled
+def test_full_topk_equals_dense_loss(backend, divergence, beta, device):
+    student, teacher = logits_pair(11, 23, seed=22, device=device)
+    g = torch.Generator().manual_seed(22)
+    order = torch.stack([torch.randperm(23, generator=g) for _ in range(11)]).to(device)  # every id, shuffled
     kwargs = dict(divergence=divergence, beta=beta, temperature=2.0, reduction=Reduction.SUM)
     loss = topk_kd_loss(student, teacher.gather(1, order), order, backend=backend, **kwargs)
     dense = kd_loss(student, teacher, backend=Backend.TORCH, **kwargs)
@@ -50,21 +51,21 @@ def test_full_topk_equals_dense_loss(backend, divergence, beta):
     assert_close(grad_of(loss, student), grad_of(dense, student), torch.float32, grad=True)
 
 
-def test_reduction_none_with_upstream_grad():
-    student, _ = logits_pair(N, V, seed=23)
-    values, indices = _topk_teacher(N, V, K, seed=24)
+def test_reduction_none_with_upstream_grad(device):
+    student, _ = logits_pair(N, V, seed=23, device=device)
+    values, indices = _topk_teacher(N, V, K, seed=24, device=device)
     kwargs = dict(divergence=Divergence.JSD, beta=0.4, reduction=Reduction.NONE)
     loss = topk_kd_loss(student, values, indices, backend=Backend.TORCH, **kwargs)
     expected = topk_kd_loss_reference(student, values, indices, **kwargs)
     assert_close(loss, expected, torch.float32)
-    go = torch.rand(N) + 0.5
+    go = torch.rand(N, device=device) + 0.5
     assert_close(grad_of(loss, student, grad_output=go), grad_of(expected, student, grad_output=go),
                  torch.float32, grad=True)
 
 
 @pytest.mark.parametrize("divergence,beta", [(Divergence.REVERSE_KL, 0.5), (Divergence.JSD, 1.0)])
-def test_reverse_kl_is_rejected(divergence, beta):
-    student, _ = logits_pair(4, 13, seed=25)
-    values, indices = _topk_teacher(4, 13, 3, seed=26)
+def test_reverse_kl_is_rejected(divergence, beta, device):
+    student, _ = logits_pair(4, 13, seed=25, device=device)
+    values, indices = _topk_teacher(4, 13, 3, seed=26, device=device)
     with pytest.raises(ValueError, match="infinite"):
         topk_kd_loss(student, values, indices, divergence=divergence, beta=beta)
