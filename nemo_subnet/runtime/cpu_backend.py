@@ -112,6 +112,7 @@ def install(discipline: bool | None = None) -> bool:
         device_discipline.install_collective_checks()
         device_discipline.install_parameter_marks()
         _INSTALLED_MODE = device_discipline.disciplined(_CudaToCpuMode, _is_cuda_device)()
+        device_discipline.install_in_new_threads(_INSTALLED_MODE)
     else:
         _INSTALLED_MODE = _CudaToCpuMode()
     _INSTALLED_MODE.__enter__()

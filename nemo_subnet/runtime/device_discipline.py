@@ -12,11 +12,11 @@ failures raise here, naming the call site in our code:
 
 Classification, chosen so that the defaults match a GPU process:
 - *host*: created by a factory without a CUDA device (``torch.tensor([1.0])``, ``torch.zeros(n)``,
-  ``torch.from_numpy``), by ``.cpu()`` / ``.to("cpu")``, or by an op whose tensor inputs are all host.
+  ``torch.from_numpy``, ``torch.load``, safetensors), by ``.cpu()`` / ``.to("cpu")``, or by an op whose tensor inputs are all host.
   The mark is a Python attribute on the tensor, propagated through every torch call.
 - *device*: everything else — a factory given a CUDA device (what ``torch.cuda.current_device()`` feeds
   megatron), ``.cuda()`` / ``.to("cuda")``, outputs of ops with a device input, and tensors made by C++
-  without a Python call (autograd's gradients; also what torch.load / safetensors return: a blind spot).
+  without a Python call (autograd's gradients).
   ``Tensor.device`` of a device tensor reads ``cuda:0``, so ``torch.empty(n, device=x.device)`` follows
   ``x`` as it would on a GPU; ``Tensor.is_cuda`` stays the
   truth (it picks Triton vs. the torch mirror in ``kernels/``).
@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import threading
 
 import torch
 import torch.distributed as dist
@@ -135,8 +136,9 @@ def disciplined(base_mode_cls, is_cuda_device):
             owner = getattr(func, "__self__", None)
             if not isinstance(owner, _GETSET):
                 owner = None
-            if owner is _DEVICE_GETTER:  # Tensor.device
-                return torch.device("cpu") if is_host(args[0]) else _LOGICAL_DEVICE
+            if owner is _DEVICE_GETTER:  # Tensor.device (meta tensors and the like keep theirs)
+                real = func(*args)
+                return real if real.type != "cpu" or is_host(args[0]) else _LOGICAL_DEVICE
             if func is torch.Tensor.cuda:
                 return _alias(args[0], host=False)
             if func is torch.Tensor.type and len(args) == 1 and not kwargs and is_host(args[0]):
@@ -319,9 +321,59 @@ def install_parameter_marks() -> None:
 
     new.__wrapped_parameter__ = True
     parameter.__new__ = new
-    # torch.from_numpy is not dispatched to torch-function modes; data pipelines build batches with it
-    from_numpy = torch.from_numpy
+    # constructors that torch-function modes never see: data pipelines (from_numpy), safetensors (asarray),
+    # checkpoints (load) — all host unless asked for a CUDA device, as on a GPU machine
+    from_numpy, asarray, load = torch.from_numpy, torch.asarray, torch.load
     torch.from_numpy = functools.wraps(from_numpy)(lambda array: _mark(from_numpy(array), True))
+
+    def asarray_on_host(obj, *args, **kwargs):
+        device = kwargs.get("device")
+        return _mark(asarray(obj, *args, **kwargs), device is None or not _cuda_device(device))
+
+    def load_on_host(*args, **kwargs):
+        result = load(*args, **kwargs)
+        location = kwargs.get("map_location")
+        if location is None or (isinstance(location, (str, torch.device, int)) and not _cuda_device(location)):
+            _mark_tree(result)
+        return result
+
+    torch.asarray = functools.wraps(asarray)(asarray_on_host)
+    torch.load = functools.wraps(load)(load_on_host)
+
+
+def _mark_tree(value, depth: int = 0) -> None:
+    if isinstance(value, torch.Tensor):
+        _mark(value, True)
+    elif depth < 8 and isinstance(value, dict):
+        for item in value.values():
+            _mark_tree(item, depth + 1)
+    elif depth < 8 and isinstance(value, (list, tuple)):
+        for item in value:
+            _mark_tree(item, depth + 1)
+
+
+def _cuda_device(device) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return isinstance(device, int) and not isinstance(device, bool)
+
+
+def install_in_new_threads(mode) -> None:
+    """Torch-function modes are per thread: enter ``mode`` in every thread started from now on (thread
+    pools that load checkpoints, e.g. transformers' weight loading), so their tensors are classified too."""
+    if getattr(threading.Thread.run, "__discipline_mode__", None) is mode:
+        return
+    run = threading.Thread.run
+
+    @functools.wraps(run)
+    def run_in_mode(self):
+        with mode:
+            run(self)
+
+    run_in_mode.__discipline_mode__ = mode
+    threading.Thread.run = run_in_mode
 
 
 def install_collective_checks() -> None:

@@ -31,7 +31,7 @@ def test_imported_logits_match_transformers(converted):
     variant, hf_model, tmp = converted
     cfg, model = load_model(tmp / "ckpt")
     tokens = torch.randint(0, cfg.vocab_size, (3, 23), generator=torch.Generator().manual_seed(0))
-    ours = forward_logits(model, cfg, tokens)
+    ours = forward_logits(model, cfg, tokens).cpu()
     with torch.no_grad():
         ref = hf_model(tokens).logits
     assert ours.shape == ref.shape

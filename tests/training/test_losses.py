@@ -22,7 +22,8 @@ def batch(megatron_runtime):
     labels = torch.randint(0, VOCAB, (2, 7), generator=gen)
     mask = torch.ones(2, 7)
     mask[1, 5:] = 0
-    return logits.requires_grad_(), labels, mask
+    device = megatron_runtime.device  # where the last stage's logits live (CUDA on a GPU machine)
+    return logits.to(device).requires_grad_(), labels.to(device), mask.to(device)
 
 
 def test_ce_excludes_padding_and_respects_loss_mask(batch):
@@ -56,7 +57,7 @@ def test_alpha_beta_mix(batch):
 @pytest.mark.parametrize("divergence,beta", [(Divergence.FORWARD_KL, 0.5), (Divergence.JSD, 0.3)])
 def test_topk_teacher_matches_kernel_topk_loss(batch, divergence, beta):
     logits, labels, mask = batch
-    teacher = torch.randn(2, 7, PADDED, dtype=torch.float64).float()
+    teacher = torch.randn(2, 7, PADDED, dtype=torch.float64).float().to(logits.device)
     teacher[..., VOCAB:] = 50.0  # padding must never enter the teacher's top-k
     values, ids = teacher_topk(teacher, 5, VOCAB)
     assert ids.max() < VOCAB
