@@ -102,6 +102,9 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
     """
     from megatron.core import parallel_state, tensor_parallel
 
+    from nemo_subnet.runtime.gpu_request import check_requested_gpus
+
+    check_requested_gpus()  # a task given GPUs never falls back to the CPU backend
     launch = detect_launch_env()
     if launch.world_size % (tp * pp) != 0:
         raise ValueError(f"world size {launch.world_size} is not divisible by tp*pp = {tp}*{pp}")
