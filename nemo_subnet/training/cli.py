@@ -1,9 +1,19 @@
-"""`nemo-subnet train` and `nemo-subnet tokens-to-target`."""
+"""`nemo-subnet train` and `nemo-subnet tokens-to-target`.
+
+Exit codes of ``train``: 0 finished (``schedule.train_steps`` reached), 2 bad input (one line), and
+``EXIT_PREEMPTED`` (75) when SIGTERM stopped the run after it saved a checkpoint. 75 is sysexits' EX_TEMPFAIL,
+"temporary failure, retry": the run is not finished and ``--resume`` continues it. It is deliberately not 0
+(a pipeline would take the partial run as done) and not 143 (what a shell reports for a process *killed* by
+SIGTERM, which saved nothing): 75 promises a checkpoint at the step where the run stopped.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+EXIT_PREEMPTED = 75
+"""``nemo-subnet train`` stopped on SIGTERM after checkpointing: not finished, resumable (EX_TEMPFAIL)."""
 
 
 def register(subparsers) -> None:
@@ -46,6 +56,10 @@ def run_train(args: argparse.Namespace) -> int:
     if "valid_ppl" in metrics:
         summary += f", valid loss {metrics['valid_loss']:.4f} (ppl {metrics['valid_ppl']:.2f})"
     print(f"train: {summary}; checkpoint {result.last_checkpoint}", flush=True)
+    if result.status == "preempted":
+        print(f"train: stopped by SIGTERM before step {config.schedule.train_steps}; not finished — resume with "
+              f"--resume (exit code {EXIT_PREEMPTED})", flush=True)
+        return EXIT_PREEMPTED
     return 0
 
 

@@ -67,7 +67,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path, data_dir, model_yaml, basel
         r["valid_loss"] for r in metrics(baseline_run, "valid")]
 
 
-def test_sigterm_checkpoints_and_exits_zero(tmp_path, data_dir, model_yaml):
+def test_sigterm_checkpoints_and_exits_preempted(tmp_path, data_dir, model_yaml):
     sections = {"schedule": {"train_steps": 1000, "warmup_steps": 2}, "checkpoint": {"every_steps": 0, "keep_last": 2}}
     config = write_yaml(tmp_path / "run.yaml", run_config(tmp_path, tmp_path / "run", data_dir, {"random": str(model_yaml)},
                                                           **sections))
@@ -75,7 +75,9 @@ def test_sigterm_checkpoints_and_exits_zero(tmp_path, data_dir, model_yaml):
     _wait_for_step(tmp_path / "run", proc, 2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
+    from nemo_subnet.training.cli import EXIT_PREEMPTED
+
+    assert proc.returncode == EXIT_PREEMPTED == 75, err[-3000:]  # not finished: never 0
     assert "preempted" in out
     last = metrics(tmp_path / "run")[-1]["step"]
     assert 2 <= last < 1000
