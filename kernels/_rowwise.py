@@ -205,12 +205,14 @@ def combine_stats(stats: torch.Tensor, spec: LossSpec, group=None):
 
 def forward_rows(s, t, w, labels, spec: LossSpec, triton_path: bool, n_valid: int, vocab_start: int = 0, group=None):
     """All forward passes for one block of rows → (per-row loss [n], saved [n, 4] for `backward_rows`,
-    per-row CE [n] or None without CE).
+    per-row CE [n] or None without CE). t None: CE only (a FORWARD_KL spec with kd_scale 0 and CE on).
 
     The per-row loss is kd_scale * D + ce_weight * CE, before the token weight.
     """
     stats = row_stats(s, t, w, labels, spec, triton_path, n_valid, vocab_start)
     lse_s, lse_t, lse_1, kd, ce = combine_stats(stats, spec, group)
+    if t is None:  # CE only (no teacher, kd_scale 0): combine_stats' KD term is 0/0 there, not a divergence
+        kd = torch.zeros_like(kd)
     aux = kd  # reverse KL: its gradient needs the row's KL
     if spec.divergence is Divergence.JSD:
         part = row_jsd(s, t, w, torch.stack([lse_s, lse_t], 1), spec, triton_path, n_valid)
