@@ -7,6 +7,10 @@ logits) go into two [C, V] buffers in the input dtype (cuBLAS, fp32 accumulation
 two more matmuls turn it into the chunk's grad_hidden rows and accumulate grad_weight. Everything happens in
 forward (recomputing the matmuls in backward would cost 2 more of the 6 N*V*H matmuls); backward only
 scales the stored gradients by the upstream scalar.
+
+Vocab parallel (`group`): the weight is this rank's shard of Megatron's vocab partition, the row statistics of
+each chunk are merged over the group exactly as in `vocab_parallel_kd_loss`, so every rank gets the
+full-vocabulary loss. Without a teacher the op is a chunked (vocab-parallel) cross-entropy.
 """
 
 from __future__ import annotations
@@ -40,44 +44,62 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
 
     Traffic per chunk: 3 matmuls of 2 C V H flops (+ the teacher's), the row kernels read the two buffers
     two or three times and write one. Upstream grad must be a scalar (reduction MEAN or SUM).
+
+    Vocab parallel (group, vocab_start): weight is this rank's rows [vocab_start, vocab_start + V/tp) and V
+    above is V/tp. Per chunk: all-reduce MAX [C, 3], all-reduce SUM [C, 5] (+ SUM [C, 2] for JSD), the same on
+    every rank, so every rank must run the same chunks (same N and chunk_size). grad_weight is the local
+    shard's gradient; grad_hidden = sum_c G_c W_local is this rank's partial sum of the full
+    G W = sum_ranks G_r W_r: the caller's `copy_to_tensor_model_parallel_region` (applied to the hidden states
+    before Megatron's output layer) all-reduces it over TP in backward.
+
+    No teacher: CE only, loss = sum_tokens w * ce_weight * CE (the stats pass without teacher loads).
+    Second output: the unweighted CE term, reduced like the loss, for logging (no gradient; 0 without CE).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, teacher_logits, labels, weights,
-                spec: LossSpec, triton_path: bool, n_valid: int, chunk_size: int):
+                spec: LossSpec, triton_path: bool, n_valid: int, chunk_size: int, vocab_start: int = 0, group=None):
         n_tokens = hidden.shape[0]
         grad_hidden = hidden.new_empty(hidden.shape) if ctx.needs_input_grad[0] else None
         grad_weight = weight.new_zeros(weight.shape) if ctx.needs_input_grad[1] else None
         total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
         for start in range(0, n_tokens, chunk_size):
             end = min(start + chunk_size, n_tokens)
             h_c = hidden[start:end]  # [c, h]
             s_c = h_c @ weight.t()  # [c, v]
             if teacher_logits is not None:
                 t_c = teacher_logits[start:end]  # [c, v]
-            else:
+            elif teacher_hidden is not None:
                 t_c = teacher_hidden[start:end] @ teacher_weight.t()  # [c, v]
+            else:
+                t_c = None  # CE only
             w_c = weights[start:end]
             l_c = None if labels is None else labels[start:end]
-            loss_rows, saved, _ = _rowwise.forward_rows(s_c, t_c, w_c, l_c, spec, triton_path, n_valid)
+            loss_rows, saved, ce_rows = _rowwise.forward_rows(
+                s_c, t_c, w_c, l_c, spec, triton_path, n_valid, vocab_start, group
+            )
             total += (w_c * loss_rows).sum()
+            if ce_rows is not None:
+                total_ce += (w_c * ce_rows).sum()
             if grad_hidden is None and grad_weight is None:
                 continue
-            g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, out=s_c)
+            g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, vocab_start, out=s_c)
             if grad_hidden is not None:
                 torch.mm(g_c, weight, out=grad_hidden[start:end])
             if grad_weight is not None:
                 grad_weight.addmm_(g_c.t(), h_c)
         ctx.save_for_backward(grad_hidden, grad_weight)
-        return total
+        ctx.mark_non_differentiable(total_ce)
+        return total, total_ce
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def backward(ctx, grad_output, _grad_ce):
         grad_hidden, grad_weight = ctx.saved_tensors
         go = grad_output.to(torch.float32)
         grad_hidden = None if grad_hidden is None else grad_hidden * go.to(grad_hidden.dtype)
         grad_weight = None if grad_weight is None else grad_weight * go.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None, None
 
 
 def fused_linear_kd_loss(
@@ -100,36 +122,64 @@ def fused_linear_kd_loss(
     ce_weight: float = 0.0,
     chunk_size: int | None = None,
     backend: Backend = Backend.AUTO,
-) -> torch.Tensor:
+    group: "torch.distributed.ProcessGroup | None" = None,
+    vocab_start_index: int = 0,
+    return_ce: bool = False,
+):
     """KD (+ CE) loss straight from the student's last hidden states [..., H] and output weight [V, H].
 
     The teacher is either (teacher_hidden [..., H_t], teacher_weight [V, H_t]) or teacher_logits [..., V];
     it gets no gradient. Gradients flow to student_hidden and student_weight. reduction is MEAN or SUM.
+    No teacher at all: CE only, loss = ce_weight * CE (needs labels and ce_weight != 0); the no-teacher
+    baseline and validation, with no [N, V] logits.
     chunk_size: tokens per chunk (default `default_chunk_size`). Other arguments as in `kd_loss`.
+
+    Vocab parallel: group is the tensor-parallel group, student_weight (and teacher_weight /
+    teacher_logits) this rank's vocab shard [V/tp, H] starting at global id vocab_start_index, labels
+    global ids, vocab_size the global true vocabulary (padding at the end of the last shard is excluded).
+    The loss is the full-vocabulary loss on every rank; student_weight gets its shard's gradient and
+    student_hidden this rank's partial gradient, to be summed over TP (Megatron's
+    `copy_to_tensor_model_parallel_region` before the output layer does it in backward).
+    return_ce: also return the CE term (unweighted, reduced like the loss, no gradient); needs ce_weight != 0.
+    Returns the loss, or (loss, ce) with return_ce.
     """
     reduction = Reduction(reduction)
     if reduction is Reduction.NONE:
         raise ValueError("fused_linear_kd_loss computes gradients in forward: reduction must be MEAN or SUM")
-    if (teacher_logits is None) == (teacher_hidden is None or teacher_weight is None):
-        raise ValueError("give either teacher_logits or both teacher_hidden and teacher_weight")
+    hidden_teacher = teacher_hidden is not None or teacher_weight is not None
+    half_teacher = hidden_teacher and (teacher_hidden is None or teacher_weight is None)
+    if half_teacher or (teacher_logits is not None and hidden_teacher):
+        raise ValueError("give either teacher_logits or both teacher_hidden and teacher_weight (or no teacher: CE only)")
+    ce_only = teacher_logits is None and not hidden_teacher
+    if ce_only and ce_weight == 0.0:
+        raise ValueError("no teacher given: the CE-only loss (ce_weight * CE) needs ce_weight != 0")
     if ce_weight != 0.0 and labels is None:
         raise ValueError("ce_weight != 0 needs labels")
-    spec = make_spec(divergence, beta, temperature, scale_t2, kd_weight, ce_weight)
+    if return_ce and ce_weight == 0.0:
+        raise ValueError("return_ce needs the CE term in the loss (ce_weight != 0)")
+    if ce_only:  # no divergence: kd_scale 0 and T = 1 (CE is at T = 1), so one log-sum-exp per row
+        spec = make_spec(Divergence.FORWARD_KL, 0.0, 1.0, False, 0.0, ce_weight)
+    else:
+        spec = make_spec(divergence, beta, temperature, scale_t2, kd_weight, ce_weight)
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])  # [n, h]
     n_tokens, vocab = hidden.shape[0], student_weight.shape[0]
     if teacher_logits is not None:
         teacher_logits = teacher_logits.detach().reshape(n_tokens, vocab).contiguous()  # [n, v]
-    else:
+    elif teacher_hidden is not None:
         teacher_hidden = teacher_hidden.detach().reshape(n_tokens, -1)  # [n, h_t]
         teacher_weight = teacher_weight.detach()
         if teacher_weight.shape[0] != vocab:
             raise ValueError(f"teacher vocab {teacher_weight.shape[0]} != student vocab {vocab}")
     if labels is not None:
         labels = labels.reshape(-1).to(device=hidden.device, dtype=torch.int64)
-    n_valid = vocab if vocab_size is None else min(vocab, vocab_size)
+        if labels.numel() != n_tokens:
+            raise ValueError(f"labels has {labels.numel()} tokens, hidden {n_tokens}")
+    vocab_end = vocab_start_index + vocab if vocab_size is None else vocab_size
+    n_valid = max(0, min(vocab, vocab_end - vocab_start_index))  # this shard's non-padding rows
     weights = token_weights(n_tokens, hidden.device, labels, ignore_index, loss_mask, reduction)
     chunk = default_chunk_size(n_tokens, vocab) if chunk_size is None else int(chunk_size)
-    return FusedLinearKDLossFunction.apply(
+    loss, ce = FusedLinearKDLossFunction.apply(
         hidden, student_weight, teacher_hidden, teacher_weight, teacher_logits, labels, weights,
-        spec, use_triton(hidden, backend), n_valid, chunk,
+        spec, use_triton(hidden, backend), n_valid, chunk, vocab_start_index, group,
     )
+    return (loss, ce) if return_ce else loss
