@@ -5,11 +5,14 @@
 #   launch/torchrun.sh --nproc 8 -- python -m nemo_subnet.pipeline --config pipeline.yaml
 #
 # Rendezvous, first match wins:
-#   inside a SLURM allocation (SLURM_JOB_ID set): nodes and rank from SLURM, master = first node of
-#     SLURM_JOB_NODELIST; start it once per node (`srun --ntasks-per-node=1 launch/torchrun.sh ...`);
+#   inside a SLURM allocation (SLURM_JOB_ID set): nodes and rank from the step (SLURM_STEP_NUM_NODES,
+#     SLURM_NODEID), master = first node of the step; start it once per node
+#     (`srun --ntasks-per-node=1 launch/torchrun.sh ...`);
 #   --hosts h1,h2,... --node-rank R: given hosts, master = h1 (run it on every host with its rank);
 #   otherwise: single node, localhost.
-# NPROC defaults to the GPUs on the node (nvidia-smi), else 1. MASTER_PORT defaults to 29500.
+# NPROC (ranks per node) defaults to the GPUs this process was *given*, not the GPUs the node has:
+#   the entries of CUDA_VISIBLE_DEVICES, else SLURM_GPUS_ON_NODE, else nvidia-smi -L, else 1 (CPU).
+#   (Counting every GPU of a shared node would start two ranks per allocated GPU.) MASTER_PORT: 29500.
 set -euo pipefail
 
 NPROC="${NPROC:-}"
@@ -21,23 +24,38 @@ while [[ $# -gt 0 ]]; do
     --hosts) HOSTS="$2"; shift 2 ;;
     --node-rank) NODE_RANK="$2"; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) break ;;
   esac
 done
 [[ $# -gt 0 ]] || { echo "torchrun.sh: no command given (see --help)" >&2; exit 2; }
 
+visible_gpus() {  # GPUs given to this process: 0 when none is (CPU)
+  if [[ -n "${CUDA_VISIBLE_DEVICES+set}" ]]; then
+    # "0,1,3" or "GPU-<uuid>,..." -> count of entries; "" / "-1" / "NoDevFiles" (SLURM without GPUs) -> 0
+    case "$CUDA_VISIBLE_DEVICES" in ""|-1|NoDevFiles) echo 0 ;; *) awk -F, '{print NF}' <<< "$CUDA_VISIBLE_DEVICES" ;; esac
+  elif [[ -n "${SLURM_GPUS_ON_NODE:-}" ]]; then
+    echo "${SLURM_GPUS_ON_NODE##*:}"  # a count; also accept a "gpu:4"-style type prefix
+  elif command -v nvidia-smi >/dev/null; then
+    nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
+  else
+    echo 0
+  fi
+}
+GPUS="$(visible_gpus)"
+[[ "$GPUS" =~ ^[0-9]+$ ]] || { echo "torchrun.sh: cannot count the GPUs given to this process (got '$GPUS')" >&2; exit 2; }
 if [[ -z "$NPROC" ]]; then
-  NPROC=$( (command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | wc -l) || echo 0)
+  NPROC="$GPUS"
   [[ "$NPROC" -gt 0 ]] || NPROC=1
 fi
 PORT="${MASTER_PORT:-29500}"
 
 if [[ -n "${SLURM_JOB_ID:-}" && -z "$HOSTS" ]]; then
-  NNODES="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}"
+  # the step's nodes (a one-node step inside a two-node job is one node)
+  NNODES="${SLURM_STEP_NUM_NODES:-${SLURM_NNODES:-${SLURM_JOB_NUM_NODES:-1}}}"
   NODE_RANK="${SLURM_NODEID:-0}"
-  MASTER=$(scontrol show hostnames "${SLURM_JOB_NODELIST}" | head -n1)
-  RDZV_ID="${SLURM_JOB_ID}"
+  MASTER=$(scontrol show hostnames "${SLURM_STEP_NODELIST:-${SLURM_JOB_NODELIST}}" | head -n1)
+  RDZV_ID="${SLURM_JOB_ID}${SLURM_STEP_ID:+.${SLURM_STEP_ID}}"
 elif [[ -n "$HOSTS" ]]; then
   IFS=',' read -r -a HOST_ARRAY <<< "$HOSTS"
   NNODES="${#HOST_ARRAY[@]}"
@@ -48,7 +66,7 @@ else
 fi
 
 # CPU ranks (gloo) share the cores: one OpenMP thread each unless the caller chose
-if ! command -v nvidia-smi >/dev/null && [[ "$NPROC" -gt 1 ]]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
+if [[ "$GPUS" -eq 0 && "$NPROC" -gt 1 ]]; then export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"; fi
 
 # torchrun runs a Python file or module; `nemo-subnet X` becomes `-m nemo_subnet.cli X`
 if [[ "$1" == "nemo-subnet" ]]; then shift; set -- -m nemo_subnet.cli "$@"; elif [[ "$1" == "python" || "$1" == python3 ]]; then shift; fi

@@ -5,8 +5,14 @@
   multi-rank stages under torchrun with SLURM-derived rendezvous. Submitted from a login node through a
   ``LocalTunnel`` (default) or from elsewhere through an ``SSHTunnel`` (``ssh_host``).
 
-Stages that are single-process by nature (data, importance, search, extract, export, report) get a
-one-task executor; training stages get ``nodes x nproc_per_node`` ranks.
+Each stage's kind (``nemo_subnet.pipeline.runner.StageKind``) decides its resources, see ``StageResources``:
+``host`` (data, report) one process, no GPU; ``single`` (extract, export, the HF teacher import) one process
+on one GPU; ``evaluate`` (importance, search) ``eval_ranks`` ranks on one node; ``train`` ``nodes`` x (one rank
+per GPU, or ``nproc_per_node`` CPU ranks). A task that was given GPUs carries ``NEMO_SUBNET_REQUIRE_CUDA`` and
+fails with one line when CUDA is not visible (``nemo_subnet.runtime.gpu_request``) instead of running on CPU.
+
+SLURM jobs are requeueable and get a warning before their time limit (``slurm_signals.py``): the ranks receive
+SIGTERM, checkpoint and exit 75, and a resumable stage requeues itself and continues from that checkpoint.
 
 Two NeMo-Run traps handled here (see DESIGN.md): the default packager is a git archive (fails outside a
 git work tree and drops uncommitted files), so we run from the working tree with ``run.Packager()``;
@@ -26,18 +32,39 @@ from typing import Literal
 
 import nemo_run as run
 
+from nemo_subnet.recipes.slurm_signals import signal_setup_lines
+
+REQUIRE_CUDA_VAR = "NEMO_SUBNET_REQUIRE_CUDA"
+"""= ``nemo_subnet.runtime.gpu_request.REQUIRE_CUDA_VAR`` (spelled out: importing the runtime loads megatron)."""
+
 
 @dataclass
 class LaunchConfig:
     executor: Literal["local", "slurm"] = "local"
     nodes: int = 1
-    """Nodes for training stages (single-process stages always take one)."""
+    """Nodes of the training stages (every other stage runs on one node)."""
     nproc_per_node: int = 1
-    """Ranks per node for training stages: GPUs per node on a GPU cluster, CPU processes (gloo) elsewhere."""
+    """CPU ranks (gloo) per node of the training stages when ``gpus_per_node`` is 0. With GPUs every training
+    stage runs one rank per GPU; leave this at 1 (or equal to ``gpus_per_node``)."""
     gpus_per_node: int = 0
+    """GPUs per node. 0: no stage asks for a GPU (CPU, gloo). > 0: every stage that computes gets GPUs —
+    training stages all of them on ``nodes`` nodes, importance and search ``eval_ranks`` on one node,
+    extract / export / the HF teacher import one — and fails with one line if CUDA is not visible;
+    data and report get none."""
+    eval_ranks: int | None = None
+    """Ranks (one per GPU, one node) of importance and search: ``search.tp`` x ``search.pp`` per teacher
+    replica, data parallel over the evaluation batches across the rest. None: every GPU of a node
+    (``gpus_per_node``); 1 on CPU."""
     partition: str | None = None
     account: str | None = None
     time: str = "04:00:00"
+    """SLURM time limit of each stage's job. A resumable stage (training, search) that reaches it checkpoints
+    and requeues itself (see ``signal_grace_s``), so it may be shorter than the stage."""
+    signal_grace_s: int = 120
+    """SLURM: seconds before the time limit at which the job is warned (``--signal=B:USR1@N``): the ranks get
+    SIGTERM, finish their current step, save a checkpoint and exit; then the job requeues itself. It must cover
+    one training step plus one checkpoint save (a 1B student with its optimizer state writes ~16 GB). Also
+    torchrun's wait for its workers to exit after SIGTERM (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``; 30 s by default)."""
     container_image: str | None = None
     """Optional container (pyxis/enroot ``--container-image``) with this project installed."""
     container_mounts: list[str] = field(default_factory=list)
@@ -50,20 +77,55 @@ class LaunchConfig:
     """Extra environment variables of every task."""
 
 
-def task_env(launch: LaunchConfig, ranks_per_node: int) -> dict[str, str]:
+@dataclass(frozen=True)
+class StageResources:
+    nodes: int
+    ranks_per_node: int
+    gpus_per_node: int
+    """GPUs requested per node (0: none)."""
+
+    @property
+    def launcher(self) -> str | None:
+        return "torchrun" if self.nodes * self.ranks_per_node > 1 else None
+
+
+def eval_ranks(launch: LaunchConfig) -> int:
+    if launch.eval_ranks is not None:
+        return launch.eval_ranks
+    return launch.gpus_per_node or 1
+
+
+def stage_resources(launch: LaunchConfig, kind: str) -> StageResources:
+    """Nodes, ranks and GPUs of a stage of this kind (``host``, ``single``, ``evaluate``, ``train``)."""
+    gpus = launch.gpus_per_node
+    if kind == "host":
+        return StageResources(1, 1, 0)
+    if kind == "single":
+        return StageResources(1, 1, 1 if gpus else 0)
+    if kind == "evaluate":
+        ranks = eval_ranks(launch)
+        return StageResources(1, ranks, ranks if gpus else 0)
+    if kind == "train":
+        return StageResources(launch.nodes, gpus or launch.nproc_per_node, gpus)
+    raise ValueError(f"unknown stage kind {kind!r}")
+
+
+def task_env(launch: LaunchConfig, res: StageResources) -> dict[str, str]:
     """Environment of a task: this interpreter first on PATH (NeMo-Run launches ``python``), one OpenMP thread
-    per rank when several CPU ranks share a node."""
+    per rank when several CPU ranks share a node, the GPU requirement, torchrun's SIGTERM grace."""
     env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
-    if launch.gpus_per_node == 0 and ranks_per_node > 1:
+    if res.gpus_per_node == 0 and res.ranks_per_node > 1:
         env["OMP_NUM_THREADS"] = "1"
+    if res.gpus_per_node:
+        env[REQUIRE_CUDA_VAR] = str(res.gpus_per_node)
+    if res.launcher == "torchrun":  # torchrun SIGKILLs workers this long after passing SIGTERM on (default 30 s)
+        env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(launch.signal_grace_s)
     return {**env, **launch.env}
 
 
-def local_executor(launch: LaunchConfig, *, distributed: bool) -> run.LocalExecutor:
-    ranks = launch.nproc_per_node if distributed else 1
-    return run.LocalExecutor(ntasks_per_node=ranks, launcher="torchrun" if ranks > 1 else None,
-                             env_vars=task_env(launch, ranks))
+def local_executor(launch: LaunchConfig, res: StageResources) -> run.LocalExecutor:
+    return run.LocalExecutor(ntasks_per_node=res.ranks_per_node, launcher=res.launcher, env_vars=task_env(launch, res))
 
 
 def slurm_reachable() -> str | None:
@@ -81,9 +143,7 @@ def slurm_reachable() -> str | None:
     return None
 
 
-def slurm_executor(launch: LaunchConfig, *, distributed: bool) -> run.SlurmExecutor:
-    nodes = launch.nodes if distributed else 1
-    ranks = launch.nproc_per_node if distributed else 1
+def slurm_executor(launch: LaunchConfig, res: StageResources, *, requeue_on_time_limit: bool) -> run.SlurmExecutor:
     if launch.ssh_host:
         tunnel = run.SSHTunnel(host=launch.ssh_host, user=launch.ssh_user or os.environ.get("USER", ""),
                                job_dir=launch.remote_job_dir or "~/.nemo_run/experiments")
@@ -93,22 +153,26 @@ def slurm_executor(launch: LaunchConfig, *, distributed: bool) -> run.SlurmExecu
         tunnel = run.LocalTunnel(job_dir=os.path.join(get_nemorun_home(), "experiments"))
     # NeMo-Run needs an account to name jobs; clusters without accounting accept any, so fall back to the user
     account = launch.account or os.environ.get("SLURM_ACCOUNT") or getpass.getuser()
-    kwargs = dict(account=account, partition=launch.partition, nodes=nodes, ntasks_per_node=ranks,
-                  time=launch.time, packager=run.Packager(), tunnel=tunnel, env_vars=task_env(launch, ranks),
-                  launcher="torchrun" if nodes * ranks > 1 else None)
-    if launch.gpus_per_node and distributed:
-        # one task per node; torchrun starts one rank per GPU
-        kwargs.update(ntasks_per_node=1, gpus_per_node=launch.gpus_per_node, launcher="torchrun")
+    # under torchrun NeMo-Run turns ntasks_per_node into torchrun's nproc-per-node and starts one task per node
+    kwargs = dict(account=account, partition=launch.partition, nodes=res.nodes, ntasks_per_node=res.ranks_per_node,
+                  time=launch.time, packager=run.Packager(), tunnel=tunnel, env_vars=task_env(launch, res),
+                  launcher=res.launcher, signal=f"B:USR1@{launch.signal_grace_s}",
+                  additional_parameters={"requeue": True},
+                  setup_lines=signal_setup_lines(requeue_on_time_limit=requeue_on_time_limit))
+    if res.gpus_per_node:
+        kwargs["gpus_per_node"] = res.gpus_per_node
     if launch.container_image:
         kwargs.update(container_image=launch.container_image, container_mounts=launch.container_mounts)
     return run.SlurmExecutor(**kwargs)
 
 
-def make_executor(launch: LaunchConfig, *, distributed: bool) -> run.Executor:
+def make_executor(launch: LaunchConfig, kind: str = "host", *, resumable: bool = False) -> run.Executor:
+    """The executor of one stage of this kind; ``resumable`` stages requeue themselves at the SLURM time limit."""
     from nemo_subnet.cli import UserError
 
+    res = stage_resources(launch, kind)
     if launch.executor == "local":
-        return local_executor(launch, distributed=distributed)
+        return local_executor(launch, res)
     if launch.executor == "slurm":
-        return slurm_executor(launch, distributed=distributed)
+        return slurm_executor(launch, res, requeue_on_time_limit=resumable)
     raise UserError(f"unknown executor {launch.executor!r}; choose local or slurm")

@@ -10,12 +10,21 @@ __all__ = ["DataSpec", "DistillSpec", "PipelineConfig", "SearchSpec", "TeacherMo
 
 
 def run_pipeline_stage(config: PipelineConfig, stage: str) -> dict:
-    """Run one stage (skipped when already complete); the body of one NeMo-Run task."""
-    from nemo_subnet.pipeline.runner import run_stage
+    """Run one stage (skipped when already complete); the body of one NeMo-Run task.
+
+    A stage stopped by SIGTERM ends the task with ``EXIT_PREEMPTED`` (75), not a traceback's 1: the stage is
+    not finished, and a requeued or relaunched task resumes it.
+    """
+    from nemo_subnet.pipeline.runner import StageInterrupted, run_stage
     from nemo_subnet.pipeline.stages import build_stages
+    from nemo_subnet.training.cli import EXIT_PREEMPTED
 
     config.validate()
-    return run_stage(config, build_stages(), stage)
+    try:
+        return run_stage(config, build_stages(), stage)
+    except StageInterrupted as err:
+        print(f"pipeline: {err}", flush=True)
+        raise SystemExit(EXIT_PREEMPTED) from None
 
 
 def run_pipeline(config: PipelineConfig, stages: list[str] | None = None, *, log=print) -> dict:

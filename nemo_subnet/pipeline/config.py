@@ -56,6 +56,9 @@ class TrainSpec:
     eval_iters: int = 2
     tp: int = 1
     pp: int = 1
+    checkpoint_every: int | None = None
+    """Checkpoint every N steps (None: four times per run). SIGTERM (preemption, requeue, the SLURM time limit)
+    also saves at the step where the run stops, so this only bounds the work a hard kill loses."""
 
 
 @dataclass
@@ -78,6 +81,12 @@ class SearchSpec:
     eval_batches: int = 2
     """Validation micro-batches (of 4 sequences) per candidate."""
     seed: int = 0
+    tp: int = 1
+    """Tensor-parallel size of the teacher in importance and search (raise it when the teacher does not fit one
+    GPU). Their ranks (``launch.eval_ranks``) must be a multiple of tp x pp; the quotient is data parallelism
+    over the calibration / evaluation batches, which must divide ``calibration_batches`` and ``eval_batches``."""
+    pp: int = 1
+    """Pipeline-parallel size of the teacher in importance and search (see ``tp``)."""
 
 
 @dataclass

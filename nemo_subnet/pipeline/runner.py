@@ -7,9 +7,15 @@ A stage is reused iff the marker exists, its fingerprint matches and its directo
 its directory is removed and it runs again, except training stages, which resume their own checkpoints
 when they were started with the same fingerprint (a killed demo continues where it stopped).
 
-Stages run the ``nemo-subnet`` commands as child processes (``python -m nemo_subnet.cli ...``) with the
-caller's environment, so a stage launched under torchrun / srun passes its rank variables on. Stages
-that are single-process by nature run on global rank 0 only, with the launcher's variables removed.
+Stages run the ``nemo-subnet`` commands as child processes (``python -m nemo_subnet.cli ...``, see child.py)
+with the caller's environment, so a stage launched under torchrun / srun passes its rank variables on. Stages
+whose kind runs one process (``host``, ``single``) run on global rank 0 only, with the launcher's variables
+removed; ``evaluate`` and ``train`` stages run on every rank.
+
+A stage that fails leaves ``<out_dir>/.stages/<stage>.failed.json``: its own one-line error (the child's
+``UserError`` line or the last line of its traceback), the command and exit code, and whether it was
+*interrupted* (SIGTERM: preemption, requeue, time limit). An interrupted stage is never marked done; a
+resumable one (training, search) continues from its checkpoint on the next launch.
 """
 
 from __future__ import annotations
@@ -18,16 +24,17 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 from nemo_subnet.pipeline.config import PipelineConfig
 
 MARKERS = ".stages"
+REQUIRE_CUDA_VAR = "NEMO_SUBNET_REQUIRE_CUDA"
+"""= ``nemo_subnet.runtime.gpu_request.REQUIRE_CUDA_VAR``; spelled out so host stages need not load the runtime."""
 _LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "GROUP_WORLD_SIZE",
                 "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
                 "SLURM_LOCALID")
@@ -35,8 +42,24 @@ _LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_R
 # wait forever for the agent's store instead of starting its own)
 
 
+StageKind = Literal["host", "single", "evaluate", "train"]
+"""Where a stage runs. ``host``: one process, no GPU (data, report). ``single``: one process on one GPU (extract,
+export, the HF teacher import). ``evaluate``: every rank of one node, data parallel over evaluation batches
+(importance, search). ``train``: every rank of every node (teacher pretraining, distill, baseline)."""
+EVERY_RANK_KINDS = ("evaluate", "train")
+
+
 class StageError(RuntimeError):
-    """A stage command failed; the message names the stage and the command."""
+    """A stage failed; the message (one line) names the stage and says what went wrong."""
+
+    def __init__(self, message: str, *, command: str | None = None, returncode: int | None = None):
+        super().__init__(message)
+        self.command = command
+        self.returncode = returncode
+
+
+class StageInterrupted(StageError):
+    """A stage command stopped on SIGTERM (checkpointed and exited EXIT_PREEMPTED, or killed): not finished."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +70,18 @@ class Stage:
     deps: tuple[str, ...] = ()
     reads: tuple[str, ...] = ()
     """Config fields (dotted) that determine the output."""
-    distributed: bool = False
-    """Runs on every rank (training); False: on global rank 0 only."""
+    kind: StageKind | Callable[[PipelineConfig], StageKind] = "host"
+    """Where it runs (a function of the config when that decides, e.g. import vs pretrain the teacher)."""
     resumable: bool = False
     """Keeps a started directory and resumes it instead of starting over."""
     help: str = ""
+
+    def kind_of(self, config: PipelineConfig) -> StageKind:
+        return self.kind(config) if callable(self.kind) else self.kind
+
+    def every_rank(self, config: PipelineConfig) -> bool:
+        """Runs on every rank of its launch; False: on global rank 0 only."""
+        return self.kind_of(config) in EVERY_RANK_KINDS
 
 
 @dataclass
@@ -61,6 +91,8 @@ class StageContext:
     out: Path
     """The pipeline's output root."""
     resume: bool = False
+    every_rank: bool = False
+    """Its commands run on every rank (evaluate, train stages); else one process."""
 
     @property
     def dir(self) -> Path:
@@ -70,12 +102,14 @@ class StageContext:
         return self.out / stage
 
     def cli(self, *args: str) -> None:
-        """Run ``nemo-subnet ARGS`` as a child process (on every rank of a distributed stage)."""
-        self.python("nemo_subnet.cli", *args, distributed=self.stage.distributed)
+        """Run ``nemo-subnet ARGS`` as a child process (on every rank of an evaluate / train stage)."""
+        self.python("nemo_subnet.cli", *args, distributed=self.every_rank)
 
     def python(self, module: str, *args, distributed: bool = False) -> None:
-        """Run ``python -m MODULE ARGS``; raise StageError on failure. Not distributed: launcher variables
-        are removed so the child is a single process."""
+        """Run ``python -m MODULE ARGS``; raise StageError (its one-line error) on failure, StageInterrupted when
+        SIGTERM stopped it. Not distributed: launcher variables are removed so the child is a single process."""
+        from nemo_subnet.pipeline.child import error_line, interrupted, run_child
+
         env = dict(os.environ)
         if not distributed:  # a single process: nothing may point it at the launcher's rendezvous
             for var in list(env):
@@ -85,10 +119,19 @@ class StageContext:
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         env.setdefault("PYTHONWARNINGS", "ignore")
         cmd = [sys.executable, "-m", module, *map(str, args)]
-        proc = subprocess.run(cmd, env=env)
-        if proc.returncode != 0:
-            shown = "nemo-subnet" if module == "nemo_subnet.cli" else f"python -m {module}"
-            raise StageError(f"stage {self.stage.name}: `{shown} {' '.join(map(str, args))}` exited {proc.returncode}")
+        result = run_child(cmd, env)
+        if result.returncode == 0:
+            return
+        shown = " ".join(["nemo-subnet" if module == "nemo_subnet.cli" else f"python -m {module}", *map(str, args)])
+        code, name = result.returncode, self.stage.name
+        if interrupted(code) or result.got_sigterm:
+            then = ("the next launch resumes it from its last checkpoint" if self.stage.resumable
+                    else "the next launch runs it again")
+            raise StageInterrupted(f"stage {name}: interrupted by SIGTERM (exit {code}), not finished; {then}",
+                                   command=shown, returncode=code)
+        line = error_line(result.stderr_tail)
+        raise StageError(f"stage {name}: {line}" if line else f"stage {name}: `{shown}` exited {code}",
+                         command=shown, returncode=code)
 
     @property
     def is_main(self) -> bool:
@@ -134,9 +177,26 @@ def read_marker(out: Path, name: str, kind: str = "done") -> dict | None:
 def _write_marker(out: Path, name: str, data: dict, kind: str = "done") -> None:
     path = marker_path(out, name, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: several ranks may record a failure
     tmp.write_text(json.dumps(data, indent=2, default=str))
     tmp.replace(path)
+
+
+def _record_failure(out: Path, stage: Stage, err: Exception) -> None:
+    """``<stage>.failed.json``: the stage's own one-line error for whoever launched it (rank 0's wins)."""
+    if _rank() != 0 and marker_path(out, stage.name, "failed").exists():
+        return
+    from nemo_subnet.cli import UserError
+
+    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if not isinstance(err, (StageError, UserError)):
+        message = f"stage {stage.name}: {type(err).__name__}: {message}"
+    elif not message.startswith(f"stage {stage.name}"):
+        message = f"stage {stage.name}: {message}"
+    _write_marker(out, stage.name, {
+        "stage": stage.name, "error": message, "command": getattr(err, "command", None),
+        "exit_code": getattr(err, "returncode", None), "interrupted": isinstance(err, StageInterrupted),
+        "resumable": stage.resumable, "rank": _rank(), "host": os.uname().nodename, "time": time.time()}, "failed")
 
 
 def stage_fingerprints(config: PipelineConfig, stages: dict[str, Stage], upto: str) -> dict[str, str]:
@@ -162,13 +222,27 @@ def is_done(config: PipelineConfig, stages: dict[str, Stage], name: str) -> bool
 
 
 def run_stage(config: PipelineConfig, stages: dict[str, Stage], name: str, *, log=print) -> dict:
-    """Run one stage unless its output is complete; returns its marker (summary, seconds, reused)."""
+    """Run one stage unless its output is complete; returns its marker (summary, seconds, reused). A failure
+    (or SIGTERM) raises and leaves ``<stage>.failed.json``, never the done marker."""
     if name not in stages:
         from nemo_subnet.cli import UserError
 
         raise UserError(f"unknown stage {name!r}; stages: {', '.join(stages)}")
     stage = stages[name]
     out = Path(config.out_dir)
+    try:
+        return _run_stage(config, stages, stage, out, log)
+    except Exception as err:
+        _record_failure(out, stage, err)
+        raise
+
+
+def _run_stage(config: PipelineConfig, stages: dict[str, Stage], stage: Stage, out: Path, log) -> dict:
+    if os.environ.get(REQUIRE_CUDA_VAR, "0") != "0":  # a task given GPUs fails here, before any work
+        from nemo_subnet.runtime.gpu_request import check_requested_gpus
+
+        check_requested_gpus()
+    name = stage.name
     prints = stage_fingerprints(config, stages, name)
     marker = read_marker(out, name)
     if marker and marker.get("fingerprint") == prints[name] and (out / name).exists():
@@ -177,7 +251,8 @@ def run_stage(config: PipelineConfig, stages: dict[str, Stage], name: str, *, lo
     for dep in stage.deps:
         if not is_done(config, stages, dep):
             raise StageError(f"stage {name} needs stage {dep}, which has not finished (run it first)")
-    if not stage.distributed and _rank() != 0:
+    every_rank = stage.every_rank(config)
+    if not every_rank and _rank() != 0:
         return {"skipped_rank": _rank()}
 
     # Rank 0 clears a stale directory, then writes the "started" marker; the other ranks of a distributed
@@ -186,6 +261,7 @@ def run_stage(config: PipelineConfig, stages: dict[str, Stage], name: str, *, lo
         started = read_marker(out, name, "started")
         keep = stage.resumable and started is not None and started.get("fingerprint") == prints[name]
         marker_path(out, name).unlink(missing_ok=True)
+        marker_path(out, name, "failed").unlink(missing_ok=True)
         if (out / name).exists() and not keep:
             shutil.rmtree(out / name)
         _write_marker(out, name, {"fingerprint": prints[name]}, "started")
@@ -193,7 +269,7 @@ def run_stage(config: PipelineConfig, stages: dict[str, Stage], name: str, *, lo
         _wait_for_started(out, name, prints[name])
     resume = stage.resumable and (out / name).exists()
     begin = time.perf_counter()
-    summary = stage.run(StageContext(config=config, stage=stage, out=out, resume=resume))
+    summary = stage.run(StageContext(config=config, stage=stage, out=out, resume=resume, every_rank=every_rank))
     seconds = time.perf_counter() - begin
     result = {"stage": name, "fingerprint": prints[name], "seconds": round(seconds, 1), "summary": summary or {}}
     if _rank() == 0:

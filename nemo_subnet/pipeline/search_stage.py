@@ -8,6 +8,7 @@ parameters and validation perplexity, for the report), ``summary.json``, plots.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -21,12 +22,17 @@ def run_search_stage(ctx: StageContext, teacher_ckpt: Path) -> dict:
     c, s = ctx.config, ctx.config.search
     ctx.dir.mkdir(parents=True, exist_ok=True)
     space = ctx.dir / "space.yaml"
-    space.write_text(yaml.safe_dump({"granularity": s.granularity, "ordering": "importance", "round_to": s.round_to}))
+    # every rank of the stage writes the same space; atomically, so no rank's search reads a half-written file
+    tmp = space.with_name(f".space.{os.getpid()}.yaml")
+    tmp.write_text(yaml.safe_dump({"granularity": s.granularity, "ordering": "importance", "round_to": s.round_to}))
+    tmp.replace(space)
     ctx.cli("search", "--ckpt", teacher_ckpt, "--data", ctx.path("data"), "--space", space, "--out", ctx.dir,
             "--budget", s.param_fraction, "--tolerance", s.tolerance, "--strategy", s.strategy,
             "--evaluations", s.evaluations, "--population", s.population, "--seed", s.seed,
             "--scores", ctx.path("importance") / "scores.safetensors", "--val-batches", s.eval_batches,
-            "--seq-length", c.teacher_train.seq_length, "--micro-batch-size", MICRO_BATCH)
+            "--seq-length", c.teacher_train.seq_length, "--micro-batch-size", MICRO_BATCH, "--tp", s.tp, "--pp", s.pp)
+    if not ctx.is_main:  # rank 0 wrote the results; the marker records its summary
+        return {}
     best = json.loads((ctx.dir / "summary.json").read_text())["best"]
     evaluated = sum(1 for line in (ctx.dir / "candidates.jsonl").read_text().splitlines() if line.strip())
     return {"best_ppl": best["objective"], "best_params": best["params"], "candidates": evaluated}

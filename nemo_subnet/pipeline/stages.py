@@ -54,7 +54,7 @@ def _train(ctx: StageContext, spec: TrainSpec, init: dict, teacher: Path | None)
                  "micro_batch_size": spec.micro_batch_size, "global_batch_size": spec.global_batch_size},
         "optimizer": {"lr": spec.lr, "min_lr": spec.min_lr},
         "schedule": {"train_steps": spec.steps, "warmup_steps": spec.warmup_steps},
-        "checkpoint": {"every_steps": max(spec.steps // 4, 1), "keep_last": 1},
+        "checkpoint": {"every_steps": spec.checkpoint_every or max(spec.steps // 4, 1), "keep_last": 1},
         "logging": {"eval_every": spec.eval_every, "eval_iters": spec.eval_iters, "log_every": 1},
         "parallel": {"tp": spec.tp, "pp": spec.pp},
     }
@@ -119,7 +119,8 @@ def importance(ctx: StageContext) -> dict:
     micro = 4
     ctx.cli("importance", "--ckpt", teacher_checkpoint(ctx), "--data", ctx.path("data"),
             "--out", ctx.dir / "scores.safetensors", "--batches", c.search.calibration_batches,
-            "--seq-length", spec.seq_length, "--micro-batch-size", micro, "--seed", c.seed)
+            "--seq-length", spec.seq_length, "--micro-batch-size", micro, "--seed", c.seed,
+            "--tp", c.search.tp, "--pp", c.search.pp)
     return {"scores": str(ctx.dir / "scores.safetensors")}
 
 
@@ -165,24 +166,34 @@ def report(ctx: StageContext) -> dict:
     return write_report(ctx.out, ctx.dir, ctx.config)
 
 
+def teacher_kind(config: PipelineConfig) -> str:
+    """Importing an HF teacher is one process (``import-hf`` runs on 1 rank); pretraining one uses every rank."""
+    return "single" if config.hf_model else "train"
+
+
 def build_stages() -> dict[str, Stage]:
-    """All stages in run order (a valid topological order of their dependencies)."""
+    """All stages in run order (a valid topological order of their dependencies); ``kind`` says where each runs
+    (runner.StageKind), which the recipes turn into ranks and GPUs."""
     train_reads = ("student_train", "distill", "seed")
     stages = [
-        Stage("data", data, reads=("data", "hf_model", "seed"), help="tokenize the corpus (train a tokenizer)"),
-        Stage("teacher", teacher, ("data",), ("hf_model", "teacher", "teacher_train", "seed"), distributed=True,
+        Stage("data", data, reads=("data", "hf_model", "seed"), kind="host",
+              help="tokenize the corpus (train a tokenizer)"),
+        Stage("teacher", teacher, ("data",), ("hf_model", "teacher", "teacher_train", "seed"), kind=teacher_kind,
               resumable=True, help="import the HF teacher or pretrain it"),
-        Stage("importance", importance, ("teacher",), ("search.calibration_batches", "teacher_train.seq_length"),
+        Stage("importance", importance, ("teacher",), ("search.calibration_batches", "search.tp", "search.pp",
+                                                       "teacher_train.seq_length"), kind="evaluate",
               help="activation importance of heads, neurons, channels, layers"),
-        Stage("search", search, ("importance",), ("search", "teacher_train.seq_length"),
-              help="search the best sub-network under the parameter budget"),
-        Stage("extract", extract, ("search",), help="slice the sub-network into a standalone student"),
-        Stage("distill", distill, ("extract",), train_reads, distributed=True, resumable=True,
+        # resumable: the search CLI continues a run directory without re-evaluating finished candidates
+        Stage("search", search, ("importance",), ("search", "teacher_train.seq_length"), kind="evaluate",
+              resumable=True, help="search the best sub-network under the parameter budget"),
+        Stage("extract", extract, ("search",), kind="single", help="slice the sub-network into a standalone student"),
+        Stage("distill", distill, ("extract",), train_reads, kind="train", resumable=True,
               help="pretrain the student from the sub-network with KD"),
-        Stage("baseline", baseline, ("extract",), train_reads, distributed=True, resumable=True,
+        Stage("baseline", baseline, ("extract",), train_reads, kind="train", resumable=True,
               help="pretrain a random-init student on the same tokens"),
-        Stage("export", export, ("distill",), ("generate_prompt",), help="export the student to HF and generate"),
-        Stage("report", report, ("distill", "baseline", "export"), help="tables and plots"),
+        Stage("export", export, ("distill",), ("generate_prompt",), kind="single",
+              help="export the student to HF and generate"),
+        Stage("report", report, ("distill", "baseline", "export"), kind="host", help="tables and plots"),
     ]
     return {s.name: s for s in stages}
 

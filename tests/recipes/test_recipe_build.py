@@ -1,8 +1,10 @@
-"""Recipes build and dry-run for every preset through both CLIs; bad input fails with one clear line."""
+"""Recipes build and dry-run for every preset through both CLIs; every GPU stage gets GPUs; bad input fails with
+one clear line."""
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -37,13 +39,18 @@ def test_presets_build_every_stage_with_dependencies(preset, tmp_path):
     stages = build_stages()
     jobs = {job.id: job for job in exp.jobs}
     assert list(jobs) == list(stages)
+    # (nodes, GPUs per node, torchrun ranks per node) by kind; the teacher is imported (one GPU) with hf_model
+    expected = {"host": (1, None, 1), "single": (1, 1, 1), "evaluate": (1, 8, 8), "train": (2, 8, 8)}
     for name, stage in stages.items():
         assert sorted(jobs[name].dependencies) == sorted(stage.deps)
-        ex = jobs[name].executor
-        assert ex.nodes == (2 if stage.distributed else 1)
-        assert (ex.gpus_per_node == 8) == stage.distributed
+        ex, kind = jobs[name].executor, stage.kind_of(config)
+        assert (ex.nodes, ex.gpus_per_node, ex.nproc_per_node()) == expected[kind], (name, kind)
+        assert ex.env_vars.get("NEMO_SUBNET_REQUIRE_CUDA") == (None if kind == "host" else str(expected[kind][1]))
+        assert ex.signal == "B:USR1@120" and ex.additional_parameters == {"requeue": True}
+        assert ("nemo_subnet_requeue_on_time_limit=1" in ex.setup_lines) == stage.resumable, name
         assert ex.partition == "batch" and ex.account == "acct"
         assert ex.container_image == "registry.example/x/nemo-subnet:latest"
+    assert stages["teacher"].kind_of(config) == ("single" if config.hf_model else "train")
 
 
 def test_nemo_run_cli_dryrun_tiny_torchrun(home):
@@ -60,17 +67,50 @@ def test_nemo_run_cli_dryrun_tiny_torchrun(home):
     assert not (home / "out").exists(), "a dry run must not run anything"
 
 
-def test_nemo_subnet_run_dryrun_pythia_on_slurm(home):
-    """A realistic preset on a (simulated) 2-node GPU cluster: sbatch scripts only, nothing submitted."""
+def sbatch_scripts(dryrun_output: str) -> dict[str, list[str]]:
+    """Task name -> the lines of its sbatch script in a dry run's output (rich's log-column suffixes removed)."""
+    scripts: dict[str, list[str]] = {}
+    current = None
+    for raw in dryrun_output.splitlines():
+        line = re.sub(r"\s{2,}\S+\.py:\d+$", "", raw.strip())
+        task = re.match(r"(?:\[[\d:]+\]\s+)?Task (\w+)$", line)
+        if task:
+            current = scripts.setdefault(task.group(1), [])
+        elif current is not None and line:
+            current.append(line)
+    return scripts
+
+
+def test_nemo_subnet_run_dryrun_pythia_on_slurm_every_gpu_stage_gets_gpus(home):
+    """pythia_410m on a (simulated) 2-node cluster of 8 GPUs each: every stage that computes requests GPUs and
+    requires CUDA; training on 2 x 8 ranks, importance / search 8 ranks (DP) on one node, extract / export /
+    the HF import one GPU; data and report none. Every job is requeueable and warned before its time limit."""
     hf = fake_hf_dir(home / "pythia-410m")
     proc = run_cli(nemo_subnet("run", "--factory", "pythia_410m", "--dryrun", f"config.hf_model={hf}",
                                f"config.out_dir={home / 'out'}", "launch.executor=slurm", "launch.nodes=2",
                                "launch.gpus_per_node=8", "launch.partition=batch", "launch.account=me"),
-                   home, timeout=300)
+                   home, timeout=300, COLUMNS="250")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert "#SBATCH" in out and "--partition=batch" in out and "--account=me" in out
-    assert "--nodes=2" in out and "--gpus-per-node=8" in out
+    scripts = sbatch_scripts(out)
+    assert sorted(scripts) == sorted(["data", "teacher", "importance", "search", "extract", "distill", "baseline",
+                                      "export", "report"]), sorted(scripts)
+    gpus = {"teacher": 1, "importance": 8, "search": 8, "extract": 1, "distill": 8, "baseline": 8, "export": 1}
+    for task, lines in scripts.items():
+        text = " ".join(lines)  # the srun line may be wrapped over several
+        assert "#SBATCH --partition=batch" in lines and "#SBATCH --account=me" in lines, task
+        assert "#SBATCH --requeue" in lines and "#SBATCH --signal=B:USR1@120" in lines, task
+        if task in gpus:
+            assert f"#SBATCH --gpus-per-node={gpus[task]}" in lines, (task, lines)
+            assert f"export NEMO_SUBNET_REQUIRE_CUDA={gpus[task]}" in lines, (task, lines)
+        else:
+            assert "--gpus-per-node" not in text and "NEMO_SUBNET_REQUIRE_CUDA" not in text, (task, lines)
+        nodes = 2 if task in ("distill", "baseline") else 1
+        assert f"#SBATCH --nodes={nodes}" in lines, (task, lines)
+        if gpus.get(task, 1) > 1:  # one torchrun per node, one rank per GPU
+            assert f"--nnodes {nodes} --nproc-per-node 8" in text, (task, lines)
+        else:
+            assert "torchrun" not in text, (task, lines)
 
 
 def test_unknown_factory():
@@ -107,6 +147,36 @@ def test_slurm_not_reachable(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "SLURM is not reachable: SLURM client commands (sinfo, sbatch) are not installed" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_launch_layouts_fail_before_submitting():
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.recipes.executors import LaunchConfig
+    from nemo_subnet.recipes.presets import PRESETS
+    from nemo_subnet.recipes.search_then_pretrain import check_inputs
+
+    tiny = PRESETS["tiny"]()  # calibration_batches = eval_batches = 2
+    check_inputs(tiny, LaunchConfig(gpus_per_node=2), dryrun=True)
+    bad = [(LaunchConfig(gpus_per_node=4), r"search.calibration_batches=2 cannot be split over 4 data-parallel ranks"),
+           (LaunchConfig(gpus_per_node=8, eval_ranks=16), r"launch.eval_ranks=16: must be between 1 and "),
+           (LaunchConfig(gpus_per_node=8, nproc_per_node=4), r"nproc_per_node=4 with launch.gpus_per_node=8"),
+           (LaunchConfig(gpus_per_node=8, eval_ranks=3), r"search.tp x search.pp = 1 x 1 must divide|cannot be split"),
+           (LaunchConfig(signal_grace_s=0), r"signal_grace_s must be at least 1")]
+    for launch, message in bad:
+        with pytest.raises(UserError, match=message):
+            check_inputs(tiny, launch, dryrun=True)
+    tp2 = dataclasses.replace(tiny, search=dataclasses.replace(tiny.search, tp=2))
+    with pytest.raises(UserError, match=r"search.tp x search.pp = 2 x 1 must divide the 3 ranks"):
+        check_inputs(tp2, LaunchConfig(gpus_per_node=4, eval_ranks=3), dryrun=True)
+    check_inputs(tp2, LaunchConfig(gpus_per_node=4), dryrun=True)  # 4 ranks = tp 2 x dp 2
+
+
+def test_require_cuda_variable_is_spelled_the_same_everywhere():
+    from nemo_subnet.pipeline import runner
+    from nemo_subnet.recipes import executors
+    from nemo_subnet.runtime import gpu_request
+
+    assert executors.REQUIRE_CUDA_VAR == runner.REQUIRE_CUDA_VAR == gpu_request.REQUIRE_CUDA_VAR
 
 
 def test_bad_override_keys(capsys):
