@@ -17,7 +17,7 @@ def run_pipeline_stage(config: PipelineConfig, stage: str) -> dict:
     """
     from nemo_subnet.pipeline.runner import StageInterrupted, run_stage
     from nemo_subnet.pipeline.stages import build_stages
-    from nemo_subnet.training.cli import EXIT_PREEMPTED
+    from nemo_subnet.exit_codes import PREEMPTED as EXIT_PREEMPTED
 
     config.validate()
     try:

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     from nemo_subnet.pipeline import run_pipeline
     from nemo_subnet.pipeline.config import PipelineConfig
     from nemo_subnet.pipeline.runner import StageError, StageInterrupted
-    from nemo_subnet.training.cli import EXIT_PREEMPTED
+    from nemo_subnet.exit_codes import PREEMPTED as EXIT_PREEMPTED
 
     parser = argparse.ArgumentParser(prog="python -m nemo_subnet.pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="pipeline YAML (see nemo_subnet/pipeline/config.py)")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 
-from nemo_subnet.training.cli import EXIT_PREEMPTED
+from nemo_subnet.exit_codes import PREEMPTED as EXIT_PREEMPTED
 
 _USER_ERROR = re.compile(r"^(nemo-subnet|python -m \S+|pipeline)[\w\- ]*: error: ")
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b:?")

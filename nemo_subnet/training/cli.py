@@ -1,10 +1,8 @@
 """`nemo-subnet train` and `nemo-subnet tokens-to-target`.
 
 Exit codes of ``train``: 0 finished (``schedule.train_steps`` reached), 2 bad input (one line), and
-``EXIT_PREEMPTED`` (75) when SIGTERM stopped the run after it saved a checkpoint. 75 is sysexits' EX_TEMPFAIL,
-"temporary failure, retry": the run is not finished and ``--resume`` continues it. It is deliberately not 0
-(a pipeline would take the partial run as done) and not 143 (what a shell reports for a process *killed* by
-SIGTERM, which saved nothing): 75 promises a checkpoint at the step where the run stopped.
+``EXIT_PREEMPTED`` (75, EX_TEMPFAIL) when SIGTERM stopped the run after it saved a checkpoint: not finished,
+``--resume`` continues it (see nemo_subnet/exit_codes.py for why 75 and not 0 or 143).
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-EXIT_PREEMPTED = 75
-"""``nemo-subnet train`` stopped on SIGTERM after checkpointing: not finished, resumable (EX_TEMPFAIL)."""
+from nemo_subnet.exit_codes import PREEMPTED as EXIT_PREEMPTED
 
 
 def register(subparsers) -> None:
