@@ -1,0 +1,107 @@
+"""Section `setup`: what the training, search and TP=2 sections share, made the way users make it.
+
+- data: ``nemo-subnet data prepare`` on the embedded stdlib corpus with a sentencepiece tokenizer trained
+  on it (no downloads anywhere);
+- teacher: a randomly initialised checkpoint written by `save_model` (a real run would import one with
+  ``import-hf``; random weights keep this self-contained). Teacher and student have more embedding rows
+  than the tokenizer has tokens, as real checkpoints do (Pythia 50304 vs 50277), and a padded vocabulary;
+- student: a model YAML (``init: {random: ...}``), so the KD run also builds a model from scratch.
+
+`run_config` writes the run YAML that the training sections pass to ``nemo-subnet train``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .common import progress
+from .profiles import PROFILES, ModelSize, Profile
+
+
+def model_dict(size: ModelSize, vocab: int, max_position: int) -> dict:
+    return dict(family="llama", vocab_size=vocab, hidden_size=size.hidden, num_layers=size.layers,
+                num_attention_heads=size.heads, num_query_groups=size.groups, ffn_hidden_size=size.ffn,
+                kv_channels=size.kv_channels, max_position_embeddings=max_position, normalization="RMSNorm",
+                norm_eps=1e-5, activation="silu", gated_mlp=True, add_bias_linear=False, add_qkv_bias=False)
+
+
+def run_config(profile: Profile, artifacts: dict, run_dir: Path, *, steps: int | None = None,
+               checkpoint_every: int | None = None, tp: int = 1, peak_flops: float | None = None) -> dict:
+    """The KD run of the training sections (bf16 on GPU: precision auto)."""
+    t = profile.train
+    return {
+        "run_dir": str(run_dir),
+        "init": {"random": artifacts["setup.student_yaml"]},
+        "data": {"path": artifacts["setup.data"], "seq_length": t["seq_length"],
+                 "micro_batch_size": t["micro_batch_size"], "global_batch_size": t["global_batch_size"]},
+        "optimizer": {"lr": 3e-4, "min_lr": 3e-5},
+        "schedule": {"train_steps": steps or t["steps"], "warmup_steps": 3},
+        "distill": {"teacher": artifacts["setup.teacher"], "alpha_ce": 0.5, "beta_kd": 0.5},
+        "checkpoint": {"every_steps": t["checkpoint_every"] if checkpoint_every is None else checkpoint_every,
+                       "keep_last": 2},
+        "logging": {"eval_every": t["eval_every"], "eval_iters": t["eval_iters"], "progress": False,
+                    "tensorboard": False, "peak_flops": peak_flops},
+        "parallel": {"tp": tp, "pp": 1, "precision": "auto"},
+        "seed": 1234,
+    }
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _prepare_data(profile: Profile, out: Path) -> None:
+    from nemo_subnet.cli import main as cli
+
+    d = profile.data
+    code = cli(["data", "prepare", "--input", "stdlib", "--out", str(out), "--train-tokenizer", "sentencepiece",
+                "--vocab-size", str(d["vocab_size"]), "--max-bytes", str(d["max_bytes"]),
+                "--tokenizer-train-bytes", str(d["tokenizer_train_bytes"]), "--valid-fraction", "0.1",
+                "--no-progress"])
+    if code != 0:
+        raise RuntimeError(f"nemo-subnet data prepare exited {code}")
+
+
+def _save_teacher(profile: Profile, cfg_dict: dict, out: Path) -> None:
+    import torch
+
+    from nemo_subnet.checkpointing import atomic_directory, save_model
+    from nemo_subnet.models import ModelConfig, build_gpt_model
+    from nemo_subnet.runtime import init_runtime, shutdown_runtime
+
+    init_runtime(tp=1, pp=1, seed=11)
+    cuda = torch.cuda.is_available()
+    cfg = ModelConfig(**{**cfg_dict, "dtype": "bfloat16" if cuda else "float32"})
+    model = build_gpt_model(cfg, params_dtype=cfg.torch_dtype)
+    with atomic_directory(out) as tmp:
+        save_model(model, cfg, tmp)
+    shutdown_runtime()
+
+
+def run(ctx, rec) -> None:
+    import json
+
+    profile = PROFILES[ctx.profile]
+    root = ctx.work / "setup"
+    data, teacher = root / "data", root / "teacher"
+    max_position = max(profile.train["seq_length"], profile.search["seq_length"])
+    progress(rec.section, f"data prepare: stdlib, sentencepiece vocab {profile.data['vocab_size']}")
+    _prepare_data(profile, data)
+    meta = json.loads((data / "dataset.json").read_text())
+    tokens = {split: meta["splits"][split]["tokens"] for split in meta["splits"]}
+    rec.number("data_tokens", tokens)
+    rec.number("tokenizer_vocab", meta["vocab_size"])
+    rec.check("data prepared", tokens["train"] > 0 and tokens["valid"] > 0, f"{tokens}")
+    teacher_cfg = model_dict(profile.teacher, profile.model_vocab, max_position)
+    student_cfg = model_dict(profile.student, profile.model_vocab, max_position)
+    progress(rec.section, f"teacher checkpoint: {profile.teacher}")
+    _save_teacher(profile, teacher_cfg, teacher)
+    student_yaml = write_yaml(root / "student.yaml", student_cfg)
+    rec.check("teacher checkpoint written", (teacher / "model.yaml").is_file() and (teacher / "weights").is_dir())
+    rec.number("embedding_rows_vs_tokens", f"{profile.model_vocab} rows, {meta['vocab_size']} tokenizer tokens")
+    for key, value in (("setup.data", data), ("setup.teacher", teacher), ("setup.student_yaml", student_yaml)):
+        rec.artifact(key, str(value))
