@@ -1,6 +1,10 @@
 """nemo-subnet checkpoint -> HF directory that AutoModelForCausalLM / AutoTokenizer load.
 
-Layer-wise sub-networks are zero-padded to uniform sizes first (exact; see uniform.py).
+Layer-wise sub-networks are zero-padded to uniform sizes first, and heads are padded to the layout the
+family's transformers config accepts (``FamilyAdapter.hf_attention_layout``; exact, see uniform.py).
+The teacher's config.json is the template for fields the ModelConfig does not determine (token ids,
+...); what the sub-network changes is rewritten, per-layer lists included: a depth-pruned student must
+not inherit the teacher's ``layer_types`` (transformers requires one entry per layer).
 The HF model is instantiated on the meta device (no memory for weights), the converted tensors are
 assigned into it, and ``save_pretrained`` writes it, so names, tied weights and file sharding are
 exactly what the installed transformers expects.
@@ -14,10 +18,18 @@ from pathlib import Path
 
 import torch
 
-from nemo_subnet.checkpointing import HF_CONFIG, TOKENIZER, atomic_directory, load_model
+from nemo_subnet.checkpointing import HF_CONFIG, TOKENIZER, atomic_directory, load_model, read_model_config
 from nemo_subnet.conversion.adapters import adapter_for_family
 from nemo_subnet.conversion.sharding import global_state_from_model
 from nemo_subnet.conversion.uniform import pad_to_uniform
+
+
+_STALE_TEMPLATE_KEYS = (
+    "architectures", "torch_dtype", "dtype", "rope_scaling", "rope_theta", "rotary_pct", "rotary_emb_base",
+    "head_dim",  # GPT-NeoX derives it from hidden_size / heads; the Llama family writes it
+    "layer_types", "mlp_layer_types", "sliding_window", "use_sliding_window",  # per teacher layer / rewritten
+)
+"""Teacher config.json fields that may not describe the student; the adapter writes what the student needs."""
 
 
 def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -25,16 +37,19 @@ def export_hf(ckpt_dir: str | Path, out_dir: str | Path, *, overwrite: bool = Fa
     from transformers import AutoConfig, AutoModelForCausalLM
 
     ckpt_dir = Path(ckpt_dir)
+    stored = read_model_config(ckpt_dir)
+    adapter = adapter_for_family(stored.family)
+    # a last guard, before any weight is read: search spaces and `extract` already refuse sub-networks the
+    # family cannot export (ExportConstraintError names the constraint)
+    groups, heads_per_group = adapter.hf_head_layout(stored)
     cfg, model = load_model(ckpt_dir)
-    adapter = adapter_for_family(cfg.family)
-    groups, heads_per_group = adapter.hf_head_layout(cfg)
     cfg, state = pad_to_uniform(cfg, global_state_from_model(model), groups=groups, heads_per_group=heads_per_group)
     del model
     # Megatron's torch norms keep fp32 weights whatever params_dtype is; store every tensor as the source did
     hf_state = {k: v.to(cfg.torch_dtype) for k, v in adapter.megatron_to_hf(cfg, state).items()}
 
     template = json.loads((ckpt_dir / HF_CONFIG).read_text()) if (ckpt_dir / HF_CONFIG).is_file() else {}
-    for stale in ("architectures", "torch_dtype", "dtype", "rope_scaling", "rope_theta", "rotary_pct", "rotary_emb_base"):
+    for stale in _STALE_TEMPLATE_KEYS:
         template.pop(stale, None)
     raw = {**template, **adapter.hf_config_updates(cfg)}
     model_type = raw.pop("model_type")

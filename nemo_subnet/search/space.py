@@ -16,6 +16,19 @@ Default choices: coarse = {1/4, 1/2, 3/4, 1} of the model's size, fine = every 1
 every count (layers, query groups, heads per group). Uniform: one (query_groups, heads_per_group, ffn)
 for all kept layers; layer-wise: one per kept layer.
 
+Every candidate a space allows must export to the family's transformers class (checked when the space
+is resolved against the model, with the exporter's own rule ``FamilyAdapter.hf_attention_layout``):
+every (hidden, query_groups, heads_per_group) combination of the choices must fit, since a layer-wise
+candidate's widest layer can take any pair. Explicit choices that break it fail with the constraint
+named; default hidden choices that break it are left out. Per family:
+- Llama: hidden_size % num_attention_heads == 0 (the export may add zero heads to reach a divisor);
+- Qwen2 / Qwen3: no constraint (explicit head_dim);
+- GPT-NeoX: attention is hidden_size wide, head size = hidden_size / heads, so hidden must be a multiple
+  of the head size d and heads x d <= hidden. Default: ``query_groups: tied`` -- heads follow the hidden
+  size (hidden / d heads, the family's own design, no padding at export); explicit head choices must
+  satisfy heads x d <= hidden for every hidden choice.
+Depth needs no constraint: the exporter writes per-layer config lists for the kept layers.
+
 Genome: ``(hidden, layers, [query_groups, heads_per_group, ffn] x slots)`` as indices into the choice
 lists; ``slots`` is 1 (uniform) or the largest layer count (layer-wise; slot i sizes the i-th kept layer,
 slots beyond the kept layers are inactive). ``key()`` is the active part, so genomes that differ only in
@@ -25,18 +38,22 @@ inactive slots are the same candidate.
 from __future__ import annotations
 
 import enum
+import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from nemo_subnet.models.config import ModelConfig
-from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig
+from nemo_subnet.models.config import Family, ModelConfig
+from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig, hf_export_problem
 from nemo_subnet.subnet.params import count_parameters, subnet_parameters
 
 Genome = tuple[int, ...]
 DIMENSIONS = ("hidden", "layers", "query_groups", "heads_per_group", "ffn")
 PER_LAYER = ("query_groups", "heads_per_group", "ffn")
+TIED = "tied"
+"""``query_groups: tied`` (GPT-NeoX): a candidate's heads are hidden / head size, like the family's models."""
 
 
 class SearchSpaceError(ValueError):
@@ -87,7 +104,8 @@ class SearchSpace:
     ordering: Ordering = Ordering.IMPORTANCE
     hidden: list[int] | None = None
     layers: list[int] | None = None
-    query_groups: list[int] | None = None
+    query_groups: list[int] | str | None = None
+    """Or ``tied`` (GPT-NeoX, its default): heads = hidden / head size."""
     heads_per_group: list[int] | None = None
     ffn: list[int] | None = None
     round_to: int = 1
@@ -129,11 +147,11 @@ class SearchSpace:
         return out
 
 
-def _default_choices(total: int, fine: bool, round_to: int, is_count: bool) -> list[int]:
+def _default_choices(total: int, fine: bool, step: int, is_count: bool) -> list[int]:
     if is_count and fine:
         return list(range(1, total + 1))
     fractions = [i / 16 for i in range(1, 17)] if fine else [0.25, 0.5, 0.75, 1.0]
-    step = 1 if is_count else max(round_to, 1)
+    step = 1 if is_count else max(step, 1)
     values = {max(step, int(round(f * total / step)) * step) for f in fractions}
     return sorted(v for v in values if v <= total) or [total]
 
@@ -168,7 +186,12 @@ class ResolvedSpace:
 
     def sizes(self, genome: Genome) -> SubnetConfig:
         """The candidate as counts (first-k form); what parameter counts and FLOPs depend on."""
-        value = lambda i: self.gene_choices(i)[genome[i]]  # noqa: E731
+        hidden = self.gene_choices(0)[genome[0]]
+
+        def value(i: int) -> int:
+            chosen = self.gene_choices(i)[genome[i]]
+            return hidden // self.cfg.kv_channels if chosen == TIED else chosen
+
         n_layers = value(1)
         per_layer = [LayerSubnet(value(2 + 3 * s), value(3 + 3 * s), value(4 + 3 * s))
                      for s in range(n_layers if self.layerwise else 1)]
@@ -225,21 +248,70 @@ def resolve_space(space: SearchSpace, cfg: ModelConfig) -> ResolvedSpace:
     """Fill default choices and check every choice against the model (errors name the dimension)."""
     totals = {"hidden": cfg.hidden_size, "layers": cfg.num_layers, "query_groups": cfg.num_query_groups,
               "heads_per_group": cfg.num_attention_heads // cfg.num_query_groups, "ffn": cfg.ffn_hidden_size}
+    if space.query_groups == TIED and cfg.family is not Family.GPT_NEOX:
+        raise SearchSpaceError(f"query_groups: tied is for gpt_neox (heads follow the hidden size); this model is "
+                               f"{cfg.family.value}: give a list of query-group counts or omit it")
+    tied = space.query_groups == TIED or (space.query_groups is None and cfg.family is Family.GPT_NEOX)
     choices = {}
     for dim in DIMENSIONS:
         given = getattr(space, dim)
         total = totals[dim]
+        if dim == "query_groups" and tied:
+            choices[dim] = [TIED]
+            continue
         if given is None:
-            choices[dim] = _default_choices(total, space.granularity.fine, space.round_to, dim not in ("hidden", "ffn"))
+            # tied heads need hidden sizes that are whole heads
+            step = math.lcm(max(space.round_to, 1), cfg.kv_channels) if dim == "hidden" and tied else space.round_to
+            choices[dim] = _default_choices(total, space.granularity.fine, step, dim not in ("hidden", "ffn"))
             continue
         if not isinstance(given, list) or not given or any(isinstance(v, bool) or not isinstance(v, int) for v in given):
-            raise SearchSpaceError(f"{dim}: expected a non-empty list of integers, got {given!r}")
+            also = " (or tied, for gpt_neox)" if dim == "query_groups" else ""
+            raise SearchSpaceError(f"{dim}: expected a non-empty list of integers{also}, got {given!r}")
         bad = [v for v in given if not 1 <= v <= total]
         if bad:
             raise SearchSpaceError(f"{dim}: choices {bad} exceed the model (it has {total}; allowed 1..{total})")
         choices[dim] = sorted(set(given))
+    choices["hidden"] = _exportable_hidden(cfg, choices, explicit_hidden=space.hidden is not None)
     slots = max(choices["layers"]) if space.granularity.layerwise else 1
     return ResolvedSpace(cfg=cfg, space=space, choices=choices, slots=slots)
+
+
+def _head_pairs(cfg: ModelConfig, choices: dict, hidden: int) -> list[tuple[int, int]]:
+    """(query_groups, heads_per_group) pairs a candidate's widest layer can have at this hidden size."""
+    if choices["query_groups"] == [TIED]:
+        return [(hidden // cfg.kv_channels, p) for p in choices["heads_per_group"]]
+    return list(itertools.product(choices["query_groups"], choices["heads_per_group"]))
+
+
+def _exportable_hidden(cfg: ModelConfig, choices: dict, explicit_hidden: bool) -> list[int]:
+    """The hidden choices, after checking every (hidden, groups, heads per group) combination exports.
+
+    Default hidden choices that fail are dropped; explicit ones (and a space with nothing left) raise."""
+    failures: dict[int, list[tuple[tuple[int, int], str]]] = {}
+    total = 0
+    for hidden in choices["hidden"]:
+        for groups, heads_per_group in _head_pairs(cfg, choices, hidden):
+            total += 1
+            problem = hf_export_problem(cfg, hidden, groups, heads_per_group)
+            if problem:
+                failures.setdefault(hidden, []).append(((groups, heads_per_group), problem))
+    kept = [h for h in choices["hidden"] if h not in failures]
+    if not failures or (kept and not explicit_hidden):
+        return kept
+    first_hidden, first = next(iter(failures.items()))
+    (groups, heads_per_group), err = first[0]
+    n_failed = sum(len(v) for v in failures.values())
+    heads = "tied heads" if choices["query_groups"] == [TIED] else f"query_groups={groups} x heads_per_group={heads_per_group}"
+    hints = [f"hidden choices that export with every head choice: {kept}" if kept else
+             "no hidden choice exports with every head choice"]
+    if choices["query_groups"] != [TIED]:
+        pairs = [pair for pair in _head_pairs(cfg, choices, 0)
+                 if not any(pair == bad for fails in failures.values() for bad, _ in fails)]
+        hints.append(f"(query_groups, heads_per_group) pairs that export with every hidden choice: {pairs}")
+    raise SearchSpaceError(
+        f"search space not exportable to HF {cfg.family.value}: hidden={first_hidden} with {heads} "
+        f"({n_failed} of {total} hidden x query_groups x heads_per_group combinations fail): {err}. Every "
+        f"combination the choices allow must export; {'; '.join(hints)}")
 
 
 def check_budget(rspace: ResolvedSpace, budget: Budget) -> tuple[int, int]:

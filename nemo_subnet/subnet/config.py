@@ -9,6 +9,10 @@ heads; dropping a group drops its K/V head and all its query heads), ``heads_per
 kept inside each kept group, the same positions in every group) and ``ffn`` (MLP neurons). ``layer``
 is either one LayerSubnet for all kept layers (uniform) or a list with one per kept layer, in order.
 
+``check_exportable`` refuses a sub-network the family's transformers class cannot hold (e.g. a Llama
+whose hidden size fits no head layout): ``extract`` calls it, so the problem shows before training, not
+at export. Search spaces enforce the same rule when they are built (search/space.py).
+
 YAML form::
 
     hidden: 48
@@ -158,3 +162,32 @@ def resolve(cfg: ModelConfig, subnet: SubnetConfig) -> ResolvedSubnet:
             ffn=resolve_selection(spec.ffn, cfg.ffn_hidden_size, f"{where}.ffn", "neuron"),
         ))
     return ResolvedSubnet(hidden=hidden, layers=layers, per_layer=tuple(per_layer))
+
+
+def hf_export_problem(cfg: ModelConfig, hidden: int, query_groups: int, heads_per_group: int) -> str | None:
+    """Why a sub-network of ``cfg`` with these sizes (its widest layer's groups and heads per group) cannot
+    be exported to the family's transformers class, or None. Zero heads the export adds to reach a valid
+    layout stay within the super-network's layout (never wider attention than the teacher)."""
+    from nemo_subnet.conversion.adapters import adapter_for_family
+    from nemo_subnet.conversion.adapters.base import ExportConstraintError
+
+    limit = (cfg.num_query_groups, cfg.num_attention_heads // cfg.num_query_groups)
+    try:
+        adapter_for_family(cfg.family).hf_attention_layout(hidden, query_groups, heads_per_group, cfg.kv_channels,
+                                                           limit=limit)
+    except ExportConstraintError as err:
+        return str(err)
+    return None
+
+
+def check_exportable(cfg: ModelConfig, sub: ResolvedSubnet) -> None:
+    """Raise SubnetConfigError (naming the constraint) when the extracted model cannot be exported to HF.
+
+    The exported model holds every layer at the widest layer's groups and heads per group (zero-padded),
+    so those and the hidden size are what the family's rule sees."""
+    groups = max(len(li.groups) for li in sub.per_layer)
+    heads_per_group = max(len(li.heads_in_group) for li in sub.per_layer)
+    problem = hf_export_problem(cfg, len(sub.hidden), groups, heads_per_group)
+    if problem:
+        raise SubnetConfigError(f"sub-network cannot be exported to HF (hidden={len(sub.hidden)}, widest layer "
+                                f"query_groups={groups} x heads_per_group={heads_per_group}): {problem}")

@@ -94,29 +94,31 @@ def extract_state(cfg: ModelConfig, sub: ResolvedSubnet, state: Mapping[str, tor
 def extract_checkpoint(ckpt_dir, subnet, out_dir, *, tp: int = 1, pp: int = 1, overwrite: bool = False) -> ModelConfig:
     """Slice a checkpoint's sub-network into a standalone checkpoint (single process, TP=1/PP=1 runtime).
 
-    ``tp``/``pp`` are the layout the result must support: sizes they cannot shard are rejected here,
-    before anything is written.
+    ``tp``/``pp`` are the layout the result must support: sizes they cannot shard, and sub-networks the
+    family cannot export to HF, are rejected here, before anything is written.
     """
     import json
     import shutil
     import tempfile
     from pathlib import Path
 
-    from nemo_subnet.checkpointing import HF_CONFIG, TOKENIZER, atomic_directory, load_model, save_model
+    from nemo_subnet.checkpointing import HF_CONFIG, TOKENIZER, atomic_directory, load_model, read_model_config, save_model
     from nemo_subnet.conversion.sharding import global_state_from_model, load_global_state
     from nemo_subnet.models.builder import build_gpt_model
-    from nemo_subnet.subnet.config import SubnetConfig, SubnetConfigError, resolve
+    from nemo_subnet.subnet.config import SubnetConfig, SubnetConfigError, check_exportable, resolve
     from nemo_subnet.subnet.params import count_parameters
 
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     subnet = subnet if isinstance(subnet, SubnetConfig) else SubnetConfig.load(subnet)
-    cfg, model = load_model(ckpt_dir)
+    cfg = read_model_config(ckpt_dir)  # validate before reading any weight
     resolved = resolve(cfg, subnet)
+    check_exportable(cfg, resolved)
     sub_cfg = extract_model_config(cfg, resolved)
     try:
         sub_cfg.check_parallel(tp, pp)
     except ValueError as err:
         raise SubnetConfigError(f"the extracted model cannot run at tp={tp} pp={pp}: {err}") from None
+    cfg, model = load_model(ckpt_dir)
     sub_state = extract_state(cfg, resolved, global_state_from_model(model))
     del model
     sub_model = build_gpt_model(sub_cfg, perform_initialization=False)

@@ -8,7 +8,7 @@ from nemo_subnet.models.config import ModelConfig
 from nemo_subnet.search import (Budget, Granularity, SearchSpace, SearchSpaceError, check_budget, make_strategy,
                                 resolve_space, search_loop)
 from nemo_subnet.search.results import RunDir
-from nemo_subnet.subnet.config import resolve
+from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig, resolve
 from nemo_subnet.subnet.params import count_parameters, subnet_parameters
 
 CFG = ModelConfig(family="llama", vocab_size=500, hidden_size=64, num_layers=6, num_attention_heads=4, num_query_groups=2,
@@ -171,3 +171,112 @@ def test_granularity_defaults(tmp_path):
     assert loaded.granularity is Granularity.COARSE_LAYERWISE and loaded.budget == Budget(0.4, 0.1)
     assert resolve_space(loaded, CFG).choices["ffn"] == [64, 128]
     assert SearchSpace.from_dict(loaded.to_dict()) == loaded
+
+
+# --- exportability is a property of the space (invariant 6) --------------------------------------------
+
+def _family_cfg(family, **overrides):
+    from nemo_subnet.conversion.adapters import adapter_for_model_type
+    from nemo_subnet.models.tiny_hf import make_hf_config
+
+    return adapter_for_model_type(family).config_from_hf(make_hf_config(family, **overrides))
+
+
+# Llama with 2 groups x 3 heads (hidden 96): head counts 1..6, so hidden sizes that 4 or 5 heads do not
+# divide need zero heads at export; GPT-NeoX head size 16; Qwen3 head_dim 24 != hidden / heads
+FAMILY_CFGS = {
+    "gpt_neox": dict(),
+    "llama": dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16),
+    "qwen2": dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2),
+    "qwen3": dict(),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CFGS))
+@pytest.mark.parametrize("granularity", list(Granularity))
+def test_default_spaces_sample_and_mutate_only_exportable(family, granularity):
+    from nemo_subnet.subnet.config import check_exportable
+
+    cfg = _family_cfg(family, **FAMILY_CFGS[family])
+    rspace = resolve_space(SearchSpace(granularity=granularity, ordering="first_k"), cfg)
+    assert min(rspace.choices["layers"]) < cfg.num_layers  # depth pruning is part of every default space
+    bounds = check_budget(rspace, Budget(0.5, 0.5))
+    strategy = make_strategy("evolutionary", rspace, bounds, 0)
+    asked = 0
+    for _ in range(60):  # random asks first, then children (crossover + mutation)
+        genome = strategy.ask()
+        if genome is None:  # a small space, exhausted
+            break
+        check_exportable(cfg, resolve(cfg, rspace.sizes(genome)))
+        strategy.tell(genome, float(rspace.params(genome)))
+        asked += 1
+    assert asked >= min(60, rspace.size() // 4)
+    for genome in (rspace.extreme(False), rspace.extreme(True)):
+        check_exportable(cfg, resolve(cfg, rspace.sizes(genome)))
+
+
+def test_neox_heads_follow_hidden_by_default():
+    cfg = _family_cfg("gpt_neox")  # hidden 64, 4 heads of 16
+    rspace = resolve_space(SearchSpace(granularity=Granularity.FINE_LAYERWISE, ordering="first_k"), cfg)
+    assert rspace.choices["hidden"] == [16, 32, 48, 64] and rspace.choices["query_groups"] == ["tied"]
+    genome = (1, 1) + (0, 0, 3) * rspace.slots  # hidden 32, 2 layers
+    sizes = rspace.sizes(genome)
+    assert sizes.hidden == 32 and [layer.query_groups for layer in sizes.layer] == [2, 2]
+    assert rspace.params(genome) == subnet_parameters(cfg, sizes)
+    explicit = resolve_space(SearchSpace(ordering="first_k", query_groups=[1, 2]), cfg)
+    assert explicit.choices["hidden"] == [32, 48, 64]  # default hidden sizes too narrow for 2 heads are left out
+
+
+@pytest.mark.parametrize("family,yaml_text,fragments", [
+    ("llama", "hidden: [38, 96]\n",
+     ["search space not exportable to HF llama: hidden=38", "LlamaConfig needs hidden_size to be a multiple of "
+      "num_attention_heads", "hidden choices that export with every head choice: [96]"]),
+    ("llama", "hidden: [50, 96]\nquery_groups: [2]\nheads_per_group: [2]\n",
+     ["hidden=50 with query_groups=2 x heads_per_group=2", "multiples of 4 or of 6"]),
+    ("gpt_neox", "hidden: [40, 64]\n",
+     ["hidden=40 with tied heads", "hidden_size 40 is not a multiple of the head size 16", "[64]"]),
+    ("gpt_neox", "hidden: [16, 32, 64]\nquery_groups: [1, 2, 4]\n",
+     ["hidden=16 with query_groups=2 x heads_per_group=1", "need hidden_size >= 32, got 16",
+      "(query_groups, heads_per_group) pairs that export with every hidden choice: [(1, 1)]"]),
+    ("llama", "query_groups: tied\n", ["query_groups: tied is for gpt_neox"]),
+    ("gpt_neox", "query_groups: all\n", ["query_groups: expected a non-empty list of integers (or tied"]),
+])
+def test_space_yaml_with_unexportable_combination_fails_at_validation(tmp_path, family, yaml_text, fragments):
+    cfg = _family_cfg(family, **FAMILY_CFGS[family])
+    path = tmp_path / "space.yaml"
+    path.write_text("granularity: coarse_layerwise\nordering: first_k\n" + yaml_text)
+    with pytest.raises(SearchSpaceError) as err:
+        resolve_space(SearchSpace.load(path), cfg)
+    for fragment in fragments:
+        assert fragment in str(err.value), str(err.value)
+
+
+def test_qwen_has_no_hidden_heads_constraint():
+    # transformers 5.23's Qwen2/Qwen3 configs take an explicit head_dim and do not check hidden % heads
+    for family in ("qwen2", "qwen3"):
+        cfg = _family_cfg(family, **FAMILY_CFGS[family])
+        assert resolve_space(SearchSpace(ordering="first_k", hidden=[37, 41]), cfg).choices["hidden"] == [37, 41]
+
+
+@pytest.mark.parametrize("family,subnet,fragment", [
+    ("llama", SubnetConfig(hidden=50, layer=LayerSubnet(query_groups=2, heads_per_group=2)),
+     "sub-network cannot be exported to HF (hidden=50, widest layer query_groups=2 x heads_per_group=2): llama: "
+     "transformers' LlamaConfig needs hidden_size to be a multiple of num_attention_heads"),
+    ("llama", SubnetConfig(hidden=50, layers=2, layer=[LayerSubnet(query_groups=1, heads_per_group=1),
+                                                      LayerSubnet(query_groups=2, heads_per_group=2)]),
+     "widest layer query_groups=2 x heads_per_group=2"),
+    ("gpt_neox", SubnetConfig(hidden=24), "gpt_neox: hidden_size 24 is not a multiple of the head size 16"),
+    ("gpt_neox", SubnetConfig(hidden=32, layer=LayerSubnet(query_groups=3)),
+     "gpt_neox: 3 attention heads of size 16 need hidden_size >= 48, got 32"),
+])
+def test_explicit_subnet_config_that_cannot_export_is_refused(family, subnet, fragment):
+    from nemo_subnet.subnet.config import SubnetConfigError, check_exportable
+
+    cfg = _family_cfg(family, **FAMILY_CFGS[family])
+    resolved = resolve(cfg, subnet)  # a valid sub-network of the model ...
+    with pytest.raises(SubnetConfigError) as err:  # ... that transformers cannot hold
+        check_exportable(cfg, resolved)
+    assert fragment in str(err.value), str(err.value)
+    # a padded layout is fine: 2 x 2 heads at hidden 54 export as 2 x 3 (54 % 6 == 0)
+    if family == "llama":
+        check_exportable(cfg, resolve(cfg, SubnetConfig(hidden=54, layer=LayerSubnet(query_groups=2, heads_per_group=2))))

@@ -116,9 +116,8 @@ def test_neox_export_needs_hidden_multiple_of_head_size(tmp_path, megatron_runti
 
     save_hf_model("gpt_neox", tmp_path / "hf", with_tokenizer=False)
     import_hf(tmp_path / "hf", tmp_path / "ckpt")
-    extract_checkpoint(tmp_path / "ckpt", SubnetConfig(hidden=40), tmp_path / "sub")  # head size 16
-    with pytest.raises(ValueError, match="hidden_size to be a multiple of the head size"):
-        export_hf(tmp_path / "sub", tmp_path / "sub_hf")
-    assert not (tmp_path / "sub_hf").exists()
+    with pytest.raises(SubnetConfigError, match="hidden_size 40 is not a multiple of the head size 16"):
+        extract_checkpoint(tmp_path / "ckpt", SubnetConfig(hidden=40), tmp_path / "sub")  # refused before training
+    assert not (tmp_path / "sub").exists()
     extract_checkpoint(tmp_path / "ckpt", SubnetConfig(hidden=48, layer=LayerSubnet(query_groups=[0, 3])), tmp_path / "ok")
     export_hf(tmp_path / "ok", tmp_path / "ok_hf")  # 2 heads padded to 48 / 16 = 3

@@ -24,6 +24,10 @@ import torch
 from nemo_subnet.models.config import ModelConfig
 
 
+class ExportConstraintError(ValueError):
+    """A sub-network shape the family's transformers class cannot hold; the message names the constraint."""
+
+
 class Fuse(enum.Enum):
     NONE = "none"
     QKV = "qkv"
@@ -62,9 +66,20 @@ class FamilyAdapter(ABC):
     def hf_config_updates(self, cfg: ModelConfig) -> dict:
         """Fields of the HF config.json that the ModelConfig determines (applied over the source's)."""
 
-    def hf_head_layout(self, cfg: ModelConfig) -> tuple[int | None, int | None]:
-        """(query groups, heads per group) the HF architecture needs, or None for "the largest layer's"."""
-        return None, None
+    def hf_attention_layout(self, hidden: int, query_groups: int, heads_per_group: int, head_dim: int,
+                            limit: tuple[int, int] | None = None) -> tuple[int, int]:
+        """(query groups, heads per group) of the exported HF model for a sub-network whose widest layer has
+        ``query_groups`` x ``heads_per_group`` heads of ``head_dim``: at least as many of each (the extra
+        heads are zero, see uniform.py), at most ``limit`` (the super-network's) where the family pads to
+        reach a valid layout. ExportConstraintError when the family's config cannot hold it. This one rule
+        is what search spaces, sub-network configs and the exporter check."""
+        return query_groups, heads_per_group
+
+    def hf_head_layout(self, cfg: ModelConfig) -> tuple[int, int]:
+        """``hf_attention_layout`` for a (possibly layer-wise) model: its widest groups and heads per group."""
+        sizes = [cfg.layer_sizes(i) for i in range(cfg.num_layers)]
+        return self.hf_attention_layout(cfg.hidden_size, max(g for _, g, _ in sizes), max(h // g for h, g, _ in sizes),
+                                        cfg.kv_channels)
 
     # --- weights ---
     def active_rules(self, cfg: ModelConfig) -> list[tuple[str, tuple[str, ...], Fuse]]:

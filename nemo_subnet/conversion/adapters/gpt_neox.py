@@ -6,7 +6,7 @@ HF's fused ``query_key_value`` is laid out per head as [q_h | k_h | v_h], which 
 
 from __future__ import annotations
 
-from nemo_subnet.conversion.adapters.base import FamilyAdapter, Fuse, WeightRule, rope_parameters
+from nemo_subnet.conversion.adapters.base import ExportConstraintError, FamilyAdapter, Fuse, WeightRule, rope_parameters
 from nemo_subnet.models.config import Family, ModelConfig
 
 _ACTS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -59,14 +59,22 @@ class GPTNeoXAdapter(FamilyAdapter):
             init_method_std=getattr(hf, "initializer_range", 0.02),
         )
 
-    def hf_head_layout(self, cfg: ModelConfig) -> tuple[int | None, int | None]:
-        # transformers' GPT-NeoX derives the head size as hidden_size / heads: a sub-network with fewer
-        # heads or a narrower hidden size is padded with zero heads up to hidden_size / head size.
-        largest = max(cfg.layer_sizes(i)[0] for i in range(cfg.num_layers))
-        if cfg.hidden_size % cfg.kv_channels or cfg.hidden_size // cfg.kv_channels < largest:
-            raise ValueError(f"GPT-NeoX in transformers needs hidden_size to be a multiple of the head size: "
-                             f"hidden_size={cfg.hidden_size}, head size {cfg.kv_channels}, up to {largest} heads")
-        return cfg.hidden_size // cfg.kv_channels, 1
+    def hf_attention_layout(self, hidden: int, query_groups: int, heads_per_group: int, head_dim: int,
+                            limit: tuple[int, int] | None = None) -> tuple[int, int]:
+        # transformers' GPT-NeoX attention is hidden_size wide with head size hidden_size / heads: the
+        # exported model has hidden_size / head_dim heads, the sub-network's plus zero heads.
+        if hidden % head_dim:
+            raise ExportConstraintError(
+                f"gpt_neox: hidden_size {hidden} is not a multiple of the head size {head_dim} (transformers' GPT-NeoX "
+                f"derives the head size as hidden_size / num_attention_heads); allowed: hidden sizes that are "
+                f"multiples of {head_dim}")
+        heads = query_groups * heads_per_group
+        if heads > hidden // head_dim:
+            raise ExportConstraintError(
+                f"gpt_neox: {heads} attention heads of size {head_dim} need hidden_size >= {heads * head_dim}, got "
+                f"{hidden} (transformers' GPT-NeoX attention is hidden_size wide); allowed: at most "
+                f"{hidden // head_dim} heads at hidden_size {hidden}, i.e. heads x {head_dim} <= hidden_size")
+        return hidden // head_dim, 1
 
     def hf_config_updates(self, cfg: ModelConfig) -> dict:
         if cfg.kv_channels * cfg.num_attention_heads != cfg.hidden_size:

@@ -5,7 +5,7 @@ Qwen2 and Qwen3 differ only in a few switches and derive from this adapter (qwen
 
 from __future__ import annotations
 
-from nemo_subnet.conversion.adapters.base import FamilyAdapter, Fuse, WeightRule, rope_parameters
+from nemo_subnet.conversion.adapters.base import ExportConstraintError, FamilyAdapter, Fuse, WeightRule, rope_parameters
 from nemo_subnet.models.config import Family, ModelConfig, RopeScaling
 
 _L = "model.layers.{i}."
@@ -21,6 +21,9 @@ class LlamaAdapter(FamilyAdapter):
     model_types = ("llama",)
     hf_architecture = "LlamaForCausalLM"
     family = Family.LLAMA
+    hidden_divisible_by_heads = True
+    """transformers' LlamaConfig validates hidden_size % num_attention_heads == 0; the Qwen2/Qwen3 configs
+    (explicit head_dim) do not (transformers 5.23)."""
     rules = (
         WeightRule("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), Fuse.VOCAB),
         WeightRule(_M + "input_layernorm.weight", (_L + "input_layernorm.weight",)),
@@ -75,6 +78,22 @@ class LlamaAdapter(FamilyAdapter):
             init_method_std=getattr(hf, "initializer_range", 0.02),
         )
 
+    def hf_attention_layout(self, hidden: int, query_groups: int, heads_per_group: int, head_dim: int,
+                            limit: tuple[int, int] | None = None) -> tuple[int, int]:
+        if not self.hidden_divisible_by_heads:
+            return query_groups, heads_per_group
+        layout = padded_head_layout(hidden, query_groups, heads_per_group, limit)
+        if layout is None:
+            within = f" within the model's {limit[0]} x {limit[1]}" if limit else ""
+            raise ExportConstraintError(
+                f"{self.family.value}: transformers' LlamaConfig needs hidden_size to be a multiple of "
+                f"num_attention_heads, and no layout of g >= {query_groups} query groups x p >= {heads_per_group} heads "
+                f"per group{within} (the export adds zero heads) has g x p dividing hidden_size {hidden}; allowed: "
+                f"hidden sizes that are multiples of {query_groups * heads_per_group}"
+                + (f" or of {limit[0] * limit[1]}" if limit and limit[0] * limit[1] != query_groups * heads_per_group else "")
+                + ", or fewer heads")
+        return layout
+
     def hf_config_updates(self, cfg: ModelConfig) -> dict:
         rope = {"rope_type": "default", "rope_theta": cfg.rotary_base}
         if cfg.rope_scaling is not None:
@@ -88,4 +107,21 @@ class LlamaAdapter(FamilyAdapter):
                "initializer_range": cfg.init_method_std, "rope_parameters": rope}
         if self.family is Family.LLAMA:
             out.update(attention_bias=cfg.add_qkv_bias, mlp_bias=cfg.add_bias_linear)
+        else:
+            # one entry per exported layer (never the teacher's list): every layer is full causal attention,
+            # as in the Megatron model (sliding windows are refused at import)
+            out.update(layer_types=["full_attention"] * cfg.num_layers, use_sliding_window=False, sliding_window=None)
         return out
+
+
+def padded_head_layout(hidden: int, query_groups: int, heads_per_group: int,
+                       limit: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """Smallest (groups, heads per group) >= the given ones, <= ``limit``, whose head count divides ``hidden``
+    (fewest groups among equals: zero K/V heads cost cache), or None. Exact: extra heads are zero (uniform.py)."""
+    max_groups, max_per_group = limit or (hidden, hidden)
+    divisors = sorted({d for i in range(1, int(hidden ** 0.5) + 1) if hidden % i == 0 for d in (i, hidden // i)})
+    for heads in (d for d in divisors if d >= query_groups * heads_per_group):
+        for groups in range(query_groups, min(heads // heads_per_group, max_groups) + 1):
+            if heads % groups == 0 and heads // groups <= max_per_group:
+                return groups, heads // groups
+    return None

@@ -10,6 +10,7 @@ class Qwen2Adapter(LlamaAdapter):
     model_types = ("qwen2",)
     hf_architecture = "Qwen2ForCausalLM"
     family = Family.QWEN2
+    hidden_divisible_by_heads = False
 
     def biases(self, hf) -> tuple[bool, bool]:
         return True, False

@@ -10,3 +10,4 @@ class Qwen3Adapter(LlamaAdapter):
     model_types = ("qwen3",)
     hf_architecture = "Qwen3ForCausalLM"
     family = Family.QWEN3
+    hidden_divisible_by_heads = False
