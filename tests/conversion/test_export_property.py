@@ -143,7 +143,7 @@ def test_every_sampled_subnet_exports_with_same_logits(family, teachers, tmp_pat
 @pytest.mark.parametrize("family,subnet_yaml,fragments", [
     ("gpt_neox", "hidden: 40\n", ["hidden_size 40 is not a multiple of the head size 16", "multiples of 16"]),
     ("gpt_neox", "hidden: 32\nlayers: [0, 3]\n", ["4 attention heads of size 16 need hidden_size >= 64, got 32",
-                                                  "at most 2 heads"]),
+                                                  "at most 2 at hidden_size 32"]),
     ("llama", "hidden: 50\nlayer: {query_groups: 2, heads_per_group: 2}\n",
      ["LlamaConfig needs hidden_size to be a multiple of num_attention_heads", "hidden_size 50", "multiples of 4"]),
 ])

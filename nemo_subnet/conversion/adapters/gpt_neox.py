@@ -72,8 +72,8 @@ class GPTNeoXAdapter(FamilyAdapter):
         if heads > hidden // head_dim:
             raise ExportConstraintError(
                 f"gpt_neox: {heads} attention heads of size {head_dim} need hidden_size >= {heads * head_dim}, got "
-                f"{hidden} (transformers' GPT-NeoX attention is hidden_size wide); allowed: at most "
-                f"{hidden // head_dim} heads at hidden_size {hidden}, i.e. heads x {head_dim} <= hidden_size")
+                f"{hidden} (transformers' GPT-NeoX attention is hidden_size wide); allowed: heads x {head_dim} <= "
+                f"hidden_size, at most {hidden // head_dim} at hidden_size {hidden}")
         return hidden // head_dim, 1
 
     def hf_config_updates(self, cfg: ModelConfig) -> dict:

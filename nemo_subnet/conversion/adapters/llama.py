@@ -84,12 +84,13 @@ class LlamaAdapter(FamilyAdapter):
             return query_groups, heads_per_group
         layout = padded_head_layout(hidden, query_groups, heads_per_group, limit)
         if layout is None:
-            within = f" within the model's {limit[0]} x {limit[1]}" if limit else ""
+            within = f", up to the model's {limit[0]} x {limit[1]}" if limit else ""
             raise ExportConstraintError(
                 f"{self.family.value}: transformers' LlamaConfig needs hidden_size to be a multiple of "
-                f"num_attention_heads, and no layout of g >= {query_groups} query groups x p >= {heads_per_group} heads "
-                f"per group{within} (the export adds zero heads) has g x p dividing hidden_size {hidden}; allowed: "
-                f"hidden sizes that are multiples of {query_groups * heads_per_group}"
+                f"num_attention_heads; hidden_size {hidden} is a multiple of no head layout g x p with g >= "
+                f"{query_groups} query groups and p >= {heads_per_group} heads per group{within} (the export pads "
+                f"with zero heads to reach one); allowed: hidden sizes that are multiples of "
+                f"{query_groups * heads_per_group}"
                 + (f" or of {limit[0] * limit[1]}" if limit and limit[0] * limit[1] != query_groups * heads_per_group else "")
                 + ", or fewer heads")
         return layout
