@@ -6,6 +6,8 @@ padding every layer to a common layout with zero weights, which computes exactly
 - padded FFN neurons have zero fc1 rows (and bias) and zero fc2 columns: their contribution is 0;
 - padded query heads (inside a group or in a padded group) have zero q/k/v rows and zero
   ``linear_proj`` columns: whatever their attention computes is multiplied by 0.
+The same padding gives a uniform model the head layout its family's config accepts (e.g. Llama needs
+hidden_size % heads == 0: 2 x 2 heads at hidden 54 export as 2 x 3; see FamilyAdapter.hf_attention_layout).
 The cost is storage for the zeros; the HF config stays the family's standard one, no remote code.
 """
 
