@@ -116,14 +116,16 @@ def read_model_config(ckpt_dir: str | Path) -> ModelConfig:
 
 
 def load_model(ckpt_dir: str | Path, *, builder: Callable = build_gpt_model, params_dtype: torch.dtype | None = None,
-               parallel_output: bool = True):
+               parallel_output: bool = True, **build_kwargs):
     """(ModelConfig, this rank's model) from a model or training checkpoint, at the current runtime's TP/PP.
 
-    ``builder`` builds the module (``build_gpt_model``, or ``build_supernet`` for an elastic model).
+    ``builder`` builds the module (``build_gpt_model``, or ``build_supernet`` for an elastic model);
+    ``build_kwargs`` go to it (e.g. ``execution``).
     """
     ckpt_dir = Path(ckpt_dir)
     cfg = read_model_config(ckpt_dir)
-    model = builder(cfg, params_dtype=params_dtype, parallel_output=parallel_output, perform_initialization=False)
+    model = builder(cfg, params_dtype=params_dtype, parallel_output=parallel_output, perform_initialization=False,
+                    **build_kwargs)
     sharded = model.sharded_state_dict()
     state = dist_checkpointing.load(sharded, str(ckpt_dir / WEIGHTS))
     # a training checkpoint also returns the optimizer's common (non-sharded) state: keep the model's keys

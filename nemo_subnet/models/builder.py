@@ -8,23 +8,25 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from nemo_subnet.models.config import ModelConfig, to_transformer_config
-from nemo_subnet.models.specs import gpt_layer_spec
+from nemo_subnet.models.specs import gpt_block_spec
 from nemo_subnet.runtime import compute_device
 
 
 def build_gpt_model(cfg: ModelConfig, *, params_dtype: torch.dtype | None = None, parallel_output: bool = True,
                     perform_initialization: bool = True, layer_spec: ModuleSpec | None = None,
-                    model_class: type[GPTModel] = GPTModel) -> GPTModel:
+                    model_class: type[GPTModel] = GPTModel, execution=None) -> GPTModel:
     """This rank's part of the model; Megatron's parallel_state must be initialized (init_runtime).
 
     ``layer_spec`` may be a layer ModuleSpec or a TransformerBlockSubmodules (e.g. the super-network's,
-    which also swaps the final norm); ``model_class`` a GPTModel subclass with the same constructor."""
+    which also swaps the final norm); ``model_class`` a GPTModel subclass with the same constructor;
+    ``execution`` the recompute / sequence-parallel options (models/execution.py)."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     pp = parallel_state.get_pipeline_model_parallel_world_size()
-    config = to_transformer_config(cfg, tp, pp, params_dtype=params_dtype, perform_initialization=perform_initialization)
+    config = to_transformer_config(cfg, tp, pp, params_dtype=params_dtype, perform_initialization=perform_initialization,
+                                   execution=execution)
     model = model_class(
         config=config,
-        transformer_layer_spec=layer_spec or gpt_layer_spec(cfg),
+        transformer_layer_spec=layer_spec or gpt_block_spec(cfg),
         vocab_size=cfg.padded_vocab_size,
         max_sequence_length=cfg.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),

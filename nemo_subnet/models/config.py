@@ -155,10 +155,12 @@ class ModelConfig:
 
 
 def to_transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, *, params_dtype: torch.dtype | None = None,
-                          perform_initialization: bool = True):
+                          perform_initialization: bool = True, execution=None):
     """Megatron TransformerConfig for ``cfg`` at a given layout. Fusions off: they need CUDA/apex and
-    change numerics; the GPU path turns on what it wants through the returned object."""
+    change numerics; the GPU path turns on what it wants through the returned object. ``execution``
+    (an ``execution.ExecutionOptions``) sets activation recompute and sequence parallelism."""
     cfg.check_parallel(tp, pp)
+    execution_fields = {} if execution is None else execution.transformer_fields()
     params_dtype = params_dtype or cfg.torch_dtype
     on_gpu = torch.cuda.is_available()
     config_class, extra = TransformerConfig, {}
@@ -199,7 +201,7 @@ def to_transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, *, params_
         apply_rope_fusion=False,
         gradient_accumulation_fusion=False,
         persist_layer_norm=False,
-        sequence_parallel=False,
+        **{"sequence_parallel": False, **execution_fields},
     )
 
 

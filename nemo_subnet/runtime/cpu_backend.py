@@ -8,7 +8,8 @@ Megatron's own code paths running unchanged:
    A ``TorchFunctionMode`` rewrites every CUDA device argument to CPU and makes ``Tensor.cuda()`` the
    identity. ``current_device()`` answers 0, as on a one-GPU box, and the mode maps that to CPU.
 2. The CUDA RNG tracker (``tensor_parallel.random``): replaced by a tracker that keeps the same named
-   streams on CPU generator states, so dropout differs across TP ranks exactly as it does on GPU.
+   streams on CPU generator states, so dropout differs across TP ranks exactly as it does on GPU; the
+   "CUDA RNG state" that activation recompute saves and restores is the CPU generator's.
 3. ``torch.cuda.synchronize``: a no-op (CPU ops are synchronous).
 4. The optimizer's type asserts (``param.grad.type() == 'torch.cuda.FloatTensor'``): ``Tensor.type()``
    with no argument reports the CUDA type name of the same dtype.
@@ -106,6 +107,10 @@ def install(discipline: bool | None = None) -> bool:
         discipline = device_discipline.enabled_by_env()
     torch.cuda.current_device = lambda: 0
     torch.cuda.synchronize = lambda device=None: None
+    # activation recompute saves and restores "the CUDA RNG" next to the CPU one: here the CPU one is the
+    # device generator, already saved by megatron's _get_all_rng_states
+    mp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    mp_random._set_cuda_rng_state = lambda *args, **kwargs: None
     mp_random._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mp_random._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
     if discipline:

@@ -21,7 +21,7 @@ Classification, chosen so that the defaults match a GPU process:
   ``x`` as it would on a GPU; ``Tensor.is_cuda`` stays the
   truth (it picks Triton vs. the torch mirror in ``kernels/``).
 
-Allowed mixes, as on a GPU: ``copy_`` / ``to`` / ``cuda`` / ``cpu`` (explicit transfers), host index
+Allowed mixes, as on a GPU: ``copy_`` / ``to`` / ``cuda`` / ``cpu`` / ``x.data = y`` (transfers), host index
 tensors in ``[]`` indexing, ``new_*`` factories and anything given only Python numbers. Collectives
 on groups created with ``backend="gloo"`` (megatron's metadata groups) take host tensors.
 
@@ -46,6 +46,7 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 _desc = torch._C.TensorBase.__dict__
 _DEVICE_GETTER = _desc["device"]
+_DATA_DESCRIPTOR = _desc["data"]
 _GETSET = type(_DEVICE_GETTER)  # Tensor properties: their __get__ is what the mode sees
 _TRANSFERS = {torch.Tensor.copy_, torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu}
 _INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
@@ -139,6 +140,10 @@ def disciplined(base_mode_cls, is_cuda_device):
             if owner is _DEVICE_GETTER:  # Tensor.device (meta tensors and the like keep theirs)
                 real = func(*args)
                 return real if real.type != "cpu" or is_host(args[0]) else _LOGICAL_DEVICE
+            if owner is _DATA_DESCRIPTOR and func.__name__ == "__set__":  # `param.data = x` moves param to x's side
+                result = super().__torch_function__(func, types, args, kwargs)
+                _mark(args[0], is_host(args[1]))
+                return result
             if func is torch.Tensor.cuda:
                 return _alias(args[0], host=False)
             if func is torch.Tensor.type and len(args) == 1 and not kwargs and is_host(args[0]):

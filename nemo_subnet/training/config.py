@@ -128,10 +128,22 @@ class LoggingConfig:
 
 @dataclass
 class ParallelConfig:
+    """Layout, precision and the memory / throughput options (docs/training.md says when to use each)."""
+
     tp: int = 1
     pp: int = 1
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recompute: selective = core attention only (cheap, long sequences); full = whole layers
+    (one more forward, ~33% compute) in blocks of recompute_num_layers."""
+    recompute_num_layers: int = 1
+    sequence_parallel: bool = False
+    """Split norms / dropout / the residual stream along the sequence over TP (GPU, tp > 1)."""
+    overlap_grad_reduce: bool = False
+    """Reduce gradient buckets over DP during backward instead of after it (DP > 1: hides the all-reduce)."""
+    overlap_param_gather: bool = False
+    """With the distributed optimizer: all-gather updated parameters during the next forward (DP > 1)."""
 
 
 @dataclass
@@ -170,6 +182,13 @@ class TrainConfig:
             if self.distill.divergence is Divergence.REVERSE_KL or (
                     self.distill.divergence is Divergence.JSD and self.distill.beta_jsd == 1.0):
                 raise UserError("distill.top_k needs forward_kl or jsd with beta_jsd < 1 (reverse KL is infinite off the top-k)")
+        if self.parallel.overlap_param_gather and not self.optimizer.use_distributed_optimizer:
+            raise UserError("parallel.overlap_param_gather needs optimizer.use_distributed_optimizer: true "
+                            "(only the distributed optimizer gathers parameters)")
+        try:
+            self.execution.check(self.parallel.tp)
+        except ValueError as err:
+            raise UserError(f"parallel: {err}") from None
         if self.checkpoint.keep_last < 1:
             raise UserError("checkpoint.keep_last must be at least 1")
 
@@ -179,6 +198,14 @@ class TrainConfig:
             return (f"data.global_batch_size {self.data.global_batch_size} is not a multiple of "
                     f"micro_batch_size * data_parallel = {self.data.micro_batch_size} * {dp}")
         return None
+
+    @property
+    def execution(self):
+        from nemo_subnet.models.execution import ExecutionOptions
+
+        p = self.parallel
+        return ExecutionOptions(recompute=p.recompute, recompute_num_layers=p.recompute_num_layers,
+                                sequence_parallel=p.sequence_parallel)
 
     @property
     def loss_weights(self) -> tuple[float, float]:

@@ -13,6 +13,8 @@ optimizer touches the weights, so the newest checkpoint stays the last good stat
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import signal
 import time
 from dataclasses import dataclass
@@ -106,6 +108,8 @@ def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None,
             continue
         try:
             cfg.check_parallel(config.parallel.tp, config.parallel.pp)
+            if name == "student":
+                config.execution.check(config.parallel.tp, cfg.num_layers // config.parallel.pp)
         except ValueError as err:
             raise UserError(f"{name}: {err}") from None
         if cfg.max_position_embeddings < config.data.seq_length:
@@ -128,11 +132,12 @@ def _data_config(config: TrainConfig, model_cfg: ModelConfig) -> GPTDataConfig:
 
 def _build_student(config: TrainConfig, student_cfg: ModelConfig, dtype: torch.dtype):
     if config.init.from_checkpoint is not None:
-        _, model = load_model(config.init.from_checkpoint, params_dtype=dtype)
+        _, model = load_model(config.init.from_checkpoint, params_dtype=dtype, execution=config.execution)
     else:
-        model = build_gpt_model(student_cfg, params_dtype=dtype)
+        model = build_gpt_model(student_cfg, params_dtype=dtype, execution=config.execution)
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=False,
+        grad_reduce_in_fp32=True, overlap_grad_reduce=config.parallel.overlap_grad_reduce,
+        overlap_param_gather=config.parallel.overlap_param_gather,
         use_distributed_optimizer=config.optimizer.use_distributed_optimizer)
     ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
     opt = config.optimizer
@@ -241,7 +246,9 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     model, ddp, optimizer, scheduler = _build_student(config, student_cfg, dtype)
     pair = None
     if teacher_cfg is not None:
-        _, teacher_model = load_model(config.distill.teacher, params_dtype=dtype)
+        # no recompute (no backward), but the student's sequence split: their hidden states travel together
+        _, teacher_model = load_model(config.distill.teacher, params_dtype=dtype, execution=dataclasses.replace(
+            config.execution, recompute="none"))
         pair = StudentWithTeacher(ddp, teacher_model, student_cfg.hidden_size, teacher_cfg.hidden_size)
 
     if config.logging.eval_iters % runtime.dp:
@@ -275,7 +282,24 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         return {"step": step, "tokens": tokens, "data": train_iter.state_dict(), "scheduler": scheduler.state_dict(),
                 "layout": layout, "optimizer_sharding": config.checkpoint.optimizer_sharding}
 
+    @contextlib.contextmanager
+    def params_synced():
+        # overlap_param_gather leaves the all-gather of updated parameters to the next forward's pre-hooks:
+        # checkpoints and validation need them gathered now
+        if not config.parallel.overlap_param_gather:
+            yield
+            return
+        ddp.disable_forward_pre_hook(param_sync=True)
+        try:
+            yield
+        finally:
+            ddp.enable_forward_pre_hook()
+
     def save() -> Path:
+        with params_synced():
+            return _save()
+
+    def _save() -> Path:
         return ckpt.save_checkpoint(run_dir, step, model=model, model_cfg=student_cfg, optimizer=optimizer,
                                     train_state=train_state(), keep_last=config.checkpoint.keep_last,
                                     optimizer_sharding=config.checkpoint.optimizer_sharding,
@@ -285,7 +309,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         valid_iter = MicroBatchIterator(datasets.valid, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
         batches = [_to_device(next(valid_iter), runtime.device) for _ in range(config.logging.eval_iters // dp_size)]
         ddp.eval()
-        with torch.no_grad():
+        with torch.no_grad(), params_synced():
             logs = stepper.run(batches, forward_only=True, with_teacher=False)
         ddp.train()
         record = {"kind": "valid", "step": step, "tokens": tokens, "valid_loss": logs["ce"],

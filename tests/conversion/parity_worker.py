@@ -17,18 +17,19 @@ from nemo_subnet.conversion.adapters import adapter_for_model_type
 from nemo_subnet.conversion.sharding import load_global_state
 from nemo_subnet.models import build_gpt_model
 from nemo_subnet.models.inference import forward_logits
-from nemo_subnet.runtime import init_runtime, shutdown_runtime
+from nemo_subnet.runtime import compute_device, init_runtime, shutdown_runtime
 
 
 def check_rng() -> None:
     from megatron.core import parallel_state, tensor_parallel
 
+    device = compute_device()  # dropout draws on the device (the CUDA generator on a GPU)
     with tensor_parallel.get_cuda_rng_tracker().fork():
-        tp_stream = torch.rand(4)
-    default_stream = torch.rand(4)
+        tp_stream = torch.rand(4, device=device)
+    default_stream = torch.rand(4, device=device)
     group = parallel_state.get_tensor_model_parallel_group()
-    gathered_tp = [torch.empty(4) for _ in range(dist.get_world_size(group))]
-    gathered_default = [torch.empty(4) for _ in range(dist.get_world_size(group))]
+    gathered_tp = [torch.empty(4, device=device) for _ in range(dist.get_world_size(group))]
+    gathered_default = [torch.empty(4, device=device) for _ in range(dist.get_world_size(group))]
     dist.all_gather(gathered_tp, tp_stream, group=group)
     dist.all_gather(gathered_default, default_stream, group=group)
     assert not torch.equal(gathered_tp[0], gathered_tp[1]), "TP ranks must draw different model-parallel dropout"
@@ -57,7 +58,7 @@ def main() -> int:
         load_global_state(model, cfg, adapter.hf_to_megatron(cfg, hf_state.__getitem__))
         logits = forward_logits(model, cfg, tokens)
         if logits is not None:
-            diff = (logits - hf_model(tokens).logits).abs().max().item()
+            diff = (logits.cpu() - hf_model(tokens).logits).abs().max().item()
             worst = max(worst, diff)
             print(f"PARITY {variant} tp={args.tp} pp={args.pp} rank={runtime.rank} max_abs_diff={diff:.3e}")
     shutdown_runtime()

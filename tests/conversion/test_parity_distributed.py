@@ -40,5 +40,5 @@ def test_import_at_tp2_loads_at_tp1(tmp_path, megatron_runtime):
     run_torchrun(CLI, 2, "import-hf", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt"), "--tp", "2")
     cfg, model = load_model(tmp_path / "ckpt")
     tokens = torch.randint(0, cfg.vocab_size, (2, 13))
-    diff = (forward_logits(model, cfg, tokens) - hf_model(tokens).logits).abs().max().item()
+    diff = (forward_logits(model, cfg, tokens).cpu() - hf_model(tokens).logits).abs().max().item()
     assert diff <= 1e-4
