@@ -71,6 +71,9 @@ class OptimizerConfig:
     """Global grad-norm clip (0 disables)."""
     use_distributed_optimizer: bool = True
     """Shard optimizer state over data-parallel ranks (ZeRO-1)."""
+    max_skipped_steps: int = 5
+    """Steps in a row whose loss or gradients are non-finite that are skipped (no update) before training
+    stops with an error; 0 stops at the first."""
 
 
 @dataclass
@@ -189,6 +192,8 @@ class TrainConfig:
             self.execution.check(self.parallel.tp)
         except ValueError as err:
             raise UserError(f"parallel: {err}") from None
+        if self.optimizer.max_skipped_steps < 0:
+            raise UserError("optimizer.max_skipped_steps must be at least 0")
         if self.checkpoint.keep_last < 1:
             raise UserError("checkpoint.keep_last must be at least 1")
 

@@ -7,14 +7,16 @@ grad-norm clipping, and ``OptimizerParamScheduler`` sets the LR (linear warmup, 
 With a teacher, its forward runs inside each micro-batch, on the same pipeline stages (see teacher.py).
 
 Step ``k`` (1-based) uses the LR of scheduler step ``k``; the loss logged for step ``k`` is the mean over
-its micro-batches and data-parallel ranks, before the update. A non-finite loss stops the run before the
-optimizer touches the weights, so the newest checkpoint stays the last good state.
+its micro-batches and data-parallel ranks, before the update. A step whose loss or gradients are not finite
+on any rank is skipped (weights, optimizer state and LR schedule untouched; the data is consumed), logged
+(``skipped``) and counted; more than ``optimizer.max_skipped_steps`` in a row stop the run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import signal
 import time
 from dataclasses import dataclass
@@ -205,6 +207,39 @@ class _Step:
         return _reduce_logs(outputs, len(batches))
 
 
+def _grads_finite(ddp) -> bool:
+    """Every rank's reduced gradients finite (one scalar all-reduce over the world: all ranks agree).
+
+    The sum of a buffer is non-finite iff an element is (fp32 buffers: a finite sum cannot overflow here),
+    so no buffer-sized temporary is needed."""
+    bad = torch.zeros((), dtype=torch.float32, device=compute_device())
+    for buffer in [*ddp.buffers, *ddp.expert_parallel_buffers]:
+        bad += (~torch.isfinite(buffer.grad_data.sum())).float()
+    if dist.is_initialized():
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad.item() == 0.0
+
+
+@dataclass
+class _Skips:
+    """Steps skipped for a non-finite loss or gradient; too many in a row stops the run."""
+
+    limit: int
+    total: int = 0
+    consecutive: int = 0
+
+    def record(self, step: int, logs: dict, run_dir: Path) -> None:
+        self.total += 1
+        self.consecutive += 1
+        if self.consecutive > self.limit:
+            first = step - self.consecutive + 1
+            raise TrainingError(
+                f"non-finite loss or gradients at step {first}" + (f" and the {self.consecutive - 1} steps after it"
+                                                                 if self.consecutive > 1 else "")
+                + f" ({logs}); those updates were skipped (optimizer.max_skipped_steps={self.limit}). Last good "
+                f"checkpoint: {ckpt.latest_checkpoint(run_dir) or 'none'}. Lower optimizer.lr or check the data.")
+
+
 def _reduce_logs(outputs: list[dict], n: int) -> dict[str, float]:
     """Mean of each logged value over micro-batches and data-parallel ranks, known on every rank."""
     keys = ("loss", "ce", "kd")
@@ -260,12 +295,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     train_iter = MicroBatchIterator(datasets.train, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
 
     layout = {"tp": runtime.tp, "pp": runtime.pp, "dp": runtime.dp, "world_size": runtime.world_size}
-    step, tokens = 0, 0
+    step, tokens, skipped_at_resume = 0, 0, 0
     if resume and latest is not None:
         state = ckpt.load_checkpoint(latest, model=model, optimizer=optimizer, layout=layout)
         scheduler.load_state_dict(state["scheduler"])
         train_iter.load_state_dict(state["data"])
-        step, tokens = state["step"], state["tokens"]
+        step, tokens, skipped_at_resume = state["step"], state["tokens"], state.get("skipped_steps", 0)
 
     tokens_per_step = data.global_batch_size * data.seq_length
     flops_per_token = 3 * forward_flops_per_token(student_cfg, data.seq_length)
@@ -275,11 +310,13 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     logger = MetricsLogger(run_dir, enabled=runtime.is_main, tensorboard=config.logging.tensorboard,
                            resume_step=step if resume else None)
     stepper = _Step(config, student_cfg, ddp, pair)
+    skips = _Skips(limit=config.optimizer.max_skipped_steps, total=skipped_at_resume)
     preemption = _Preemption()
     tokenizer_dir = hf_tokenizer_dir(config.data.path) or (Path(config.data.path) / metadata["tokenizer"]["path"])
 
     def train_state() -> dict:
-        return {"step": step, "tokens": tokens, "data": train_iter.state_dict(), "scheduler": scheduler.state_dict(),
+        return {"step": step, "tokens": tokens, "skipped_steps": skips.total, "data": train_iter.state_dict(),
+                "scheduler": scheduler.state_dict(),
                 "layout": layout, "optimizer_sharding": config.checkpoint.optimizer_sharding}
 
     @contextlib.contextmanager
@@ -331,18 +368,22 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             ddp.zero_grad_buffer()
             optimizer.zero_grad()
             logs = stepper.run(batches, forward_only=False, with_teacher=True)
-            if not all(torch.isfinite(torch.tensor(v)) for v in logs.values()):
-                raise TrainingError(
-                    f"non-finite loss at step {step + 1} ({logs}); stopped before the update. Last good checkpoint: "
-                    f"{ckpt.latest_checkpoint(run_dir) or 'none'}. Lower optimizer.lr or check the data.")
-            scheduler.step(increment=1)
+            updated = all(math.isfinite(v) for v in logs.values()) and _grads_finite(ddp)
+            if updated:
+                scheduler.step(increment=1)
+                updated, grad_norm, _ = optimizer.step()
             lr = optimizer.param_groups[0]["lr"]
-            _, grad_norm, _ = optimizer.step()
             step += 1
+            if updated:
+                skips.consecutive = 0
+            else:  # the weights, optimizer state and LR schedule are untouched; the data is consumed
+                grad_norm = None
+                skips.record(step, logs, run_dir)
             tokens += tokens_per_step
             elapsed = time.perf_counter() - started
             throughput = tokens_per_step / elapsed
-            last_train = {"kind": "train", "step": step, "tokens": tokens, **logs, "lr": lr,
+            last_train = {"kind": "train", "step": step, "tokens": tokens, **logs, "lr": lr, "skipped": not updated,
+                          "skipped_steps": skips.total,
                           "grad_norm": None if grad_norm is None else float(grad_norm),
                           "step_time_s": elapsed, "tokens_per_s": throughput,
                           "mfu": None if peak is None else throughput * flops_per_token / (peak * runtime.world_size)}

@@ -87,14 +87,15 @@ def test_sigterm_checkpoints_and_exits_preempted(tmp_path, data_dir, model_yaml)
 
 
 def test_nan_loss_stops_with_clear_error_and_keeps_last_checkpoint(tmp_path, data_dir, model_yaml):
-    sections = {"optimizer": {"lr": 1e6, "clip_grad": 0.0}, "schedule": {"train_steps": 12, "warmup_steps": 0},
+    sections = {"optimizer": {"lr": 1e6, "clip_grad": 0.0, "max_skipped_steps": 0},
+                "schedule": {"train_steps": 12, "warmup_steps": 0},
                 "checkpoint": {"every_steps": 1, "keep_last": 2}}
     config = write_yaml(tmp_path / "run.yaml", run_config(tmp_path, tmp_path / "run", data_dir, {"random": str(model_yaml)},
                                                           **sections))
     proc = run_train(config, check=False)
     assert proc.returncode == 2
     message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith("nemo-subnet train: error: non-finite loss at step"), message
+    assert message.startswith("nemo-subnet train: error: non-finite loss or gradients at step"), message
     bad_step = int(message.split("at step ")[1].split()[0])
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert ckpts[-1] == f"step_{bad_step - 1:07d}" and not [c for c in ckpts if c.startswith(".")]
