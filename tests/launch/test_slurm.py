@@ -1,7 +1,8 @@
 """The tiny recipe submitted through NeMo-Run's SlurmExecutor to a real SLURM (one node, `.ci/run` starts it).
 
-Skipped, with the reason, where no SLURM controller answers (`launch/local_slurm.sh` makes one as root).
-The data stage and the 2-rank (torchrun, gloo) teacher pretraining run as two dependent sbatch jobs.
+Skipped, with the reason, where no SLURM controller answers (`launch/local_slurm.sh` makes one as root) —
+except under CI (`NEMO_SUBNET_CI_SLURM=1`), where that is a failure. The data stage and the 2-rank (torchrun,
+gloo) teacher pretraining run as two dependent sbatch jobs.
 """
 
 from __future__ import annotations
@@ -13,22 +14,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "recipes"))
+sys.path.insert(0, str(Path(__file__).parent))
 from recipe_utils import assert_complete, nemo_subnet, run_cli  # noqa: E402
-
-
-def _slurm_reason() -> str | None:
-    from nemo_subnet.recipes.executors import slurm_reachable
-
-    return slurm_reachable()
+from slurm_utils import require_slurm  # noqa: E402
 
 
 @pytest.mark.distributed
-@pytest.mark.skipif(_slurm_reason() is not None, reason=f"no SLURM reachable: {_slurm_reason()} "
-                    "(run `sudo launch/local_slurm.sh` or .ci/run)")
 def test_tiny_recipe_on_real_slurm(tmp_path):
-    import subprocess
-
-    partition = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()[0].rstrip("*")
+    partition = require_slurm()
     out = tmp_path / "out"
     proc = run_cli(nemo_subnet("run", "--factory", "tiny", "--stage", "data", "--stage", "teacher",
                                f"config.out_dir={out}", "launch.executor=slurm", f"launch.partition={partition}",
