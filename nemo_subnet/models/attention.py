@@ -7,6 +7,7 @@ and handles GQA without materializing repeated K/V.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -40,7 +41,10 @@ class SDPACoreAttention(MegatronModule):
         # Megatron masks are True where attention is *not* allowed; SDPA wants True where it is.
         mask = None if causal or attention_mask is None else ~attention_mask
         dropout_p = self.dropout_p if self.training else 0.0
-        with tensor_parallel.get_cuda_rng_tracker().fork():
+        # Dropout draws from the TP-rank stream; without dropout, no fork: swapping RNG states is host
+        # work that torch.compile cannot trace (a graph break per layer) and CUDA graphs cannot capture.
+        rng = tensor_parallel.get_cuda_rng_tracker().fork() if dropout_p > 0 else contextlib.nullcontext()
+        with rng:
             context = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal,
                 scale=self.softmax_scale, enable_gqa=k.shape[1] != q.shape[1],
