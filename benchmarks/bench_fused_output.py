@@ -81,7 +81,7 @@ class _PeakMemory:
         return _rss_mb("VmHWM") - self.base
 
 
-def _step_fn(provider: str, n: int, h: int, v: int, dtype: torch.dtype, device: torch.device):
+def _step_fn(provider: str, n: int, h: int, v: int, dtype: torch.dtype, device: torch.device, chunk_size=None):
     from nemo_subnet.kernels import (fused_linear_kd_loss, fused_linear_topk_kd_loss, vocab_parallel_kd_loss,
                                      vocab_parallel_topk, vocab_parallel_topk_kd_loss)
 
@@ -93,6 +93,7 @@ def _step_fn(provider: str, n: int, h: int, v: int, dtype: torch.dtype, device: 
     t_weight = (torch.randn(v, h, generator=g) * h**-0.5).to(device=device, dtype=dtype)
     labels = torch.randint(0, vocab, (n,), generator=g).to(device)
     loss_args = dict(labels=labels, vocab_size=vocab, ce_weight=0.5)
+    fused_args = dict(loss_args, chunk_size=chunk_size)  # None: the library default (about 2^27 logits)
 
     def logits_kd():
         with torch.no_grad():
@@ -100,7 +101,7 @@ def _step_fn(provider: str, n: int, h: int, v: int, dtype: torch.dtype, device: 
         return vocab_parallel_kd_loss(hidden @ weight.t(), teacher, group=None, vocab_start_index=0, **loss_args)
 
     def fused_kd():
-        return fused_linear_kd_loss(hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight, **loss_args)
+        return fused_linear_kd_loss(hidden, weight, teacher_hidden=t_hidden, teacher_weight=t_weight, **fused_args)
 
     def logits_topk():
         with torch.no_grad():
@@ -108,8 +109,9 @@ def _step_fn(provider: str, n: int, h: int, v: int, dtype: torch.dtype, device: 
         return vocab_parallel_topk_kd_loss(hidden @ weight.t(), values, ids, **loss_args)
 
     def fused_topk():
-        values, ids = vocab_parallel_topk(k=TOPK, hidden=t_hidden, weight=t_weight, vocab_size=vocab)
-        return fused_linear_topk_kd_loss(hidden, weight, values, ids, **loss_args)
+        values, ids = vocab_parallel_topk(k=TOPK, hidden=t_hidden, weight=t_weight, vocab_size=vocab,
+                                          chunk_size=chunk_size)
+        return fused_linear_topk_kd_loss(hidden, weight, values, ids, **fused_args)
 
     fn = dict(logits_kd=logits_kd, fused_kd=fused_kd, logits_topk=logits_topk, fused_topk=fused_topk)[provider]
 
@@ -125,7 +127,8 @@ def _step_fn(provider: str, n: int, h: int, v: int, dtype: torch.dtype, device: 
 def child(spec: dict) -> dict:
     """One (case, provider) in this fresh process: {"ms", "peak_mb", "loss"}."""
     device = torch.device(spec["device"])
-    step = _step_fn(spec["provider"], spec["N"], spec["H"], spec["V"], DTYPES[spec["dtype"]], device)
+    step = _step_fn(spec["provider"], spec["N"], spec["H"], spec["V"], DTYPES[spec["dtype"]], device,
+                    spec.get("chunk_size"))
     memory = _PeakMemory(device)
     memory.start()
     loss = None
@@ -172,7 +175,7 @@ def write_markdown(csv_path: str, md_path: str, reps: int, warmup: int) -> None:
         latest = {(r["N"], r["H"], r["V"], r["dtype"], r["provider"]): r for r in csv.DictReader(f)}
     order = {p: i for i, p in enumerate(PROVIDERS)}
     rows = sorted(latest.values(), key=lambda r: (r["dtype"], int(r["V"]), int(r["N"]), int(r["H"]),
-                                                  order.get(r["provider"], 99)))
+                                                  order.get(r["provider"].split("/")[0], 99), r["provider"]))
     by_key = latest
     commits = ", ".join(sorted({r["commit"] for r in rows}))
     lines = [f"# Fused output layer vs materialised logits — CPU ({date.today().isoformat()})", "",
@@ -201,6 +204,8 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="one small case (N 256, H 128, V 8192)")
     parser.add_argument("--cases", help="NxHxV,... instead of the default grid (e.g. 2048x768x50304)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--chunk-size", type=int, help="tokens per chunk of the fused providers (default: the "
+                        "library's, about 2^27 logits); the provider is then named e.g. fused_kd/c512")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--providers", default=",".join(PROVIDERS))
     parser.add_argument("--reps", type=int, default=2)
@@ -216,6 +221,7 @@ def main(argv=None) -> None:
     grid = [(256, 128, 8192)] if args.quick else GRID
     if args.cases:
         grid = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")]
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = []
     for n, h, v in grid:
         for dtype in args.dtypes.split(","):
@@ -227,14 +233,15 @@ def main(argv=None) -> None:
                                     note=f"skipped: needs ~{need_mb / 1024:.0f} GiB, {_available_mb() / 1024:.0f} free")
                 else:
                     spec = dict(provider=provider, N=n, H=h, V=v, dtype=dtype, device=str(device), reps=args.reps,
-                                warmup=args.warmup)
+                                warmup=args.warmup, chunk_size=args.chunk_size)
                     result = _run_child(spec, args.timeout)
-                rows.append(row(device, commit, f"fused_output/{dtype}", provider, Mode.FULL, case, result))
-                r = rows[-1]
-                print(f"N={n} H={h} V={v} {dtype:>8} {provider:>11}: {r['ms']:>10} ms  {r['peak_mb']:>8} MiB  "
+                name = provider if args.chunk_size is None or provider.startswith("logits") else \
+                    f"{provider}/c{args.chunk_size}"
+                r = row(device, commit, f"fused_output/{dtype}", name, Mode.FULL, case, result)
+                append_rows(args.out + ".csv", [r])  # per cell: a long grid keeps what it measured
+                rows.append(r)
+                print(f"N={n} H={h} V={v} {dtype:>8} {r['provider']:>15}: {r['ms']:>10} ms  {r['peak_mb']:>8} MiB  "
                       f"{r['note']}", flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    append_rows(args.out + ".csv", rows)
     write_markdown(args.out + ".csv", args.out + ".md", args.reps, args.warmup)
     plot(args.out + ".csv", args.out + ".png", f"fused output vs logits ({device_name(device)})")
 
