@@ -1,6 +1,6 @@
 """Section `hf_parity`: HF import -> logits vs transformers, export -> reload, on the device.
 
-One tiny random model per family, built here from a transformers config (`nemo_subnet.models.tiny_hf`:
+One tiny random model per family (llama, qwen2, gpt_neox, qwen3), built here from a transformers config (`nemo_subnet.models.tiny_hf`:
 every weight randomised, norms included; 1001 embedding rows against a 300-token tokenizer, as real
 checkpoints have more rows than tokens). fp32: `import_hf`, then the Megatron model's logits against
 transformers' on the same device, max abs diff <= 1e-4 (invariant 1); `export_hf`, then the exported
@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from .common import progress
+from .profiles import PROFILES
 
-FAMILIES = ("llama", "qwen2", "gpt_neox", "qwen3")
 FP32_ATOL = 1e-4
 BF16_FACTOR = 2.0
 
@@ -105,7 +105,7 @@ def run(ctx, rec) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
     root = ctx.work / "hf"
     try:
-        for family in FAMILIES:
+        for family in PROFILES[ctx.profile].hf_families:
             progress(rec.section, f"{family}: build, import, compare, export, reload")
             _fp32_family(rec, family, root, device)
         progress(rec.section, "bf16: llama stored in bf16")

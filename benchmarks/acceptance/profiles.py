@@ -75,6 +75,8 @@ class Profile:
     run repeats the reference run's config at tp=2, so the two loss curves are comparable step by step."""
     search: dict
     """evaluations, val_batches, seq_length, micro_batch_size, round_to (hidden / ffn choices)."""
+    hf_families: tuple[str, ...]
+    """Families of the HF import / export section."""
     tp2_on_cpu: bool
     """Run the TP=2 section on 2 CPU ranks (gloo) when there is no GPU (smoke only)."""
     budgets: dict = field(default_factory=dict)
@@ -122,6 +124,7 @@ GPU = Profile(
     train=dict(seq_length=1024, micro_batch_size=4, global_batch_size=32, steps=30, checkpoint_every=10,
                kill_after=15, eval_every=10, eval_iters=4),
     search=dict(evaluations=6, val_batches=4, seq_length=1024, micro_batch_size=4, round_to=64),
+    hf_families=("llama", "qwen2", "gpt_neox", "qwen3"),
     tp2_on_cpu=False,
     budgets=dict(kernels=90, speed=100, setup=50, train_resume=130, mfu=10, hf_parity=45, search=45, tp2=90),
     time_limit=480,  # the one-GPU sections' budgets sum to 470 s; TP=2 (2+ GPUs) adds its own 90 s
@@ -153,6 +156,7 @@ SMOKE = Profile(
     train=dict(seq_length=64, micro_batch_size=2, global_batch_size=4, steps=8, checkpoint_every=3,
                kill_after=5, eval_every=4, eval_iters=2),
     search=dict(evaluations=3, val_batches=2, seq_length=32, micro_batch_size=2, round_to=8),
+    hf_families=("llama", "gpt_neox"),  # sequential and parallel residual; the GPU run covers all four
     tp2_on_cpu=False,  # 2 gloo ranks would double the smoke run's cost; tests/training covers TP=2 on CPU
     # generous: CI machines are shared; these bound a hang, they do not size the work
     budgets=dict(kernels=300, speed=300, setup=300, train_resume=900, mfu=60, hf_parity=300, search=300, tp2=600),

@@ -35,31 +35,37 @@ class Section:
     """``module:function`` in this package, called as ``function(ctx, rec)``."""
     needs: tuple[str, ...] = ()
     in_parent: bool = False
+    """Cheap sections (no GPU work, nothing heavy imported) run in the parent process."""
+    precheck: str | None = None
+    """``module:function(ctx) -> skip reason | None``, called in the parent: a section that cannot run here
+    is skipped without starting a process."""
+    always: bool = False
 
 
 SECTIONS = (
-    Section("environment", "GPU, driver, CUDA, package versions, commit.", "environment:run", in_parent=True),
+    Section("environment", "GPU, driver, CUDA, package versions, commit.", "environment:run", in_parent=True,
+            always=True),
+    Section("setup", "Prepared stdlib data (sentencepiece), a teacher checkpoint, a student model YAML.",
+            "fixtures:run"),  # first: three sections wait for it
     Section("kernels", "Compiled Triton vs the torch mirror vs the naive reference; values and gradients; odd and "
             "production shapes, fp32 and bf16, one N x V > 2^31 case.", "kernel_checks:run"),
     Section("speed", "Fused linear + KD (fwd+bwd) vs eager, torch.compile and Liger-Kernel: time and peak memory.",
             "speed:run"),
-    Section("setup", "Prepared stdlib data (sentencepiece), a teacher checkpoint, a student model YAML.",
-            "fixtures:run"),
     Section("train_resume", "bf16 KD run through `nemo-subnet train`; the same run SIGKILLed mid-run and resumed.",
             "training:train_resume", needs=("setup",)),
     Section("mfu", "Throughput and model FLOPs utilisation of the KD step (reference run's metrics).", "training:mfu",
-            needs=("train_resume",)),
+            needs=("train_resume",), in_parent=True),
     Section("hf_parity", "HF import -> logits vs transformers; export -> reload; fp32 and bf16.", "hf_parity:run"),
     Section("search", "`nemo-subnet search` on the masked super-network; full config == unmasked model.",
             "search_check:run", needs=("setup",)),
     Section("tp2", "The KD run at TP=2 under torchrun vs TP=1 (2+ GPUs).", "training:tp2",
-            needs=("setup", "train_resume")),
+            needs=("setup", "train_resume"), precheck="training:tp2_precheck"),
 )
 BY_NAME = {s.name: s for s in SECTIONS}
 
 
-def _function(section: Section):
-    module, name = section.target.split(":")
+def _function(target: str):
+    module, name = target.split(":")
     return getattr(importlib.import_module(f"acceptance.{module}"), name)
 
 
@@ -68,7 +74,7 @@ def child_main(name: str, ctx_path: Path, result_path: Path) -> int:
     section = BY_NAME[name]
     rec = Recorder(name, result_path)
     try:
-        _function(section)(Context.load(ctx_path), rec)
+        _function(section.target)(Context.load(ctx_path), rec)
     except BaseException as err:  # noqa: BLE001 - every failure becomes this section's error, reported
         rec.error = f"{type(err).__name__}: {err}\n" + "".join(traceback.format_exc().splitlines(True)[-20:])
         print(rec.error, flush=True)
@@ -97,7 +103,18 @@ def _echo(pipe, log: Path) -> None:
                 print(line, end="", flush=True)
 
 
-def _run_child(section: Section, ctx: Context, budget: float, env: dict) -> dict:
+@dataclass
+class _Running:
+    section: Section
+    proc: subprocess.Popen
+    reader: threading.Thread
+    result_path: Path
+    log: Path
+    started: float
+    budget: float
+
+
+def _start_child(section: Section, ctx: Context, budget: float, env: dict) -> _Running:
     state = ctx.work / "state"
     state.mkdir(parents=True, exist_ok=True)
     ctx_path, result_path = state / f"{section.name}.ctx.json", state / f"{section.name}.result.json"
@@ -110,29 +127,31 @@ def _run_child(section: Section, ctx: Context, budget: float, env: dict) -> dict
                             start_new_session=True)
     reader = threading.Thread(target=_echo, args=(proc.stdout, log), daemon=True)
     reader.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=budget)
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(proc.pid, signal.SIGKILL)  # the section and everything it started (torchrun, train runs)
-        proc.wait()
-    reader.join(timeout=10)
-    result = json.loads(result_path.read_text()) if result_path.exists() else {"numbers": {}, "checks": []}
+    return _Running(section, proc, reader, result_path, log, time.time(), budget)
+
+
+def _finish_child(run: _Running, ctx: Context) -> dict:
+    """The child's result once it exited, or after killing it (and all it started) past its budget."""
+    timed_out = run.proc.poll() is None
     if timed_out:
-        result["error"] = f"timed out after its budget of {budget:.0f} s (results recorded until then are kept)"
-    elif proc.returncode != 0 and not result.get("error"):
-        tail = "".join(log.read_text().splitlines(True)[-20:]) if log.exists() else ""
-        result["error"] = f"section process exited {proc.returncode}\n{tail}"
-    result["status"] = _status(result, timed_out, proc.returncode)
-    result["log"] = str(log.relative_to(ctx.out))
+        os.killpg(run.proc.pid, signal.SIGKILL)  # the section and everything it started (torchrun, train runs)
+        run.proc.wait()
+    run.reader.join(timeout=10)
+    result = json.loads(run.result_path.read_text()) if run.result_path.exists() else {"numbers": {}, "checks": []}
+    if timed_out:
+        result["error"] = f"timed out after its budget of {run.budget:.0f} s (results recorded until then are kept)"
+    elif run.proc.returncode != 0 and not result.get("error"):
+        tail = "".join(run.log.read_text().splitlines(True)[-20:]) if run.log.exists() else ""
+        result["error"] = f"section process exited {run.proc.returncode}\n{tail}"
+    result["status"] = _status(result, timed_out, run.proc.returncode)
+    result["log"] = str(run.log.relative_to(ctx.out))
     return result
 
 
 def _run_in_parent(section: Section, ctx: Context) -> dict:
     rec = Recorder(section.name, None)
     try:
-        _function(section)(ctx, rec)
+        _function(section.target)(ctx, rec)
     except Exception as err:  # noqa: BLE001
         rec.error = f"{type(err).__name__}: {err}\n" + traceback.format_exc()[-2000:]
     result = rec.to_dict()
@@ -149,10 +168,13 @@ def with_dependencies(names: list[str]) -> list[str]:
             add(dep)
     for name in names:
         add(name)
-    return [s.name for s in SECTIONS if s.name in wanted or s.in_parent]
+    return [s.name for s in SECTIONS if s.name in wanted or s.always]
 
 
-def run_all(ctx: Context, *, budgets: dict, time_limit: float, selected: list[str], child_env: dict) -> int:
+def run_all(ctx: Context, *, budgets: dict, time_limit: float, selected: list[str], child_env: dict,
+            jobs: int = 1) -> int:
+    """Run the selected sections; ``jobs`` > 1 runs independent ones side by side (CPU smoke run only:
+    on a GPU, sections running together would disturb each other's timings and memory peaks)."""
     started = time.time()
     report = {"schema": 1, "profile": ctx.profile, "status": "running", "exit_code": None,
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "elapsed_s": 0.0,
@@ -163,26 +185,56 @@ def run_all(ctx: Context, *, budgets: dict, time_limit: float, selected: list[st
                                       **({} if s.name in selected else {"reason": "not selected (--sections)"})}
     report_io.write(ctx.out, report)
     order = [s for s in SECTIONS if s.name in selected]
-    for index, section in enumerate(order, 1):
-        entry = report["sections"][section.name]
-        left = time_limit - (time.time() - started)
-        unmet = [d for d in section.needs if report["sections"][d]["status"] != "pass"]
-        head = f"[{index}/{len(order)}] {section.name}"
-        if unmet:
-            entry.update(status="not_run", reason=f"needs {', '.join(unmet)} to pass first")
-        elif not section.in_parent and left < 10:
-            entry.update(status="not_run", reason=f"out of time: {left:.0f} s of the {time_limit:.0f} s limit left")
-        else:
-            budget = min(budgets.get(section.name, left), left)
-            print(f"{head}: started" + ("" if section.in_parent else f" (budget {budget:.0f} s)"), flush=True)
-            t0 = time.time()
-            result = _run_in_parent(section, ctx) if section.in_parent else _run_child(section, ctx, budget, child_env)
-            entry.update(result, seconds=round(time.time() - t0, 1))
-            ctx.artifacts.update(result.get("artifacts", {}))
-        print(f"{head}: {report_io.MARK[entry['status']]} in {entry.get('seconds', 0):.1f} s — "
+    number = {s.name: f"[{i}/{len(order)}] {s.name}" for i, s in enumerate(order, 1)}
+    pending, running = list(order), []
+
+    def finish(name: str, entry: dict) -> None:
+        print(f"{number[name]}: {report_io.MARK[entry['status']]} in {entry.get('seconds', 0):.1f} s — "
               f"{report_io.headline(entry)}", flush=True)
         report["elapsed_s"] = round(time.time() - started, 1)
         report_io.write(ctx.out, report)
+
+    while pending or running:
+        for run in list(running):  # collect finished (or over-budget) children
+            if run.proc.poll() is None and time.time() - run.started < run.budget:
+                continue
+            result = _finish_child(run, ctx)
+            entry = report["sections"][run.section.name]
+            entry.update(result, seconds=round(time.time() - run.started, 1))
+            ctx.artifacts.update(result.get("artifacts", {}))
+            running.remove(run)
+            finish(run.section.name, entry)
+        for section in list(pending):
+            if len(running) >= jobs:
+                break
+            states = [report["sections"][d]["status"] for d in section.needs]
+            if any(st in ("pending", "running") for st in states):
+                continue  # wait for what it needs
+            pending.remove(section)
+            entry = report["sections"][section.name]
+            left = time_limit - (time.time() - started)
+            unmet = [d for d, st in zip(section.needs, states) if st != "pass"]
+            reason = _function(section.precheck)(ctx) if section.precheck and not unmet else None
+            if unmet:
+                entry.update(status="not_run", reason=f"needs {', '.join(unmet)} to pass first")
+            elif reason:
+                entry.update(status="skip", skipped=reason)
+            elif not section.in_parent and left < 10:
+                entry.update(status="not_run", reason=f"out of time: {left:.0f} s of the {time_limit:.0f} s limit left")
+            elif section.in_parent:
+                print(f"{number[section.name]}: started", flush=True)
+                t0 = time.time()
+                entry.update(_run_in_parent(section, ctx), seconds=round(time.time() - t0, 1))
+                ctx.artifacts.update(entry.get("artifacts", {}))
+            else:
+                budget = min(budgets.get(section.name, left), left)
+                print(f"{number[section.name]}: started (budget {budget:.0f} s)", flush=True)
+                entry["status"] = "running"
+                running.append(_start_child(section, ctx, budget, child_env))
+                continue
+            finish(section.name, entry)
+        if running:
+            time.sleep(0.2)
     failed = [n for n, r in report["sections"].items() if n in selected and r["status"] in ("fail", "not_run")]
     report.update(status="fail" if failed else "pass", exit_code=1 if failed else 0,
                   elapsed_s=round(time.time() - started, 1), failed=failed)

@@ -192,14 +192,21 @@ def mfu(ctx, rec) -> None:
     rec.check("logged MFU == tokens/s x FLOPs/token / peak", worst <= 1e-6, f"max rel diff {worst:.1e}")
 
 
-def tp2(ctx, rec) -> None:
+def tp2_precheck(ctx) -> str | None:
+    """Why TP=2 cannot run here (None: it can). Runs in the parent, so a one-GPU machine starts nothing."""
     import torch
 
-    profile = PROFILES[ctx.profile]
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    rec.number("cuda_devices", gpus)
-    if gpus < 2 and not (gpus == 0 and profile.tp2_on_cpu):
-        rec.skip(f"{gpus} CUDA device(s) visible; TP=2 needs 2 (one rank per GPU)")
+    if gpus >= 2 or (gpus == 0 and PROFILES[ctx.profile].tp2_on_cpu):
+        return None
+    return f"{gpus} CUDA device(s) visible; TP=2 needs 2 (one rank per GPU)"
+
+
+def tp2(ctx, rec) -> None:
+    profile = PROFILES[ctx.profile]
+    reason = tp2_precheck(ctx)
+    if reason:
+        rec.skip(reason)
         return
     root = ctx.work / "tp2"
     config = run_config(profile, ctx.artifacts, root / "run", tp=2, checkpoint_every=0, peak_flops=ctx.peak_flops)
