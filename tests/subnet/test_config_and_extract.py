@@ -90,7 +90,7 @@ def test_extract_then_export_loads_in_transformers(llama_ckpt, capsys, subnet_ya
     export_hf(tmp / "sub", tmp / "sub_hf")
     hf = AutoModelForCausalLM.from_pretrained(tmp / "sub_hf").eval()
     tokens = torch.randint(0, cfg.vocab_size, (2, 9))
-    assert (forward_logits(model, cfg, tokens) - hf(tokens).logits).abs().max().item() <= 1e-4
+    assert (forward_logits(model, cfg, tokens).cpu() - hf(tokens).logits).abs().max().item() <= 1e-4
 
 
 def test_extract_rejects_tp_that_cannot_shard(llama_ckpt, capsys):
