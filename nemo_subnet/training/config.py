@@ -100,6 +100,11 @@ class DistillConfig:
     temperature: float = 1.0
     top_k: int | None = None
     """Distill against the teacher's renormalised top-k only (forward KL or JSD with beta < 1)."""
+    fused_output: Literal["auto", "on", "off"] = "auto"
+    """on: the last stage of the student (and the teacher) returns its final hidden states and the loss
+    forms logits chunk by chunk from them and this rank's output-weight shard, never [b, s, V/tp] at once
+    (CE, KD, top-k and validation alike); off: full logits. auto: on where that saves memory, i.e. when a
+    micro-batch's b * s tokens exceed one chunk of the fused op (about 2^27 / (V/tp) tokens)."""
 
 
 @dataclass
@@ -185,6 +190,8 @@ class TrainConfig:
             if self.distill.divergence is Divergence.REVERSE_KL or (
                     self.distill.divergence is Divergence.JSD and self.distill.beta_jsd == 1.0):
                 raise UserError("distill.top_k needs forward_kl or jsd with beta_jsd < 1 (reverse KL is infinite off the top-k)")
+        if self.distill.fused_output not in ("auto", "on", "off"):
+            raise UserError(f"distill.fused_output {self.distill.fused_output!r} is not one of auto, on, off")
         if self.parallel.overlap_param_gather and not self.optimizer.use_distributed_optimizer:
             raise UserError("parallel.overlap_param_gather needs optimizer.use_distributed_optimizer: true "
                             "(only the distributed optimizer gathers parameters)")
@@ -288,6 +295,8 @@ def _convert(hint, value, where: str):
     if dataclasses.is_dataclass(hint):
         return _from_plain(hint, value, where + ".")
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(hint)):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on / off as a boolean
         if value not in typing.get_args(hint):
             raise UserError(f"{where}: {value!r} is not one of {list(typing.get_args(hint))}")
         return value
