@@ -1,36 +1,79 @@
-"""Losses on vocabulary-parallel logits, and the frozen teacher that feeds the KD term.
+"""Losses on vocabulary-parallel outputs, and what the loss reads from the frozen teacher.
 
-Loss per micro-batch (on the last pipeline stage, every tensor-parallel rank holding a vocab shard):
+Loss per micro-batch (on the last pipeline stage, every tensor-parallel rank holding a vocab shard of
+Megatron's partition, columns [rank * V/tp, (rank + 1) * V/tp)):
 
     loss = alpha_ce * CE(student, labels) + beta_kd * D(teacher || student)
 
-- CE is megatron's ``vocab_parallel_cross_entropy`` with the padding columns (global id >= vocab_size)
-  set to -inf first, so padding never takes probability mass.
-- D is ``nemo_subnet.kernels.vocab_parallel_kd_loss`` (forward KL / reverse KL / JSD(beta), temperature),
-  which excludes padding through its ``vocab_size`` argument and merges row statistics over the TP group.
-- top-k teachers: the teacher's global top-k per token is found from each shard's local top-k (all-gathered
-  over TP), cached as (values, indices) [b, s, k], and turned back into a dense shard whose off-top-k
-  entries sit 1e4 (after temperature) below the row's smallest kept value, so their probability is exactly 0
-  in fp32: P is the renormalised top-k distribution, as in ``kernels.topk_kd_loss``.
+A last stage's output (``LMOutput``) is either its logits shard [b, s, V/tp] (``distill.fused_output``
+off) or its final hidden states [b, s, h] (after the final norm) with this rank's output-weight shard
+[V/tp, h] (fused output on, see output_layer.py): then every op below forms logits chunk by chunk from
+the two and never holds [b, s, V/tp] at once; gradients flow to the hidden states (this rank's partial
+sum, all-reduced over TP by the output layer's own input-side communication in backward) and to the
+weight (the tied embedding's, when tied).
 
-The teacher runs inside each micro-batch of the student's schedule (teacher.py), so its outputs are
-never cached across micro-batches; for top-k KD only its (values, ids) reach the loss.
+- CE: megatron's ``vocab_parallel_cross_entropy`` with padding columns (global id >= vocab_size) at
+  -inf, or ``fused_linear_kd_loss``'s CE-only mode; in the same pass as D when alpha_ce != 0.
+- D: ``vocab_parallel_kd_loss`` on logits, or ``fused_linear_kd_loss`` from both hidden states (forward
+  KL / reverse KL / JSD(beta), temperature); padding excluded through ``vocab_size``.
+- top-k: the teacher's global top-k (values, global ids) [b, s, k] per token from its logits shard or
+  its hidden states + weight shard (``vocab_parallel_topk``: each rank's local top-k, all-gathered over
+  TP); the loss reads only them (``vocab_parallel_topk_kd_loss`` / ``fused_linear_topk_kd_loss``): P is
+  the renormalised top-k distribution and no dense teacher is formed, at any TP.
+
+The kernels merge row statistics over the TP group, so every rank gets the full-vocabulary loss. The
+teacher runs inside each micro-batch of the student's schedule (teacher.py): its outputs are never cached
+across micro-batches. At alpha_ce = 0 the logged CE takes one more pass without autograd (on the fused
+path: one more chunked forward matmul of the output layer).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
-from nemo_subnet.kernels import Reduction, vocab_parallel_kd_loss
+from nemo_subnet.kernels import (Reduction, default_chunk_size, fused_linear_kd_loss, fused_linear_topk_kd_loss,
+                                 vocab_parallel_kd_loss, vocab_parallel_topk, vocab_parallel_topk_kd_loss)
 from nemo_subnet.training.config import DistillConfig
 
-TOPK_GAP = 1e4
-"""Distance (in logits / T) between the teacher's kept top-k values and the rest: exp(-1e4) is 0 in fp32."""
+
+@dataclass
+class LMOutput:
+    """A last stage's output as the loss reads it."""
+
+    tensor: torch.Tensor
+    """Logits [b, s, v_local]; or, with ``weight``, the final hidden states [b, s, h]."""
+    weight: torch.Tensor | None = None
+    """This rank's output-weight shard [v_local, h] (fused path), the parameter itself: its grad is the weight's."""
+
+    @property
+    def local_vocab(self) -> int:
+        return self.tensor.shape[-1] if self.weight is None else self.weight.shape[0]
+
+
+def fused_output_enabled(setting: str, n_tokens: int, local_vocab: int) -> bool:
+    """Resolve ``distill.fused_output`` for micro-batches of ``n_tokens`` (b * s) and a V/tp vocab shard.
+
+    auto: on when the fused op would split the tokens into more than one chunk; with one chunk its logits
+    buffer is as large as the logits it replaces, so nothing is saved."""
+    if setting == "auto":
+        return n_tokens > default_chunk_size(n_tokens, local_vocab)
+    if setting not in ("on", "off"):
+        raise ValueError(f"fused_output {setting!r} is not one of auto, on, off")
+    return setting == "on"
 
 
 def vocab_shard_start(local_vocab: int) -> int:
     return parallel_state.get_tensor_model_parallel_rank() * local_vocab
+
+
+def _tp_args(local_vocab: int) -> dict:
+    """The kernels' vocab-parallel arguments for this rank (group None at TP = 1: no collectives)."""
+    tp = parallel_state.get_tensor_model_parallel_world_size()
+    return {"group": parallel_state.get_tensor_model_parallel_group() if tp > 1 else None,
+            "vocab_start_index": vocab_shard_start(local_vocab)}
 
 
 def padding_mask(local_vocab: int, vocab_size: int, device) -> torch.Tensor | None:
@@ -41,65 +84,59 @@ def padding_mask(local_vocab: int, vocab_size: int, device) -> torch.Tensor | No
     return torch.arange(start, start + local_vocab, device=device) >= vocab_size
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Per-token CE [b, s] from vocab-parallel logits [b, s, v_local], padding excluded."""
+def cross_entropy(out: LMOutput, labels: torch.Tensor, mask: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Mean CE over the tokens of ``mask`` [b, s] (fp32 scalar), padding excluded."""
+    if out.weight is not None:
+        return fused_linear_kd_loss(out.tensor, out.weight, labels=labels, loss_mask=mask, ce_weight=1.0,
+                                    vocab_size=vocab_size, reduction=Reduction.MEAN, **_tp_args(out.local_vocab))
+    logits = out.tensor
     pad = padding_mask(logits.shape[-1], vocab_size, logits.device)
     # megatron's CE rewrites its input in place: always hand it a copy (KD keeps the original for backward)
     logits = logits.clone() if pad is None else logits.masked_fill(pad, float("-inf"))
-    return tensor_parallel.vocab_parallel_cross_entropy(logits, labels)
+    per_token = tensor_parallel.vocab_parallel_cross_entropy(logits, labels)  # [b, s]
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def teacher_topk(logits: torch.Tensor, k: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Global top-k (values, global ids) [b, s, k] of vocab-parallel logits [b, s, v_local]."""
-    local_vocab = logits.shape[-1]
-    pad = padding_mask(local_vocab, vocab_size, logits.device)
-    if pad is not None:
-        logits = logits.masked_fill(pad, float("-inf"))
-    values, ids = logits.float().topk(min(k, local_vocab), dim=-1)  # [b, s, k']
-    ids = ids + vocab_shard_start(local_vocab)
-    if parallel_state.get_tensor_model_parallel_world_size() > 1:
-        values = tensor_parallel.gather_from_tensor_model_parallel_region(values)  # [b, s, k' * tp]
-        ids = tensor_parallel.gather_from_tensor_model_parallel_region(ids)
-    top, where = values.topk(k, dim=-1)  # [b, s, k]
-    return top, ids.gather(-1, where)
+def teacher_topk(out: LMOutput, k: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's global top-k (values, global ids) [b, s, k], the same on every TP rank."""
+    source = {"logits_shard": out.tensor} if out.weight is None else {"hidden": out.tensor, "weight": out.weight}
+    return vocab_parallel_topk(**source, k=k, vocab_size=vocab_size, **_tp_args(out.local_vocab))
 
 
-def dense_from_topk(values: torch.Tensor, ids: torch.Tensor, local_vocab: int, temperature: float) -> torch.Tensor:
-    """This rank's dense teacher shard [b, s, v_local] from a global top-k: off-top-k far below the kept values."""
-    start = vocab_shard_start(local_vocab)
-    floor = values.min(dim=-1, keepdim=True).values - TOPK_GAP * temperature  # [b, s, 1]
-    dense = floor.expand(*values.shape[:-1], local_vocab).clone()  # [b, s, v_local]
-    inside = (ids >= start) & (ids < start + local_vocab)
-    local_ids = torch.where(inside, ids - start, 0)
-    # amax: an out-of-shard entry (clamped to column 0, value `floor`) never overwrites a kept value
-    return dense.scatter_reduce(-1, local_ids, torch.where(inside, values, floor.expand_as(values)), reduce="amax")
-
-
-def lm_loss(student_logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, vocab_size: int,
+def lm_loss(student: LMOutput, labels: torch.Tensor, loss_mask: torch.Tensor, vocab_size: int,
             weights: tuple[float, float], distill: DistillConfig, teacher=None):
-    """(loss, {"loss", "ce", "kd"}) for one micro-batch; ``teacher`` is cached logits or a (values, ids) pair."""
+    """(loss, {"loss", "ce", "kd"}) for one micro-batch.
+
+    ``teacher``: None (plain CE), an ``LMOutput`` (dense KD; logits when the student's are, else hidden states
+    + weight shard) or a top-k (values, ids) pair from ``teacher_topk``."""
     alpha, beta = weights
     mask = loss_mask.float()
-    n_tokens = mask.sum().clamp(min=1.0)
     distilling = teacher is not None and beta != 0.0
     if not distilling or alpha == 0.0:
         # CE is logged even at alpha 0; with KD on it only feeds the logs and runs without autograd
         with torch.set_grad_enabled(torch.is_grad_enabled() and not distilling):
-            ce = (cross_entropy(student_logits, labels, vocab_size) * mask).sum() / n_tokens
+            ce = cross_entropy(student, labels, mask, vocab_size)
     if not distilling:
         loss, kd = (ce if teacher is None else alpha * ce), None
     else:
-        if isinstance(teacher, tuple):
-            teacher = dense_from_topk(*teacher, student_logits.shape[-1], distill.temperature)
-        # one pass over the logits for KD and CE; the kernel also returns the CE term for the logs
-        out = vocab_parallel_kd_loss(
-            student_logits, teacher.to(student_logits.dtype),
-            group=parallel_state.get_tensor_model_parallel_group(),
-            vocab_start_index=vocab_shard_start(student_logits.shape[-1]),
-            divergence=distill.divergence, beta=distill.beta_jsd, temperature=distill.temperature,
-            labels=labels if alpha else None, loss_mask=mask, reduction=Reduction.MEAN, vocab_size=vocab_size,
-            kd_weight=beta, ce_weight=alpha, return_ce=alpha != 0.0,
-        )
+        # one pass over the (chunked) logits for KD and CE; the kernels also return the CE term for the logs
+        common = dict(divergence=distill.divergence, beta=distill.beta_jsd, temperature=distill.temperature,
+                      labels=labels if alpha else None, loss_mask=mask, reduction=Reduction.MEAN,
+                      vocab_size=vocab_size, kd_weight=beta, ce_weight=alpha, return_ce=alpha != 0.0,
+                      **_tp_args(student.local_vocab))
+        fused = student.weight is not None
+        if isinstance(teacher, tuple):  # sparse top-k (values, ids)
+            if fused:
+                out = fused_linear_topk_kd_loss(student.tensor, student.weight, *teacher, **common)
+            else:
+                out = vocab_parallel_topk_kd_loss(student.tensor, *teacher, **common)
+        elif fused:
+            if teacher.weight is None:
+                raise ValueError("fused student output needs the teacher's hidden states and weight, got logits")
+            out = fused_linear_kd_loss(student.tensor, student.weight, teacher_hidden=teacher.tensor,
+                                       teacher_weight=teacher.weight, **common)
+        else:
+            out = vocab_parallel_kd_loss(student.tensor, teacher.tensor.to(student.tensor.dtype), **common)
         loss, ce = out if alpha else (out, ce)
         kd = (loss.detach() - alpha * ce) / beta
     # copies: megatron's schedule divides the returned loss by num_microbatches in place

@@ -39,7 +39,8 @@ from nemo_subnet.models import ModelConfig, build_gpt_model
 from nemo_subnet.runtime import compute_device, init_runtime
 from nemo_subnet.training import checkpoint as ckpt
 from nemo_subnet.training.config import CONFIG_FILE, TrainConfig
-from nemo_subnet.training.distill import lm_loss, teacher_topk
+from nemo_subnet.training.distill import LMOutput, fused_output_enabled, lm_loss, teacher_topk
+from nemo_subnet.training.output_layer import defer_logits, output_weight
 from nemo_subnet.training.teacher import StudentWithTeacher
 from nemo_subnet.training.metrics import MetricsLogger, forward_flops_per_token, peak_flops
 
@@ -169,27 +170,40 @@ class _Step:
     """Runs megatron's schedule over a list of micro-batches and reduces the logged losses.
 
     With a teacher, training steps run ``StudentWithTeacher`` (teacher.py): the teacher's forward happens
-    inside each micro-batch, next to the student's, on the same pipeline stages."""
+    inside each micro-batch, next to the student's, on the same pipeline stages. With the fused output on
+    (``distill.fused_output``), the last stages of both return final hidden states and the loss forms the
+    logits chunk by chunk from them and the output-weight shards (output_layer.py, distill.py)."""
 
     def __init__(self, config: TrainConfig, model_cfg: ModelConfig, ddp, pair: StudentWithTeacher | None):
         self.config = config
         self.vocab_size = model_cfg.vocab_size
         self.ddp, self.pair = ddp, pair
         self.schedule = get_forward_backward_func()
+        local_vocab = model_cfg.padded_vocab_size // parallel_state.get_tensor_model_parallel_world_size()
+        self.fused = fused_output_enabled(config.distill.fused_output,
+                                          config.data.micro_batch_size * config.data.seq_length, local_vocab)
+        if self.fused:
+            defer_logits(ddp)
+            if pair is not None:
+                defer_logits(pair.teacher)
+
+    def _output(self, tensor: torch.Tensor, model) -> LMOutput:
+        """Logits [b, s, v_local], or final hidden states [b, s, h] + the weight shard that forward deferred."""
+        return LMOutput(tensor, output_weight(model) if self.fused else None)
 
     def _forward_step(self, data_iterator, model):
         batch = next(data_iterator)
         output = model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"))
         teacher = None
         if model is self.pair and parallel_state.is_pipeline_last_stage():
-            teacher = model.take_teacher_output()  # [b, s, v_local]
+            teacher = self._output(model.take_teacher_output(), model.teacher)  # [b, s, v_local] or [b, s, h_t]
             if self.config.distill.top_k is not None:
-                teacher = teacher_topk(teacher, self.config.distill.top_k, self.vocab_size)
+                teacher = teacher_topk(teacher, self.config.distill.top_k, self.vocab_size)  # [b, s, k] x 2
         weights = self.config.loss_weights if teacher is not None else (1.0, 0.0)
 
-        def loss_func(logits):  # [b, s, v_local]
-            return lm_loss(logits, batch["labels"], batch["loss_mask"], self.vocab_size, weights,
-                           self.config.distill, teacher)
+        def loss_func(student):  # [b, s, v_local], or [b, s, h] when fused
+            return lm_loss(self._output(student, self.ddp), batch["labels"], batch["loss_mask"], self.vocab_size,
+                           weights, self.config.distill, teacher)
 
         return output, loss_func
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from nemo_subnet.kernels import Divergence, topk_kd_loss
 from nemo_subnet.training.config import DistillConfig
-from nemo_subnet.training.distill import dense_from_topk, lm_loss, teacher_topk
+from nemo_subnet.training.distill import LMOutput, lm_loss, teacher_topk
 
 VOCAB, PADDED = 500, 512
 
@@ -28,7 +28,7 @@ def batch(megatron_runtime):
 
 def test_ce_excludes_padding_and_respects_loss_mask(batch):
     logits, labels, mask = batch
-    loss, logs = lm_loss(logits, labels, mask, VOCAB, (1.0, 0.0), DistillConfig())
+    loss, logs = lm_loss(LMOutput(logits), labels, mask, VOCAB, (1.0, 0.0), DistillConfig())
     per_token = F.cross_entropy(logits[..., :VOCAB].reshape(-1, VOCAB), labels.reshape(-1), reduction="none")
     expected = (per_token * mask.reshape(-1)).sum() / mask.sum()
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
@@ -41,7 +41,8 @@ def test_ce_excludes_padding_and_respects_loss_mask(batch):
 def test_kd_is_zero_when_teacher_equals_student(batch, divergence):
     logits, labels, mask = batch
     distill = DistillConfig(divergence=divergence, temperature=2.0)
-    loss, logs = lm_loss(logits, labels, mask, VOCAB, (0.0, 1.0), distill, teacher=logits.detach().clone())
+    loss, logs = lm_loss(LMOutput(logits), labels, mask, VOCAB, (0.0, 1.0), distill,
+                         teacher=LMOutput(logits.detach().clone()))
     assert abs(logs["kd"].item()) < 1e-6 and abs(loss.item()) < 1e-6
     assert logs["ce"] > 1.0  # CE is still measured (and logged) at alpha = 0
 
@@ -49,8 +50,8 @@ def test_kd_is_zero_when_teacher_equals_student(batch, divergence):
 def test_alpha_beta_mix(batch):
     logits, labels, mask = batch
     teacher = torch.randn_like(logits).detach()
-    _, ce_only = lm_loss(logits, labels, mask, VOCAB, (1.0, 0.0), DistillConfig(), teacher=None)
-    loss, logs = lm_loss(logits, labels, mask, VOCAB, (0.3, 0.7), DistillConfig(), teacher=teacher)
+    _, ce_only = lm_loss(LMOutput(logits), labels, mask, VOCAB, (1.0, 0.0), DistillConfig(), teacher=None)
+    loss, logs = lm_loss(LMOutput(logits), labels, mask, VOCAB, (0.3, 0.7), DistillConfig(), teacher=LMOutput(teacher))
     torch.testing.assert_close(loss.detach(), 0.3 * ce_only["ce"] + 0.7 * logs["kd"], rtol=1e-6, atol=1e-6)
 
 
@@ -59,12 +60,11 @@ def test_topk_teacher_matches_kernel_topk_loss(batch, divergence, beta):
     logits, labels, mask = batch
     teacher = torch.randn(2, 7, PADDED, dtype=torch.float64).float().to(logits.device)
     teacher[..., VOCAB:] = 50.0  # padding must never enter the teacher's top-k
-    values, ids = teacher_topk(teacher, 5, VOCAB)
+    values, ids = teacher_topk(LMOutput(teacher), 5, VOCAB)
     assert ids.max() < VOCAB
     distill = DistillConfig(divergence=divergence, beta_jsd=beta, temperature=1.5, top_k=5)
-    loss, _ = lm_loss(logits, labels, mask, VOCAB, (0.0, 1.0), distill, teacher=(values, ids))
+    loss, _ = lm_loss(LMOutput(logits), labels, mask, VOCAB, (0.0, 1.0), distill, teacher=(values, ids))
     expected = topk_kd_loss(logits, values, ids, divergence=divergence, beta=beta, temperature=1.5, loss_mask=mask,
                             vocab_size=VOCAB)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    dense = dense_from_topk(values, ids, PADDED, 1.5)
-    torch.testing.assert_close(dense.gather(-1, ids), values)
+    torch.testing.assert_close(values, teacher[..., :VOCAB].topk(5, dim=-1).values)  # the global top-k, no padding
