@@ -5,9 +5,11 @@ Preparation (``nemo-subnet data prepare``) is :func:`prepare_dataset`; training 
 """
 
 from nemo_subnet.data.gpt_datasets import GPTDataConfig, GPTDatasets, MicroBatchIterator, build_gpt_datasets, collate, hf_tokenizer_dir, validate_data
-from nemo_subnet.data.prepare import PrepareConfig, PreparedDataset, prepare_dataset, read_metadata, split_prefix
+from nemo_subnet.data.prepare import (ALL_SPLITS, PrepareConfig, PreparedDataset, make_view, prepare_dataset, read_metadata,
+                                      split_path, split_prefix)
 
 __all__ = [
+    "ALL_SPLITS",
     "GPTDataConfig",
     "GPTDatasets",
     "MicroBatchIterator",
@@ -16,8 +18,10 @@ __all__ = [
     "build_gpt_datasets",
     "collate",
     "hf_tokenizer_dir",
+    "make_view",
     "prepare_dataset",
     "read_metadata",
+    "split_path",
     "split_prefix",
     "validate_data",
 ]

@@ -11,7 +11,7 @@ def register(subparsers) -> None:
     commands = parser.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     prepare = commands.add_parser(
         "prepare",
-        help="tokenize a corpus into train/valid .bin/.idx files",
+        help="tokenize a corpus into train/valid (and search/test) .bin/.idx files",
         description="Tokenize text / JSONL / parquet files, the embedded 'stdlib' corpus or a hub dataset into "
         "megatron-core indexed datasets with a train/valid split, the tokenizer and a dataset.json.",
     )
@@ -30,6 +30,10 @@ def register(subparsers) -> None:
     prepare.add_argument("--max-docs", type=int, help="keep only the first N documents")
     prepare.add_argument("--max-bytes", type=int, help="keep only the first documents up to about N bytes")
     prepare.add_argument("--valid-fraction", type=float, default=0.05, help="share of documents for validation")
+    prepare.add_argument("--search-fraction", type=float, default=0.0,
+                         help="share of documents for a 'search' split (importance calibration, sub-network search)")
+    prepare.add_argument("--test-fraction", type=float, default=0.0,
+                         help="share of documents for a 'test' split (the final number, reported once)")
     prepare.add_argument("--seed", type=int, default=1234, help="seed of the split and tokenizer training")
     prepare.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,7 +47,8 @@ def run_prepare(args: argparse.Namespace) -> int:
         inputs=args.input, out=args.out, tokenizer=args.tokenizer, sentencepiece=args.sentencepiece,
         train_tokenizer=args.train_tokenizer, vocab_size=args.vocab_size,
         tokenizer_train_bytes=args.tokenizer_train_bytes, text_key=args.text_key, txt_per_line=args.txt_per_line,
-        max_docs=args.max_docs, max_bytes=args.max_bytes, valid_fraction=args.valid_fraction, seed=args.seed,
+        max_docs=args.max_docs, max_bytes=args.max_bytes, valid_fraction=args.valid_fraction,
+        search_fraction=args.search_fraction, test_fraction=args.test_fraction, seed=args.seed,
         overwrite=args.overwrite, progress=not args.no_progress,
     ))
     splits = ", ".join(f"{name} {s.documents} docs / {s.tokens} tokens" for name, s in prepared.splits.items())

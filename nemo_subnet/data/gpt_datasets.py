@@ -1,7 +1,8 @@
 """Training-side reading of a prepared directory: megatron-core GPTDatasets and resumable micro-batches.
 
-``build_gpt_datasets`` hands the two prepared splits to megatron-core's ``BlendedMegatronDatasetBuilder``
-(``blend_per_split``: train from ``train_text_document``, valid from ``valid_text_document``), which
+``build_gpt_datasets`` hands the prepared splits to megatron-core's ``BlendedMegatronDatasetBuilder``
+(``blend_per_split``: train from ``train_text_document``, valid from ``valid_text_document``, and, when asked
+for, test from ``test_text_document``), which
 builds ``GPTDataset``s: documents concatenated (EOD-separated) and cut into ``seq_length + 1`` token
 windows, shuffled with ``seed``, repeated over as many epochs as the requested sample count needs.
 Each sample is ``tokens`` [s], ``labels`` [s] (tokens shifted left by one), ``loss_mask`` [s],
@@ -22,13 +23,14 @@ so a checkpoint stores one integer and a resumed iterator continues with exactly
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nemo_subnet.cli import UserError
-from nemo_subnet.data.prepare import SPLITS, read_metadata, split_prefix
+from nemo_subnet.data.prepare import SPLITS, read_metadata, split_path
 
 
 @dataclass
@@ -63,6 +65,8 @@ class GPTDatasets:
     valid: torch.utils.data.Dataset
     metadata: dict
     """dataset.json of the prepared directory."""
+    test: torch.utils.data.Dataset | None = None
+    """The test split (built only when ``test_samples`` is given): evaluated once, at the end."""
 
 
 class _EodTokenizer:
@@ -91,19 +95,26 @@ def validate_data(config: GPTDataConfig, metadata: dict) -> None:
             f"{config.model_vocab_size}; the model vocabulary must be at least the tokenizer's (padding allowed)"
         )
     for split in SPLITS:
-        tokens = metadata["splits"][split]["tokens"]
-        if tokens < config.seq_length + 1:
-            raise UserError(
-                f"the {split} split has {tokens} tokens, fewer than seq_length + 1 = {config.seq_length + 1}: "
-                f"use a larger corpus, a larger valid fraction, or a shorter seq_length"
-            )
+        _check_split_length(config, metadata, split)
 
 
-def build_gpt_datasets(config: GPTDataConfig, train_samples: int, valid_samples: int | None = None) -> GPTDatasets:
+def _check_split_length(config: GPTDataConfig, metadata: dict, split: str) -> None:
+    tokens = metadata["splits"][split]["tokens"]
+    if tokens < config.seq_length + 1:
+        raise UserError(
+            f"the {split} split has {tokens} tokens, fewer than seq_length + 1 = {config.seq_length + 1}: "
+            f"use a larger corpus, a larger {split} fraction, or a shorter seq_length"
+        )
+
+
+def build_gpt_datasets(config: GPTDataConfig, train_samples: int, valid_samples: int | None = None,
+                       test_samples: int | None = None) -> GPTDatasets:
     """megatron-core GPTDatasets over a prepared directory.
 
     ``train_samples``: samples the training run will draw in total (epochs repeat as needed).
     ``valid_samples``: the same for validation; None builds exactly one pass over the valid split.
+    ``test_samples``: the same for the test split; None builds no test dataset (a directory without a test
+    split is then fine).
     Call on every rank when torch.distributed is initialized (the builder synchronizes them).
     """
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
@@ -116,13 +127,19 @@ def build_gpt_datasets(config: GPTDataConfig, train_samples: int, valid_samples:
         raise UserError(f"train_samples must be at least 1, got {train_samples}")
     if valid_samples is not None and valid_samples < 1:
         raise UserError(f"valid_samples must be at least 1 or None, got {valid_samples}")
+    if test_samples is not None and test_samples < 1:
+        raise UserError(f"test_samples must be at least 1 or None, got {test_samples}")
 
-    prefixes = {split: str(data_dir / split_prefix(split)) for split in SPLITS}
+    splits = SPLITS + (("test",) if test_samples is not None else ())
+    prefixes = {split: str(split_path(data_dir, metadata, split)) for split in splits}
+    if test_samples is not None:
+        _check_split_length(config, metadata, "test")
     tokenizer = _EodTokenizer(metadata["vocab_size"], metadata["eod"], _fingerprint(prefixes.values()))
     gpt_config = GPTDatasetConfig(
         random_seed=config.seed,
         sequence_length=config.seq_length,
-        blend_per_split=[([prefixes["train"]], None), ([prefixes["valid"]], None), None],
+        blend_per_split=[([prefixes["train"]], None), ([prefixes["valid"]], None),
+                         ([prefixes["test"]], None) if test_samples is not None else None],
         path_to_cache=str(config.cache_dir or data_dir / "cache"),
         tokenizer=tokenizer,
         reset_position_ids=config.reset_position_ids,
@@ -130,15 +147,17 @@ def build_gpt_datasets(config: GPTDataConfig, train_samples: int, valid_samples:
         eod_mask_loss=config.eod_mask_loss,
         create_attention_mask=config.create_attention_mask,
     )
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, valid_samples, None], lambda: True, gpt_config)
-    train, valid, _ = builder.build()
-    return GPTDatasets(train=train, valid=valid, metadata=metadata)
+    builder = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, valid_samples, test_samples], lambda: True,
+                                            gpt_config)
+    train, valid, test = builder.build()
+    return GPTDatasets(train=train, valid=valid, metadata=metadata, test=test)
 
 
 def hf_tokenizer_dir(data_dir: str | Path) -> Path | None:
     """The prepared directory's Hugging Face tokenizer (to ship with an exported model), or None if it has none."""
     metadata = read_metadata(data_dir)
-    return Path(data_dir) / metadata["tokenizer"]["path"] if metadata["tokenizer"].get("hf_tokenizer") else None
+    path = Path(os.path.normpath(Path(data_dir).absolute() / metadata["tokenizer"]["path"]))
+    return path if metadata["tokenizer"].get("hf_tokenizer") else None
 
 
 def _fingerprint(prefixes) -> str:

@@ -4,6 +4,8 @@ Output layout of ``out``::
 
     train_text_document.bin/.idx   megatron-core IndexedDataset, one sequence per document, EOD-terminated
     valid_text_document.bin/.idx
+    search_text_document.bin/.idx  (with search_fraction > 0) calibration / search split
+    test_text_document.bin/.idx    (with test_fraction > 0) the final held-out test split
     tokenizer/                     tokenizer.model (sentencepiece) and/or tokenizer.json + config (HF)
     dataset.json                   what was made and how: source, tokenizer, dtype, split sizes, seed
 
@@ -11,7 +13,18 @@ Everything is written into a temporary sibling directory that is renamed to ``ou
 an error removes it, so ``out`` is either the previous complete one or absent (a hard kill can leave a
 hidden ``.out.tmp-*`` sibling, never a half-written ``out``). The split is by document: a
 seeded permutation picks ``valid_fraction`` of them (at least one; the train split gets at least one
-too); each split keeps corpus order inside. A trained tokenizer sees only train documents.
+too), then ``search_fraction`` and ``test_fraction`` of them for the optional ``search`` and ``test``
+splits (at least one each when asked for); each split keeps corpus order inside. No document is in two
+splits. A trained tokenizer sees only train documents.
+
+Three held-out splits keep a search-then-pretrain run honest: the sub-network search (and importance
+calibration) chooses by perplexity on ``search``, training curves are measured on ``valid``, and the final
+number is measured once on ``test``; the selection never sees the data the result is reported on.
+
+A *view* (:func:`make_view`) is a directory holding only a ``dataset.json`` whose ``train`` / ``valid``
+entries point at splits of a prepared directory (``view_of``): commands that read a prepared directory's
+train and valid splits (importance calibration, the search objective) read the ``search`` split through
+a view without knowing about it.
 """
 
 from __future__ import annotations
@@ -37,6 +50,11 @@ from nemo_subnet.data.tokenizer import HFTokenizer, SentencePieceTokenizer, Text
 METADATA_FILE = "dataset.json"
 TOKENIZER_DIR = "tokenizer"
 SPLITS = ("train", "valid")
+"""The splits every prepared directory has (training reads ``train``, curves are measured on ``valid``)."""
+OPTIONAL_SPLITS = ("search", "test")
+"""Written when their fraction is > 0: ``search`` for importance calibration and the sub-network search,
+``test`` for the final number reported once."""
+ALL_SPLITS = SPLITS + OPTIONAL_SPLITS
 FORMAT_VERSION = 1
 
 
@@ -70,6 +88,10 @@ class PrepareConfig:
     max_docs: int | None = None
     max_bytes: int | None = None
     valid_fraction: float = 0.05
+    search_fraction: float = 0.0
+    """Share of documents for the ``search`` split (calibration and sub-network search); 0: no such split."""
+    test_fraction: float = 0.0
+    """Share of documents for the ``test`` split (the final, once-reported number); 0: no such split."""
     seed: int = 1234
     batch_docs: int = 256
     """Documents per tokenizer call (both backends parallelize inside a call)."""
@@ -96,6 +118,8 @@ class PreparedDataset:
     seed: int
     valid_fraction: float
     source: dict
+    search_fraction: float = 0.0
+    test_fraction: float = 0.0
     splits: dict[str, SplitStats] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -139,6 +163,13 @@ def _check_config(config: PrepareConfig) -> None:
         raise UserError("--vocab-size only applies with --train-tokenizer; a loaded tokenizer has its own")
     if not 0.0 < config.valid_fraction < 1.0:
         raise UserError(f"--valid-fraction must be in (0, 1), got {config.valid_fraction}")
+    for name in ("search_fraction", "test_fraction"):
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(config, name)}")
+    held_out = config.valid_fraction + config.search_fraction + config.test_fraction
+    if held_out >= 1.0:
+        raise UserError(f"--valid-fraction + --search-fraction + --test-fraction = {held_out:g} leaves no train "
+                        "documents: the three must sum to less than 1")
     if config.batch_docs < 1:
         raise UserError(f"batch size must be at least 1, got {config.batch_docs}")
 
@@ -149,9 +180,12 @@ def _prepare_into(config: PrepareConfig, source: Source, tmp: Path) -> PreparedD
         source, text_key=config.text_key, txt_per_line=config.txt_per_line,
         max_docs=config.max_docs, max_bytes=config.max_bytes, cache_dir=str(tmp / "hf_datasets_cache"),
     )
-    if len(corpus) < 2:
-        raise UserError(f"corpus has {len(corpus)} document: a train and a valid split need at least 2")
-    doc_ids = _split_documents(len(corpus), config.valid_fraction, config.seed)
+    fractions = {"valid": config.valid_fraction, "search": config.search_fraction, "test": config.test_fraction}
+    fractions = {split: f for split, f in fractions.items() if f > 0}
+    if len(corpus) < len(fractions) + 1:
+        raise UserError(f"corpus has {len(corpus)} documents: train and {', '.join(fractions)} splits need at least "
+                        f"{len(fractions) + 1} (one document each)")
+    doc_ids = _split_documents(len(corpus), fractions, config.seed)
 
     tokenizer = given or _train_tokenizer(config, corpus, doc_ids["train"])
     sample = corpus.select(doc_ids["train"][:16])["text"]  # checks the HF twin of a sentencepiece model on real text
@@ -165,8 +199,9 @@ def _prepare_into(config: PrepareConfig, source: Source, tmp: Path) -> PreparedD
     prepared = PreparedDataset(
         out=tmp, tokenizer=tok_info, vocab_size=tokenizer.vocab_size, eod=tokenizer.eod, dtype=dtype.name,
         seed=config.seed, valid_fraction=config.valid_fraction, source=source.describe(),
+        search_fraction=config.search_fraction, test_fraction=config.test_fraction,
     )
-    for split in SPLITS:
+    for split in (s for s in ALL_SPLITS if s in doc_ids):
         texts = corpus.select(doc_ids[split])
         prepared.splits[split] = _write_split(texts, tokenizer, dtype, tmp / split_prefix(split), config, split)
         prepared.splits[split].prefix = split_prefix(split)
@@ -176,11 +211,18 @@ def _prepare_into(config: PrepareConfig, source: Source, tmp: Path) -> PreparedD
     return prepared
 
 
-def _split_documents(num_docs: int, valid_fraction: float, seed: int) -> dict[str, list[int]]:
-    """Seeded document split; each split sorted so that files read in corpus order."""
-    num_valid = min(max(1, round(valid_fraction * num_docs)), num_docs - 1)
+def _split_documents(num_docs: int, fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Seeded document split: held-out splits take consecutive runs of one permutation (valid first, so a
+    directory prepared without search / test splits is split exactly as before), train the rest; each split
+    sorted so that files read in corpus order. Every held-out split gets at least one document, train too."""
     order = np.random.default_rng(seed).permutation(num_docs)
-    return {"train": sorted(order[num_valid:].tolist()), "valid": sorted(order[:num_valid].tolist())}
+    splits, begin = {}, 0
+    for split, fraction in fractions.items():
+        left = num_docs - begin - (len(fractions) - len(splits) - 1) - 1  # one for each later split and train
+        count = min(max(1, round(fraction * num_docs)), left)
+        splits[split] = sorted(order[begin:begin + count].tolist())
+        begin += count
+    return {"train": sorted(order[begin:].tolist()), **splits}
 
 
 def _load_given_tokenizer(config: PrepareConfig) -> TextTokenizer | None:
@@ -243,3 +285,34 @@ def read_metadata(data_dir: str | Path) -> dict:
     if metadata.get("format_version") != FORMAT_VERSION:
         raise UserError(f"{path} has format_version {metadata.get('format_version')}, this code reads {FORMAT_VERSION}")
     return metadata
+
+
+def split_path(data_dir: str | Path, metadata: dict, split: str) -> Path:
+    """The .bin/.idx prefix of ``split`` (its ``prefix`` entry, relative to ``data_dir``: a view's point into
+    the directory it views), or a UserError naming the splits there are."""
+    splits = metadata["splits"]
+    if split not in splits:
+        raise UserError(f"{data_dir} has no {split!r} split (it has {', '.join(splits)}): prepare it with "
+                        f"--{split}-fraction > 0" if split in OPTIONAL_SPLITS else
+                        f"{data_dir} has no {split!r} split (it has {', '.join(splits)})")
+    return Path(os.path.normpath(Path(data_dir).absolute() / (splits[split].get("prefix") or split_prefix(split))))
+
+
+def make_view(data_dir: str | Path, out: str | Path, *, train: str, valid: str) -> Path:
+    """A directory whose ``dataset.json`` serves ``data_dir``'s ``train`` split as its train split and ``valid``
+    as its valid split (e.g. both ``search``); written atomically, replacing a previous view. Its index caches
+    go to ``out/cache``; the token files are not copied."""
+    data_dir, out = Path(data_dir).absolute(), Path(out).absolute()
+    metadata = read_metadata(data_dir)
+    for split in (train, valid):
+        split_path(data_dir, metadata, split)  # exists, else one clear error
+    rel = lambda path: os.path.relpath(path, out)  # noqa: E731 -- the view keeps working when both move together
+    view = {**metadata, "view_of": rel(data_dir), "roles": {"train": train, "valid": valid},
+            "tokenizer": {**metadata["tokenizer"], "path": rel(data_dir / metadata["tokenizer"]["path"])},
+            "splits": {role: {**metadata["splits"][split], "prefix": rel(split_path(data_dir, metadata, split))}
+                       for role, split in (("train", train), ("valid", valid))}}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{METADATA_FILE}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(view, indent=2) + "\n")
+    tmp.replace(out / METADATA_FILE)
+    return out

@@ -128,6 +128,11 @@ class LoggingConfig:
     eval_iters: int = 4
     """Validation micro-batches in total, split over data-parallel ranks: the same eval_iters *
     micro_batch_size samples (a fixed prefix of the valid split) at any layout; a multiple of dp."""
+    eval_at_start: bool = False
+    """Also evaluate before the first step (step 0, the init itself), so a curve starts where the run starts."""
+    test_iters: int = 0
+    """Micro-batches of the data's ``test`` split evaluated once, when the run completes (``kind: test`` in
+    metrics.jsonl); 0: no test evaluation (the data need no test split). A multiple of dp."""
     tensorboard: bool = True
     progress: bool = True
     peak_flops: float | None = None

@@ -302,9 +302,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 
     if config.logging.eval_iters % runtime.dp:
         raise UserError(f"logging.eval_iters {config.logging.eval_iters} is not a multiple of data_parallel {runtime.dp}")
+    if config.logging.test_iters % runtime.dp:
+        raise UserError(f"logging.test_iters {config.logging.test_iters} is not a multiple of data_parallel {runtime.dp}")
     eval_samples = config.logging.eval_iters * data.micro_batch_size
+    test_samples = config.logging.test_iters * data.micro_batch_size or None  # None: no test dataset built
     datasets = build_gpt_datasets(_data_config(config, student_cfg), config.schedule.train_steps * data.global_batch_size,
-                                  eval_samples)
+                                  eval_samples, test_samples)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), runtime.dp
     train_iter = MicroBatchIterator(datasets.train, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
 
@@ -356,15 +359,19 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                                     optimizer_sharding=config.checkpoint.optimizer_sharding,
                                     tokenizer_dir=tokenizer_dir)
 
-    def evaluate() -> dict:
-        valid_iter = MicroBatchIterator(datasets.valid, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
-        batches = [_to_device(next(valid_iter), runtime.device) for _ in range(config.logging.eval_iters // dp_size)]
+    def evaluate(split: Literal["valid", "test"] = "valid") -> dict:
+        """Mean CE over the first eval_iters (test_iters) micro-batches of the valid (test) split: the same
+        samples at every evaluation and any layout. The search chose on the search split, never these."""
+        dataset, iters = (datasets.valid, config.logging.eval_iters) if split == "valid" else (
+            datasets.test, config.logging.test_iters)
+        split_iter = MicroBatchIterator(dataset, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
+        batches = [_to_device(next(split_iter), runtime.device) for _ in range(iters // dp_size)]
         ddp.eval()
         with torch.no_grad(), params_synced():
             logs = stepper.run(batches, forward_only=True, with_teacher=False)
         ddp.train()
-        record = {"kind": "valid", "step": step, "tokens": tokens, "valid_loss": logs["ce"],
-                  "valid_ppl": float(torch.tensor(logs["ce"]).exp())}
+        record = {"kind": split, "step": step, "tokens": tokens, f"{split}_loss": logs["ce"],
+                  f"{split}_ppl": float(torch.tensor(logs["ce"]).exp())}
         logger.log(record)
         return record
 
@@ -373,9 +380,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         from tqdm import tqdm
 
         progress = tqdm(total=config.schedule.train_steps, initial=step, unit="step", dynamic_ncols=True)
-    last_train, last_valid, last_saved, status = {}, {}, (latest if resume else None), "completed"
+    last_train, last_valid, last_test, last_saved, status = {}, {}, {}, (latest if resume else None), "completed"
     ddp.train()
     try:
+        if config.logging.eval_at_start and step == 0:  # the curve starts at the init itself
+            last_valid = evaluate()
         while step < config.schedule.train_steps:
             started = time.perf_counter()
             batches = [_to_device(next(train_iter), runtime.device) for _ in range(num_microbatches)]
@@ -415,6 +424,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                 break
         if status == "completed" and (not last_valid or last_valid["step"] != step):
             last_valid = evaluate()
+        if status == "completed" and config.logging.test_iters:  # reported once, at the end
+            last_test = evaluate("test")
         if (status == "preempted" or config.checkpoint.save_final) and (
                 last_saved is None or last_saved.name != ckpt.step_dir(run_dir, step).name):
             last_saved = save()
@@ -424,4 +435,4 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             progress.close()
         logger.close()
     return TrainResult(run_dir=run_dir, step=step, tokens=tokens, status=status, last_checkpoint=last_saved,
-                       final_metrics={**last_train, **last_valid, "kind": "final"})
+                       final_metrics={**last_train, **last_valid, **last_test, "kind": "final"})
