@@ -88,7 +88,7 @@ class MaskSlot:
         self.mask_active = False
         self.active_count = size
 
-    def _local_updates(self, local: torch.Tensor | None) -> list[BufferUpdate]:
+    def _local_updates(self, local: torch.Tensor | None, allow_empty: bool = False) -> list[BufferUpdate]:
         size = self.subnet_mask.numel()
         if local is None:
             host = torch.ones(size)
@@ -97,7 +97,7 @@ class MaskSlot:
         else:
             host = local.detach().to("cpu", torch.float32)  # free for the host masks set_subnet builds
         count = int(host.sum())
-        if count < 1:
+        if count < 1 and not allow_empty:
             raise ValueError("the mask keeps no entry; a sub-network keeps at least one of each dimension")
         self.mask_active = count < size
         self.active_count = count
@@ -158,7 +158,8 @@ class MaskedRowParallelLinear(MaskSlot, RowParallelLinear):
         self._init_mask(input_size // tp, self.weight.device)
 
     def mask_updates(self, mask: torch.Tensor | None) -> list[BufferUpdate]:
-        return self._local_updates(None if mask is None else tp_shard(mask))
+        # a TP rank may hold none of the kept heads / neurons: its partial sum is zero, the others' carry it
+        return self._local_updates(None if mask is None else tp_shard(mask), allow_empty=True)
 
     def forward(self, input_, *args, **kwargs):
         if self.static_graph or self.mask_active:

@@ -11,6 +11,7 @@ from nemo_subnet.conversion.sharding import global_state_from_model, load_global
 from nemo_subnet.models import build_gpt_model
 from nemo_subnet.models.inference import forward_logits
 from nemo_subnet.models.tiny_hf import FAMILY_VARIANTS, make_hf_model
+from nemo_subnet.runtime import compute_device
 from nemo_subnet.subnet.config import SubnetConfig
 from nemo_subnet.subnet.extract import extract_model_config, extract_state
 from nemo_subnet.subnet.params import count_parameters, subnet_parameters
@@ -81,8 +82,9 @@ def test_masked_weights_get_exactly_zero_gradient(variant, megatron_runtime):
         resolved = supernet.set_subnet(subnet)
         supernet.train()
         supernet.zero_grad(set_to_none=True)
-        tokens = torch.randint(0, cfg.vocab_size, (2, 10))
-        position_ids = torch.arange(10).expand(2, 10)
+        device = compute_device()
+        tokens = torch.randint(0, cfg.vocab_size, (2, 10), device=device)
+        position_ids = torch.arange(10, device=device).expand(2, 10)
         logits = supernet(tokens, position_ids, attention_mask=None)[..., : cfg.vocab_size]
         (logits.float().pow(2).mean()).backward()
         # Which entries the sub-network keeps is read off extraction applied to entry ids, an
@@ -96,7 +98,7 @@ def test_masked_weights_get_exactly_zero_gradient(variant, megatron_runtime):
             kept[old_name] = set(tensor.flatten().long().tolist())
         for name, param in supernet.named_parameters():
             grad = param.grad if param.grad is not None else torch.zeros_like(param)
-            flat = grad.flatten()
+            flat = grad.flatten().cpu()  # compared on the host with host index sets
             masked = torch.ones(flat.numel(), dtype=torch.bool)
             masked[list(kept.get(name, ()))] = False
             if "word_embeddings" in name or "output_layer" in name:
