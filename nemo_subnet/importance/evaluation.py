@@ -103,10 +103,11 @@ def _all_reduce(values: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
 @torch.no_grad()
 def evaluate_loss(model, cfg: ModelConfig, data: EvalData) -> float:
     """Mean per-token cross entropy (nats) over all DP ranks' batches; the same value on every rank."""
-    from nemo_subnet.training.distill import cross_entropy
+    from nemo_subnet.training.distill import LMOutput, cross_entropy
 
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)  # [loss sum, tokens]
+    device = compute_device()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # [loss sum, tokens]: on the device, no sync per micro-batch
 
     def forward_step(data_iterator, step_model):
         batch = next(data_iterator)
@@ -114,9 +115,10 @@ def evaluate_loss(model, cfg: ModelConfig, data: EvalData) -> float:
 
         def loss_func(logits):  # [b, s, v_local]
             mask = batch["loss_mask"].float()
-            ce = cross_entropy(logits.float(), batch["labels"], cfg.vocab_size)  # [b, s]
-            sums[0] += (ce * mask).sum().double().cpu()
-            sums[1] += mask.sum().double().cpu()
+            n_tokens = mask.sum()
+            mean = cross_entropy(LMOutput(logits.float()), batch["labels"], mask, cfg.vocab_size)
+            sums[0] += (mean * n_tokens).double()
+            sums[1] += n_tokens.double()
             return logits.sum() * 0.0, {}
 
         return output, loss_func
@@ -125,8 +127,7 @@ def evaluate_loss(model, cfg: ModelConfig, data: EvalData) -> float:
         forward_step_func=forward_step, data_iterator=iter(data.batches), model=[model],
         num_microbatches=len(data.batches), seq_length=data.seq_length, micro_batch_size=data.micro_batch_size,
         forward_only=True)
-    device = compute_device()
-    sums = _all_reduce(sums.to(device)).cpu()
+    sums = _all_reduce(sums).cpu()
     if sums[1] <= 0:
         from nemo_subnet.cli import UserError
 
