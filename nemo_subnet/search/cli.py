@@ -31,6 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--val-batches", type=int, default=8, help="validation micro-batches per candidate (global)")
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--micro-batch-size", type=int, default=4)
+    p.add_argument("--compile", action="store_true",
+                   help="compile the super-network once in its static-graph mode (no recompilation per candidate)")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
@@ -52,7 +54,8 @@ def _search(args: argparse.Namespace) -> int:
         budget=None if args.budget is None else Budget(args.budget, args.tolerance),
         strategy=args.strategy, evaluations=args.evaluations, seed=args.seed, scores=args.scores,
         layer_metric=LayerMetric(args.layer_metric), strategy_config=StrategyConfig(population=args.population),
-        eval=EvalConfig(batches=args.val_batches, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size),
+        eval=EvalConfig(batches=args.val_batches, seq_length=args.seq_length, micro_batch_size=args.micro_batch_size,
+                        compile=args.compile),
         tp=args.tp, pp=args.pp, overwrite=args.overwrite, progress=not args.no_progress, plots=not args.no_plots)
     try:
         result = run_search(config)

@@ -24,7 +24,7 @@ from nemo_subnet.conversion.adapters import adapter_for_model_type  # noqa: E402
 from nemo_subnet.conversion.sharding import load_global_state  # noqa: E402
 from nemo_subnet.models.tiny_hf import make_hf_model  # noqa: E402
 from nemo_subnet.runtime import compute_device, init_runtime  # noqa: E402
-from nemo_subnet.subnet.supernet import build_supernet  # noqa: E402
+from nemo_subnet.subnet.supernet import build_supernet, compile_supernet  # noqa: E402
 
 
 class CountingBackend:
@@ -57,9 +57,11 @@ def main() -> None:
     load_global_state(supernet, cfg, adapter.hf_to_megatron(cfg, hf.state_dict().__getitem__))
     supernet.eval()
     static = args.mode == "static"
-    supernet.set_static_graph(static)
     backend = CountingBackend(args.backend)
-    compiled = torch.compile(supernet, backend=backend)
+    if static:
+        compiled = compile_supernet(supernet, backend=backend)  # in place: the module itself is compiled
+    else:
+        compiled = torch.compile(supernet, backend=backend)
 
     device = compute_device()
     tokens = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)).to(device)
@@ -73,13 +75,35 @@ def main() -> None:
             out = compiled(tokens, position_ids, attention_mask=None)  # [b, s, V]
             graphs.append(backend.graphs)
             supernet.set_static_graph(False)  # reference: the eager masked path, uncompiled
-            reference = supernet(tokens, position_ids, attention_mask=None)
+            reference = supernet.forward(tokens, position_ids, attention_mask=None)  # forward: no compiled __call__
             supernet.set_static_graph(static)
             worst = max(worst, (out - reference).abs().max().item())
     from torch._dynamo.utils import counters
 
-    print(json.dumps({"graphs_per_candidate": graphs, "dynamo_unique_graphs": counters["stats"]["unique_graphs"],
-                      "worst_diff": worst, "depths": sorted(depths)}))
+    result = {"graphs_per_candidate": graphs, "dynamo_unique_graphs": counters["stats"]["unique_graphs"],
+              "worst_diff": worst, "depths": sorted(depths)}
+    if static:
+        result["objective"] = _objective_check(supernet, cfg, backend, rng)
+    print(json.dumps(result))
+
+
+def _objective_check(supernet, cfg, backend, rng) -> dict:
+    """The search objective (Megatron's forward-only schedule) on the model compiled in place: perplexities
+    equal the uncompiled ones, and no candidate after the first compiles anything."""
+    from nemo_subnet.importance.evaluation import random_batches
+    from nemo_subnet.search.objective import SupernetPerplexity
+
+    data = random_batches(cfg.vocab_size, num_batches=2, seq_length=12, micro_batch_size=2, seed=1)
+    objective = SupernetPerplexity(supernet, cfg, data)
+    subnets = [random_subnet(cfg, rng, KINDS[i % len(KINDS)]) for i in range(4)]
+    compiled, graphs = [], []
+    for subnet in subnets:
+        compiled.append(objective(subnet))
+        graphs.append(backend.graphs)
+    with torch.compiler.set_stance("force_eager"):
+        supernet.set_static_graph(False)
+        eager = [objective(subnet) for subnet in subnets]
+    return {"graphs": graphs, "compiled_ppl": compiled, "eager_ppl": eager}
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ def test_static_graph_compiles_once_for_many_subnets(variant):
     assert result["dynamo_unique_graphs"] == graphs[0]
     assert len(result["depths"]) > 1, "the candidates must vary the depth"
     assert result["worst_diff"] <= 1e-5, result
+    objective = result["objective"]  # the search objective through Megatron's schedule, model compiled in place
+    assert objective["graphs"][-1] == objective["graphs"][0], objective
+    torch.testing.assert_close(torch.tensor(objective["compiled_ppl"]), torch.tensor(objective["eager_ppl"]),
+                               rtol=1e-5, atol=0.0)
 
 
 def test_eager_branches_recompile_per_subnet():
@@ -84,3 +88,24 @@ def test_static_graph_full_config_matches_plain_model(variant, megatron_runtime)
     # Not bitwise: the static norms compute their statistics with a tensor count, not the fused kernel.
     torch.testing.assert_close(forward_logits(supernet, cfg, tokens), forward_logits(plain, cfg, tokens),
                                rtol=0, atol=1e-5)
+
+
+@pytest.mark.distributed
+def test_static_graph_under_tp2_pp2_equals_extracted(tmp_path, megatron_runtime):
+    """Each TP rank's mask-buffer shards and each pipeline stage's depth gates (static mode) give the
+    extracted model's logits, as the eager mode does (test_equivalence_distributed.py)."""
+    from masked_worker import sample_configs
+    from torchrun_utils import run_torchrun
+
+    from nemo_subnet.subnet.config import resolve
+
+    variants, configs, out = ("llama", "gpt_neox"), 6, tmp_path / "logits.pt"
+    run_torchrun(str(Path(__file__).with_name("static_masked_worker.py")), 4, "--tp", "2", "--pp", "2",
+                 "--variants", ",".join(variants), "--configs", str(configs), "--out", str(out))
+    saved = torch.load(out)
+    for variant in variants:
+        cfg, _, state = _supernet(variant)
+        for subnet, masked in zip(sample_configs(cfg, variant, configs), saved["logits"][variant], strict=True):
+            sub_cfg, model = _extracted(cfg, resolve(cfg, subnet), state)
+            torch.testing.assert_close(masked, forward_logits(model, sub_cfg, saved["tokens"]).cpu(), rtol=0, atol=1e-4,
+                                       msg=f"{variant} {subnet}")
