@@ -22,11 +22,30 @@ import torch
 from megatron.core import tensor_parallel
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient.
+
+    megatron's ``copy_to_tensor_model_parallel_region`` backward all-reduces ``grad.contiguous()`` and returns
+    the original ``grad``: a non-contiguous gradient would silently skip the TP all-reduce. The output
+    layer's own matmul always produced a contiguous one; here GPTModel's ``[s, b, h] -> [b, s, h]``
+    transpose after the output layer hands back a transposed (non-contiguous) gradient."""
+
+    @staticmethod
+    def forward(ctx, input_):
+        return input_.view_as(input_)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 def _hidden_forward(layer, input_, weight=None, runtime_gather_output=None):
     if layer.sequence_parallel:
+        # megatron's output layer all-gathers the sequence (backward: reduce-scatter of the partial grads)
         hidden = tensor_parallel.gather_from_sequence_parallel_region(input_, tensor_parallel_output_grad=True)
     else:
-        hidden = tensor_parallel.copy_to_tensor_model_parallel_region(input_)
+        hidden = tensor_parallel.copy_to_tensor_model_parallel_region(input_)  # backward: all-reduce over TP
+    hidden = _ContiguousGrad.apply(hidden)
     # through __dict__: nn.Module would register a Parameter attribute as a second parameter
     layer.__dict__["deferred_weight"] = layer.weight if weight is None else weight  # [V/tp, h]
     return hidden, None  # [s, b, h]
