@@ -4,8 +4,13 @@ Reads only files the stages wrote (``.stages/*.json`` markers, ``search/results.
 ``metrics.jsonl``, ``export/generation.txt``, and ``parity.json`` when the demo ran its conversion check),
 so a report can be rebuilt at any time: ``python -m nemo_subnet.report OUT_DIR``.
 
+Splits: the search chose the student on the ``search`` split; the curves here are on ``valid`` (from step 0,
+the init itself); the final numbers are on ``test``, measured once at the end of each run. No split is
+shared (see pipeline/stages.py).
+
 Tokens-to-target: the target is the random-init baseline's final validation perplexity; the tokens each
-run needs to reach it are interpolated linearly between its validation points (None: never reached).
+run needs to reach it come from :mod:`nemo_subnet.training.tokens_to_target` (linear interpolation between
+validation points; None: never reached).
 """
 
 from __future__ import annotations
@@ -16,24 +21,22 @@ from pathlib import Path
 
 
 def read_metrics(run_dir: Path, kind: str = "valid") -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("kind") == kind]
+    """Records of one kind from a run's metrics.jsonl; [] when the run has none (a stage that did not run)."""
+    from nemo_subnet.training.metrics import METRICS_FILE, read_metrics as read
+
+    return read(run_dir, kind) if (Path(run_dir) / METRICS_FILE).is_file() else []
 
 
-def tokens_to_reach(points: list[tuple[float, float]], target: float) -> float | None:
-    """First token count at which a (tokens, ppl) curve reaches ``target``, linearly interpolated."""
-    prev = None
-    for tokens, ppl in points:
-        if ppl <= target:
-            if prev is None or prev[1] == ppl:
-                return float(tokens)
-            t0, p0 = prev
-            return t0 + (p0 - target) / (p0 - ppl) * (tokens - t0)
-        prev = (tokens, ppl)
-    return None
+def _curve(run_dir: Path) -> list[tuple[int, float]]:
+    from nemo_subnet.training.tokens_to_target import validation_curve
+
+    return validation_curve(run_dir) if read_metrics(run_dir) else []
+
+
+def test_ppl(run_dir: Path) -> float | None:
+    """The run's test perplexity (measured once, at its end), or None."""
+    rows = read_metrics(run_dir, "test")
+    return rows[-1]["test_ppl"] if rows else None
 
 
 def _marker(out: Path, name: str) -> dict:
@@ -132,14 +135,17 @@ def _describe(subnet: dict) -> str:
 
 def student_comparison(out: Path) -> dict:
     """Per-evaluation comparison of the KD student and the random-init baseline, and tokens-to-target."""
-    distill = [(r["tokens"], r["valid_ppl"]) for r in read_metrics(out / "distill")]
-    baseline = [(r["tokens"], r["valid_ppl"]) for r in read_metrics(out / "baseline")]
+    from nemo_subnet.training.tokens_to_target import tokens_at
+
+    distill, baseline = _curve(out / "distill"), _curve(out / "baseline")
     base_at = dict(baseline)
     rows = [[int(t), p, base_at.get(t), None if t not in base_at else base_at[t] / p] for t, p in distill]
     target = baseline[-1][1] if baseline else None
-    reach = {name: tokens_to_reach(points, target) if target else None
+    reach = {name: tokens_at(points, target) if target else None
              for name, points in (("subnet init + KD", distill), ("random init", baseline))}
-    return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach}
+    test = {"subnet init + KD": test_ppl(out / "distill"), "random init": test_ppl(out / "baseline"),
+            "teacher": test_ppl(out / "teacher")}
+    return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach, "test": test}
 
 
 def write_report(out: Path, report_dir: Path, config=None) -> dict:
@@ -167,9 +173,10 @@ def write_report(out: Path, report_dir: Path, config=None) -> dict:
         sections += [f"Teacher: {_fmt(teacher_params)} parameters, final validation perplexity "
                      f"{_fmt(teacher.get('valid_ppl'))}. Budget: {_fmt(lo)}–{_fmt(hi)} parameters; "
                      f"{search['strategy']} search over a {search['space']['granularity']} space, "
-                     f"{len(candidates)} sub-networks evaluated by the validation perplexity of the masked teacher.", ""]
+                     f"{len(candidates)} sub-networks evaluated by the perplexity of the masked teacher on the search "
+                     "split (held out from training, validation and test).", ""]
         best = sorted(candidates, key=lambda c: c["objective"])[:5]
-        sections += [_table(["rank", "parameters", "fraction of teacher", "valid ppl (masked teacher)", "sub-network"],
+        sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl (masked teacher)", "sub-network"],
                             [[i + 1, c["params"], c["params"] / teacher_params if teacher_params else None,
                               c["objective"], _describe(c["subnet"])] for i, c in enumerate(best)]), ""]
         _plot_search(candidates, (lo + hi) / 2, report_dir / "search.png")
@@ -181,21 +188,21 @@ def write_report(out: Path, report_dir: Path, config=None) -> dict:
     cmp = student_comparison(out)
     sections += ["## Student pretraining at equal tokens", "",
                  "Both students see the same data in the same order for the same number of tokens; "
-                 "lower perplexity is better.", ""]
+                 "lower perplexity is better. Curves are on the valid split and start at step 0 (the init itself).",
+                 ""]
     sections += [_table(["tokens", "subnet init + KD ppl", "random init ppl", "random / KD"], cmp["rows"]), ""]
     sections += ["### Tokens to target", "",
                  f"Target: the random-init student's final validation perplexity ({_fmt(cmp['target'])}).", ""]
     reach = cmp["reach"]
     base_tokens = reach.get("random init")
-    first = {"subnet init + KD": cmp["distill"][0][0] if cmp["distill"] else None}
     rows = []
     for name, t in reach.items():
-        bound = t is not None and first.get(name) == t  # reached at its first evaluation: an upper bound
-        rows.append([name, None if t is None else ("≤ " if bound else "") + f"{int(t):,}",
-                     None if (t is None or not base_tokens) else ("≥ " if bound else "") + f"{base_tokens / t:.2f}x"])
+        ratio = None if (t is None or not base_tokens) else ("init already below target" if t == 0 else
+                                                              f"{base_tokens / t:.2f}x")
+        rows.append([name, None if t is None else f"{int(t):,}", ratio])
     sections += [_table(["run", "tokens to target", "fewer tokens than random init"], rows), ""]
-    if any(r[1] and str(r[1]).startswith("≤") for r in rows):
-        sections += ["(≤ / ≥: the KD student was already below the target at its first evaluation.)", ""]
+    sections += ["### Test perplexity (test split, measured once at the end of each run)", "",
+                 _table(["run", "test ppl"], [[name, "—" if ppl is None else ppl] for name, ppl in cmp["test"].items()]), ""]
     _plot_curves({"subnet init + KD": cmp["distill"], "random init": cmp["baseline"]}, cmp["target"],
                  teacher.get("valid_ppl"), report_dir / "students.png")
     sections += ["![students](students.png)", ""]

@@ -38,6 +38,17 @@ class DataSpec:
     max_bytes: int | None = 400_000
     """Keep only a prefix of the corpus of about this many bytes (None: all)."""
     valid_fraction: float = 0.1
+    """Documents held out for the training curves (``valid``)."""
+    search_fraction: float | None = None
+    """Documents held out for importance calibration and the sub-network search (``search``); None: as
+    valid_fraction. The search chooses on these and never sees valid or test."""
+    test_fraction: float | None = None
+    """Documents held out for the final number, measured once per run (``test``); None: as valid_fraction."""
+
+    def fractions(self) -> tuple[float, float, float]:
+        """(valid, search, test) fractions with the defaults resolved."""
+        return (self.valid_fraction, self.valid_fraction if self.search_fraction is None else self.search_fraction,
+                self.valid_fraction if self.test_fraction is None else self.test_fraction)
 
 
 @dataclass
@@ -54,6 +65,8 @@ class TrainSpec:
     eval_every: int = 5
     """Validation every N steps: the points of the tokens-to-target curves."""
     eval_iters: int = 2
+    test_iters: int = 4
+    """Micro-batches of the test split evaluated once when the run ends (the number the report gives)."""
     tp: int = 1
     pp: int = 1
     checkpoint_every: int | None = None
@@ -96,6 +109,11 @@ class DistillSpec:
     temperature: float = 1.0
     baseline_kd: bool = False
     """Distill the random-init baseline too (isolates the init); default: plain pretraining, as in the paper."""
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    beta_jsd: float = 0.5
+    """JSD skew (0: forward KL, 1: reverse KL)."""
+    top_k: int | None = None
+    """Distill against the teacher's renormalised top-k only (None: the full distribution)."""
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Writes the search space to ``<out>/search/space.yaml`` and runs the search into ``<out>/search``:
 ``best.yaml`` (what ``extract`` slices), ``candidates.jsonl`` (every evaluated sub-network with its
-parameters and validation perplexity, for the report), ``summary.json``, plots.
+parameters and perplexity on the search split, for the report), ``summary.json``, plots. The objective reads
+only the search split (``stages.search_data``), never the valid or test splits the students are measured on.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def run_search_stage(ctx: StageContext, teacher_ckpt: Path) -> dict:
     tmp = space.with_name(f".space.{os.getpid()}.yaml")
     tmp.write_text(yaml.safe_dump({"granularity": s.granularity, "ordering": "importance", "round_to": s.round_to}))
     tmp.replace(space)
-    ctx.cli("search", "--ckpt", teacher_ckpt, "--data", ctx.path("data"), "--space", space, "--out", ctx.dir,
+    from nemo_subnet.pipeline.stages import search_data
+
+    ctx.cli("search", "--ckpt", teacher_ckpt, "--data", search_data(ctx.out), "--space", space, "--out", ctx.dir,
             "--budget", s.param_fraction, "--tolerance", s.tolerance, "--strategy", s.strategy,
             "--evaluations", s.evaluations, "--population", s.population, "--seed", s.seed,
             "--scores", ctx.path("importance") / "scores.safetensors", "--val-batches", s.eval_batches,

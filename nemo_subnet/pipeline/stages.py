@@ -9,6 +9,11 @@
 
 ``teacher`` imports ``hf_model`` when one is given, else pretrains ``config.teacher`` on the data.
 Each stage writes ``<out_dir>/<stage>/``; see runner.py for completion markers and reuse.
+
+Data splits (disjoint documents, made once by ``data``): students and the teacher train on ``train``; their
+curves are measured on ``valid`` (from step 0, the init itself); importance calibration and the search's
+objective read only ``search`` (through the view ``data/search_view``, whose train and valid are both the
+search split); every training run measures ``test`` once at its end, and the report's final numbers are those.
 """
 
 from __future__ import annotations
@@ -31,6 +36,15 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return found
 
 
+SEARCH_VIEW = "search_view"
+"""``data/search_view``: the search split served as a prepared directory's train and valid splits."""
+
+
+def search_data(out: Path) -> Path:
+    """What importance and search read: only the search split (see the module docstring)."""
+    return Path(out) / "data" / SEARCH_VIEW
+
+
 MODEL = "model"
 """Every model-producing stage leaves a plain model checkpoint in ``<stage>/model``."""
 
@@ -45,22 +59,32 @@ def _write_yaml(path: Path, data: dict) -> Path:
     return path
 
 
-def _train(ctx: StageContext, spec: TrainSpec, init: dict, teacher: Path | None) -> dict:
-    """Write the run YAML for one training run into <out>/configs and run ``nemo-subnet train``."""
-    c = ctx.config
+def train_run(config: PipelineConfig, spec: TrainSpec, run_dir: Path, data_dir: Path, init: dict,
+              teacher: Path | None, *, seed: int | None = None) -> dict:
+    """The ``nemo-subnet train`` run YAML (as a dict) of one pipeline training run; the study builds its runs
+    with it too. Curves start at step 0 (the init) on the valid split; the test split is measured once."""
     run = {
-        "run_dir": str(ctx.dir), "init": init, "seed": c.seed,
-        "data": {"path": str(ctx.path("data")), "seq_length": spec.seq_length,
+        "run_dir": str(run_dir), "init": init, "seed": config.seed if seed is None else seed,
+        "data": {"path": str(data_dir), "seq_length": spec.seq_length,
                  "micro_batch_size": spec.micro_batch_size, "global_batch_size": spec.global_batch_size},
         "optimizer": {"lr": spec.lr, "min_lr": spec.min_lr},
         "schedule": {"train_steps": spec.steps, "warmup_steps": spec.warmup_steps},
         "checkpoint": {"every_steps": spec.checkpoint_every or max(spec.steps // 4, 1), "keep_last": 1},
-        "logging": {"eval_every": spec.eval_every, "eval_iters": spec.eval_iters, "log_every": 1},
+        "logging": {"eval_every": spec.eval_every, "eval_iters": spec.eval_iters, "log_every": 1,
+                    "eval_at_start": True, "test_iters": spec.test_iters},
         "parallel": {"tp": spec.tp, "pp": spec.pp},
     }
     if teacher is not None:
-        run["distill"] = {"teacher": str(teacher), "alpha_ce": c.distill.alpha_ce, "beta_kd": c.distill.beta_kd,
-                          "temperature": c.distill.temperature}
+        d = config.distill
+        run["distill"] = {"teacher": str(teacher), "alpha_ce": d.alpha_ce, "beta_kd": d.beta_kd,
+                          "temperature": d.temperature, "divergence": d.divergence, "beta_jsd": d.beta_jsd,
+                          "top_k": d.top_k}
+    return run
+
+
+def _train(ctx: StageContext, spec: TrainSpec, init: dict, teacher: Path | None) -> dict:
+    """Write the run YAML for one training run into <out>/configs and run ``nemo-subnet train``."""
+    run = train_run(ctx.config, spec, ctx.dir, ctx.path("data"), init, teacher)
     path = _write_yaml(ctx.out / "configs" / f"{ctx.stage.name}.yaml", run)
     ctx.cli("train", "--config", path, *(["--resume"] if ctx.resume else []))
     if ctx.is_main:  # weights only, for the stages that read this model
@@ -69,16 +93,20 @@ def _train(ctx: StageContext, spec: TrainSpec, init: dict, teacher: Path | None)
 
 
 def final_valid(run_dir: Path) -> dict:
+    """The last validation point and the once-measured test perplexity of a training run."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     valid = [r for r in rows if r.get("kind") == "valid"]
-    return {"tokens": valid[-1]["tokens"], "valid_ppl": valid[-1]["valid_ppl"]} if valid else {}
+    test = [r for r in rows if r.get("kind") == "test"]
+    out = {"tokens": valid[-1]["tokens"], "valid_ppl": valid[-1]["valid_ppl"]} if valid else {}
+    return {**out, "test_ppl": test[-1]["test_ppl"]} if test else out
 
 
 # --- stages --------------------------------------------------------------------------------------
 def data(ctx: StageContext) -> dict:
     c = ctx.config
+    valid, search_, test = c.data.fractions()
     args = ["data", "prepare", "--input", *c.data.inputs, "--out", ctx.dir, "--text-key", c.data.text_key,
-            "--valid-fraction", c.data.valid_fraction, "--seed", c.seed]
+            "--valid-fraction", valid, "--search-fraction", search_, "--test-fraction", test, "--seed", c.seed]
     if c.data.max_bytes:
         args += ["--max-bytes", c.data.max_bytes]
     if c.hf_model:
@@ -86,6 +114,9 @@ def data(ctx: StageContext) -> dict:
     else:
         args += ["--train-tokenizer", "sentencepiece", "--vocab-size", c.data.vocab_size]
     ctx.cli(*args)
+    from nemo_subnet.data import make_view
+
+    make_view(ctx.dir, search_data(ctx.out), train="search", valid="search")
     meta = json.loads((ctx.dir / "dataset.json").read_text())
     return {"vocab_size": meta["vocab_size"], "tokens": {k: v["tokens"] for k, v in meta["splits"].items()}}
 
@@ -117,7 +148,7 @@ def importance(ctx: StageContext) -> dict:
     c, spec = ctx.config, ctx.config.teacher_train
     ctx.dir.mkdir(parents=True, exist_ok=True)
     micro = 4
-    ctx.cli("importance", "--ckpt", teacher_checkpoint(ctx), "--data", ctx.path("data"),
+    ctx.cli("importance", "--ckpt", teacher_checkpoint(ctx), "--data", search_data(ctx.out),
             "--out", ctx.dir / "scores.safetensors", "--batches", c.search.calibration_batches,
             "--seq-length", spec.seq_length, "--micro-batch-size", micro, "--seed", c.seed,
             "--tp", c.search.tp, "--pp", c.search.pp)

@@ -42,8 +42,11 @@ def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     return sorted((r["tokens"], r["valid_ppl"]) for r in by_step.values())
 
 
-def tokens_at(curve: list[tuple[int, float]], target: float) -> float | None:
-    """Tokens where the linearly interpolated curve first reaches ``target``; None if it never does."""
+def tokens_at(curve: list[tuple[float, float]], target: float) -> float | None:
+    """Tokens where the linearly interpolated curve first reaches ``target``; None if it never does.
+
+    The one implementation of the crossing: the pipeline report and the study use it too, and with (FLOPs,
+    ppl) points it gives compute-to-target (any x that grows along the curve)."""
     for i, (tokens, ppl) in enumerate(curve):
         if ppl <= target:
             if i == 0:
