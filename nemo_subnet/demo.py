@@ -2,9 +2,11 @@
 
 Nothing is downloaded. The corpus is this Python's standard library; a sentencepiece tokenizer is trained
 on it; a ~3.5M-parameter Llama-style teacher is pretrained here; importance scoring and an evolutionary
-search pick the best ~1/3-size sub-network of it by validation perplexity; the sub-network is extracted and
-pretrained with knowledge distillation from the teacher, next to a random-init student of the same shape
-on the same tokens; the KD student is exported to Hugging Face format and generates with transformers;
+search pick the best ~1/3-size sub-network of it by perplexity on a held-out search split; the sub-network
+is extracted and pretrained with knowledge distillation from the teacher, next to a random-init student of
+the same shape on the same tokens (both curves on the valid split from step 0, the init itself; the final
+numbers on the test split, measured once; the search never sees either); the KD student is exported to
+Hugging Face format and generates with transformers;
 ``<out>/report/report.md`` holds the tables and plots. First, as the foundation check, every supported HF
 family goes HF -> Megatron -> HF on tiny random models (``<out>/parity.json``).
 
@@ -34,7 +36,9 @@ def demo_config(out: str):
         out_dir=out,
         teacher=TeacherModel(family="llama", hidden_size=192, num_layers=6, num_attention_heads=6, num_query_groups=3,
                              ffn_hidden_size=512, max_position_embeddings=256),
-        data=DataSpec(inputs=["stdlib"], vocab_size=2048, max_bytes=4_000_000, valid_fraction=0.05),
+        # three disjoint held-out splits: search (importance + search), valid (the curves), test (reported once)
+        data=DataSpec(inputs=["stdlib"], vocab_size=2048, max_bytes=4_000_000, valid_fraction=0.05,
+                      search_fraction=0.05, test_fraction=0.05),
         # ~410k tokens: a few minutes; the teacher only has to be clearly better than what a student gets
         teacher_train=TrainSpec(steps=200, seq_length=256, micro_batch_size=4, global_batch_size=8, lr=2e-3,
                                 min_lr=2e-4, warmup_steps=20, eval_every=50, eval_iters=4),
@@ -42,7 +46,7 @@ def demo_config(out: str):
                           population=10, calibration_batches=8, eval_batches=4),
         # both students: 120 steps x 2048 tokens, the same samples in the same order
         student_train=TrainSpec(steps=120, seq_length=256, micro_batch_size=4, global_batch_size=8, lr=2e-3,
-                                min_lr=2e-4, warmup_steps=10, eval_every=20, eval_iters=4),
+                                min_lr=2e-4, warmup_steps=10, eval_every=20, eval_iters=4, test_iters=8),
         distill=DistillSpec(alpha_ce=0.0, beta_kd=1.0, temperature=1.0),
         generate_prompt="def read_config(path):\n",
     )
