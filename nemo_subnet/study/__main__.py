@@ -1,0 +1,56 @@
+"""``python -m nemo_subnet.study [--preset full|mini] [--out DIR] [--seeds 1 2 3] [--rows NAME ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nemo_subnet.study.config import PRESETS
+
+    parser = argparse.ArgumentParser(prog="python -m nemo_subnet.study", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--out", help="study directory (default: the preset's)")
+    parser.add_argument("--results", type=Path, help="where study.csv/.md/.png go (default: <out>/report)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the preset's)")
+    parser.add_argument("--rows", nargs="+", help="only these rows (default: all)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    import dataclasses
+
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.study.report import write_report
+    from nemo_subnet.study.run import run_study
+
+    config = PRESETS[args.preset]()
+    changes = {k: v for k, v in (("out_dir", args.out), ("seeds", args.seeds)) if v}
+    config = dataclasses.replace(config, **changes)
+    known = [r.name for r in config.rows()]
+    if args.rows and set(args.rows) - set(known):
+        print(f"study: error: unknown rows {sorted(set(args.rows) - set(known))}; rows: {', '.join(known)}",
+              file=sys.stderr)
+        return 2
+    begin = time.perf_counter()
+    try:
+        rows = run_study(config, rows=args.rows)
+    except UserError as err:
+        print(f"study: error: {err}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - begin
+    results = args.results or Path(config.out_dir) / "report"
+    if not any(r["row"] == "random_ce" for r in rows):
+        print("study: the report needs the random_ce row (the reference); rows done: "
+              + ", ".join(r["row"] for r in rows))
+        return 0
+    write_report(rows, results, wall)
+    print(f"study: {len(rows)} rows in {wall / 60:.1f} min -> {results / 'study.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""What a study measures: one teacher, one student token budget, rows of (init, loss), seeds; two presets.
+
+Rows (``study_rows``), each trained with ``seeds`` training seeds at the same token budget unless noted:
+
+- baselines: ``random_ce`` (random init, CE), ``random_ce_long`` (the same, ``long_factor`` x the tokens: its
+  curve shows whether the target is meaningful), ``random_kd`` (random init + KD);
+- initialisations at the main budget, each with CE only (``*_ce``) and with KD (``*_kd``): ``firstk`` (the
+  first k units of the importance pick's architecture), ``minitron`` (importance-ordered: top units by
+  activation importance, layers by cosine importance, the architecture with the most importance mass under
+  the budget: the proxy strategy, one evaluation), ``randsearch`` and ``evosearch`` (random / evolutionary
+  search with the same number of evaluations on the search split);
+- KD variants on the evolutionary init: top-k 8 and 64 (forward KL on the renormalised top-k), reverse KL,
+  JSD (forward KL is ``evosearch_kd``);
+- granularity: evolutionary search + KD in each of the four spaces at two budgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nemo_subnet.pipeline.config import DataSpec, PipelineConfig, SearchSpec, TeacherModel, TrainSpec
+
+GRANULARITIES = ("coarse_uniform", "fine_uniform", "coarse_layerwise", "fine_layerwise")
+
+
+@dataclass(frozen=True)
+class Init:
+    """How a student's weights start: random, or a sub-network of the teacher found one way."""
+
+    kind: Literal["random", "firstk", "minitron", "random_search", "evolutionary"]
+    granularity: str = "fine_uniform"
+    budget: float = 0.34
+
+    @property
+    def name(self) -> str:
+        return self.kind if self.kind in ("random", "firstk", "minitron") and self.granularity == "fine_uniform" \
+            else f"{self.kind}-{self.granularity}-{self.budget:g}"
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    init: Init
+    kd: bool
+    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    top_k: int | None = None
+    token_factor: int = 1
+    """Multiple of the student token budget (the long random-init baseline)."""
+    group: str = "baselines"
+
+
+@dataclass
+class StudyConfig:
+    out_dir: str = "study_out"
+    base: PipelineConfig = field(default_factory=PipelineConfig)
+    """Data, teacher (pretrained here), importance and search settings, student training spec."""
+    seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
+    budget: float = 0.34
+    """The main budget (fraction of the teacher's parameters)."""
+    granularity_budgets: list[float] = field(default_factory=lambda: [0.25, 0.5])
+    long_factor: int = 4
+    """The long random-init baseline trains this many times the student token budget."""
+
+    def rows(self) -> list[Row]:
+        return study_rows(self)
+
+
+def study_rows(config: StudyConfig) -> list[Row]:
+    main = config.base.search.granularity
+    b = config.budget
+    init = {kind: Init(kind, main, b) for kind in ("random", "firstk", "minitron", "random_search", "evolutionary")}
+    short = {"random_search": "randsearch", "evolutionary": "evosearch"}
+    rows = [Row("random_ce", init["random"], False), Row("random_ce_long", init["random"], False,
+                                                          token_factor=config.long_factor),
+            Row("random_kd", init["random"], True)]
+    for kind in ("firstk", "minitron", "random_search", "evolutionary"):
+        for kd in (False, True):
+            rows.append(Row(f"{short.get(kind, kind)}_{'kd' if kd else 'ce'}", init[kind], kd, group="inits"))
+    best = init["evolutionary"]
+    rows += [Row("evosearch_kd_top8", best, True, top_k=8, group="kd variants"),
+             Row("evosearch_kd_top64", best, True, top_k=64, group="kd variants"),
+             Row("evosearch_kd_reverse", best, True, divergence="reverse_kl", group="kd variants"),
+             Row("evosearch_kd_jsd", best, True, divergence="jsd", group="kd variants")]
+    for granularity in GRANULARITIES:
+        for budget in config.granularity_budgets:
+            rows.append(Row(f"evo_{granularity}_{budget:g}_kd", Init("evolutionary", granularity, budget), True,
+                            group="granularity"))
+    return rows
+
+
+def full() -> StudyConfig:
+    """The real run: a teacher larger and trained longer than the demo's (hidden 256, 6 layers vs 192/6; 240
+    steps x 4096 tokens vs 200 x 2048), students at ~1/3 of it for 48 steps x 2048 tokens, 3 seeds.
+    Sized for <= 90 minutes on 2 idle CPU cores (benchmarks/results/study.md gives the measured time)."""
+    base = PipelineConfig(
+        teacher=TeacherModel(family="llama", hidden_size=256, num_layers=6, num_attention_heads=8, num_query_groups=4,
+                             ffn_hidden_size=640, max_position_embeddings=128),
+        data=DataSpec(inputs=["stdlib"], vocab_size=2048, max_bytes=4_000_000, valid_fraction=0.03,
+                      search_fraction=0.03, test_fraction=0.03),
+        teacher_train=TrainSpec(steps=240, seq_length=128, micro_batch_size=8, global_batch_size=32, lr=2e-3,
+                                min_lr=2e-4, warmup_steps=20, eval_every=60, eval_iters=4, test_iters=8),
+        search=SearchSpec(param_fraction=0.34, strategy="evolutionary", granularity="fine_uniform", evaluations=24,
+                          population=8, calibration_batches=8, eval_batches=4),
+        student_train=TrainSpec(steps=48, seq_length=128, micro_batch_size=8, global_batch_size=16, lr=2e-3,
+                                min_lr=2e-4, warmup_steps=4, eval_every=8, eval_iters=4, test_iters=8),
+    )
+    return StudyConfig(out_dir="study_out/full", base=base)
+
+
+def mini() -> StudyConfig:
+    """The test-suite miniature: every row, 2 seeds, seconds per run (numbers meaningless, structure real)."""
+    base = PipelineConfig(
+        teacher=TeacherModel(family="llama", hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2,
+                             ffn_hidden_size=128, max_position_embeddings=64),
+        data=DataSpec(inputs=["stdlib"], vocab_size=384, max_bytes=250_000, valid_fraction=0.1),
+        teacher_train=TrainSpec(steps=6, seq_length=32, micro_batch_size=4, global_batch_size=4, eval_every=3,
+                                eval_iters=1, test_iters=1),
+        search=SearchSpec(param_fraction=0.34, granularity="fine_uniform", evaluations=3, population=2,
+                          calibration_batches=1, eval_batches=1),
+        student_train=TrainSpec(steps=2, seq_length=32, micro_batch_size=4, global_batch_size=4, warmup_steps=0,
+                                eval_every=1, eval_iters=1, test_iters=1),
+    )
+    return StudyConfig(out_dir="study_out/mini", base=base, seeds=[1, 2], long_factor=2)
+
+
+PRESETS = {"full": full, "mini": mini}
+
+
+def with_overrides(config: StudyConfig, **changes) -> StudyConfig:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,129 @@
+"""The miniature study end to end: every row, 2 seeds; the report's structure and arithmetic; resume per row.
+
+FLOPs are checked against independent counts: the student's fwd+bwd per token against 3 x
+``training.metrics.forward_flops_per_token`` of the extracted model.yaml (another implementation than the
+search's per-sub-network count the study uses), the teacher's forward against the same function of the
+teacher, importance and search against their definitions (counts of batches, layers and candidates).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+
+pytestmark = pytest.mark.slow  # ~2-3 minutes on 2 cores: one of the few slow tests
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    import dataclasses
+
+    from nemo_subnet.study.config import mini
+    from nemo_subnet.study.report import write_report
+    from nemo_subnet.study.run import run_study
+
+    out = tmp_path_factory.mktemp("study")
+    config = dataclasses.replace(mini(), out_dir=str(out / "study"))
+    rows = run_study(config, log=lambda _: None)
+    summary = write_report(rows, out / "report", 1.0)
+    return config, rows, summary, out
+
+
+def test_every_row_and_file(study):
+    config, rows, summary, out = study
+    assert [r["row"] for r in rows] == [r.name for r in config.rows()]
+    assert len(rows) == 3 + 8 + 4 + 8
+    for name in ("study.csv", "study.md", "curves_tokens.png", "curves_compute.png"):
+        assert (out / "report" / name).stat().st_size > 0
+    with (out / "report" / "study.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["row"] for r in table] == [r["row"] for r in rows]
+    text = (out / "report" / "study.md").read_text()
+    assert all(f"| {r['row']} |" in text for r in rows)
+    for row in rows:
+        assert [s["seed"] for s in row["seeds"]] == config.seeds
+        for seed in row["seeds"]:
+            assert seed["curve"][0][0] == 0  # every curve starts with the init itself
+            assert seed["test_ppl"] is not None and seed["test_ppl"] > 1
+            steps = config.base.student_train.steps * (config.long_factor if row["row"] == "random_ce_long" else 1)
+            assert seed["tokens"] == steps * config.base.student_train.global_batch_size * config.base.student_train.seq_length
+
+
+def test_flop_accounting_matches_independent_counts(study):
+    from nemo_subnet.models.config import ModelConfig
+    from nemo_subnet.training.metrics import forward_flops_per_token
+
+    config, rows, summary, out = study
+    root = out / "study"
+    teacher = ModelConfig.load(root / "base" / "teacher" / "model" / "model.yaml")
+    seq = config.base.student_train.seq_length
+    teacher_fwd = forward_flops_per_token(teacher, seq)
+    s = config.base.search
+    tokens = s.calibration_batches * 4 * config.base.teacher_train.seq_length
+    importance = (teacher.num_layers + 2) * tokens * forward_flops_per_token(teacher, config.base.teacher_train.seq_length)
+    by_name = {e["row"]: e for e in summary["rows"]}
+    for row in rows:
+        init = json.loads((root / "inits" / row["init"] / "init.json").read_text())
+        model_yaml = init.get("model_yaml") or f"{init['checkpoint']}/model.yaml"
+        student = ModelConfig.load(model_yaml)
+        if "layerwise" not in row["granularity"]:  # forward_flops_per_token has no per-layer sizes
+            for seed in row["seeds"]:
+                assert seed["student_train_flops_per_token"] == pytest.approx(3 * forward_flops_per_token(student, seq))
+        for seed in row["seeds"]:
+            assert seed["teacher_forward_flops_per_token"] == (pytest.approx(teacher_fwd) if row["kd"] else 0.0)
+        searched = row["init"].startswith(("evolutionary", "random_search", "minitron"))
+        assert row["importance_flops"] == (pytest.approx(importance) if searched else 0.0)
+        if searched:
+            candidates = (root / "inits" / row["init"] / "search" / "candidates.jsonl").read_text().split("\n")
+            n = sum(1 for line in candidates if line.strip())
+            assert n == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
+            per_candidate = s.eval_batches * 4 * config.base.teacher_train.seq_length * teacher_fwd
+            assert row["search_flops"] == pytest.approx(n * per_candidate)
+        else:
+            assert row["search_flops"] == 0.0
+        entry = by_name[row["row"]]
+        for m, seed in zip(entry["per_seed"], row["seeds"]):
+            assert m["total_flops"] == pytest.approx(m["student_flops"] + m["teacher_flops"] + m["importance_flops"]
+                                                     + m["search_flops"])
+            assert m["student_flops"] == pytest.approx(seed["tokens"] * seed["student_train_flops_per_token"])
+    # random search and evolutionary search get the same number of evaluations
+    assert by_name["randsearch_kd"]["search_evaluations"] == by_name["evosearch_kd"]["search_evaluations"]
+
+
+def test_means_stds_target_and_ratios(study):
+    from nemo_subnet.training.tokens_to_target import tokens_at
+
+    config, rows, summary, out = study
+    reference = next(r for r in rows if r["row"] == "random_ce")
+    target = statistics.fmean(s["curve"][-1][1] for s in reference["seeds"])
+    assert summary["target"] == pytest.approx(target)
+    for entry, row in zip(summary["rows"], rows):
+        tests = [s["test_ppl"] for s in row["seeds"]]
+        assert entry["test_ppl"] == pytest.approx(statistics.fmean(tests))
+        assert entry["test_ppl_std"] == pytest.approx(statistics.stdev(tests))
+        reached = [tokens_at(s["curve"], target) for s in row["seeds"]]
+        present = [t for t in reached if t is not None]
+        assert entry["tokens_to_target_n"] == len(present)
+        if present:
+            assert entry["tokens_to_target"] == pytest.approx(statistics.fmean(present))
+    ref = next(e for e in summary["rows"] if e["row"] == "random_ce")
+    for entry in summary["rows"]:
+        if entry["tokens_ratio"] is not None:
+            assert entry["tokens_ratio"] == pytest.approx(ref["tokens_to_target"] / entry["tokens_to_target"])
+
+
+def test_rerun_skips_finished_rows(study):
+    import time
+
+    from nemo_subnet.study.run import run_study
+
+    config, rows, summary, out = study
+    row_files = sorted((out / "study" / "rows").glob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in row_files]
+    begin = time.perf_counter()
+    again = run_study(config, log=lambda _: None)
+    assert again == rows and [p.stat().st_mtime_ns for p in row_files] == stamps
+    assert time.perf_counter() - begin < 60  # nothing trained again (shared stages reused by their markers)
