@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m nemo_subnet.demo --out $(DEMO_DIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not distributed and not slow" tests

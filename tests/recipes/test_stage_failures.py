@@ -159,3 +159,35 @@ def test_failed_marker_is_json_with_the_time(tmp_path):
         run_stage(config, {"a": Stage("a", boom)}, "a")
     failed = json.loads((tmp_path / "out" / ".stages" / "a.failed.json").read_text())
     assert failed["error"] == "stage a: RuntimeError: disk full" and failed["time"] >= before
+
+
+@pytest.mark.slow
+def test_sigterm_to_every_process_of_a_training_stage_checkpoints_and_exits_75(tmp_path):
+    """What SLURM does on preemption / requeue / time limit: SIGTERM to *every* process of the job, helpers
+    included (megatron's checkpoint-writer Manager once died of it and the preemption save failed, exit 1)."""
+    import glob
+
+    from nemo_subnet.recipe_cli import resolve
+
+    out = tmp_path / "out"
+    config, _ = resolve("tiny", [f"config.out_dir={out}", "config.data.max_bytes=60000", "config.data.vocab_size=512",
+                                 "config.teacher_train.steps=40", "config.teacher_train.checkpoint_every=1"])
+    config.save(tmp_path / "p.yaml")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    pipeline = [sys.executable, "-m", "nemo_subnet.pipeline", "--config", str(tmp_path / "p.yaml")]
+    subprocess.run([*pipeline, "--stage", "data"], env=env, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen([*pipeline, "--stage", "teacher"], env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    while not glob.glob(str(out / "teacher" / "checkpoints" / "step_*" / "train_state.json")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)  # the whole process group, like slurmstepd
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 75, log[-4000:]
+    assert "train: stopped by SIGTERM before step 40" in log
+    failed = read_marker(out, "teacher", "failed")
+    assert failed["interrupted"] is True and failed["exit_code"] == 75, failed
+    assert read_marker(out, "teacher") is None
+    steps = [json.loads(p.read_text())["step"] for p in (out / "teacher" / "checkpoints").glob("step_*/train_state.json")]
+    assert len(steps) == 1 and 1 <= steps[0] < 40
