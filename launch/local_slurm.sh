@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# A real one-node SLURM cluster on this machine (Debian slurm-wlm + munge), for CI and laptop tests.
+# A real SLURM cluster on this machine (Debian slurm-wlm + munge), for CI and laptop tests: node <host> in the
+# default partition "debug" (one-node jobs), and two more nodes <host>-n1, <host>-n2 in partition "two"
+# (`sbatch -p two --nodes=2`), each served by its own slurmd (`slurmd -N <name>`, own port, own spool and log)
+# at its own loopback address (127.0.0.2, 127.0.0.3), so multi-node jobs run here for real.
 #
 #   sudo launch/local_slurm.sh          # install if needed, configure, start; waits until the node is idle
 #   launch/local_slurm.sh --status      # sinfo
 #
 # Idempotent: packages, the munge key and slurm.conf are made once; running daemons are left running.
 # Settings that work without cgroups (see DESIGN.md): SlurmUser=root, proctrack/linuxproc, task/none,
-# select/cons_tres, one partition "debug" with this host's CPUs and memory. Job accounting runs through
+# select/cons_tres, each node with this host's CPUs and memory (all three share them: a test cluster). Job accounting runs through
 # slurmdbd on a local MariaDB: NeMo-Run's SlurmExecutor reads job states with `sacct`, which answers
 # nothing without accounting storage (it then gives up after ~30 failed polls, mid-job).
 set -euo pipefail
@@ -24,7 +27,8 @@ HOST="$(hostname -s)"
 CPUS="$(nproc)"
 MEM_MB="$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)"
 CONF_DIR=/etc/slurm
-mkdir -p "$CONF_DIR" /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /run/munge /var/lib/munge /var/log/munge /etc/munge
+NODES=("$HOST" "$HOST-n1" "$HOST-n2")
+mkdir -p "$CONF_DIR" /var/spool/slurmctld "${NODES[@]/#//var/spool/slurmd/}" /var/log/slurm /run/munge /var/lib/munge /var/log/munge /etc/munge
 
 if [[ ! -s /etc/munge/munge.key ]]; then
   if command -v mungekey >/dev/null; then mungekey -c -f -k /etc/munge/munge.key; else
@@ -47,11 +51,11 @@ SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
 ReturnToService=2
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
-SlurmdLogFile=/var/log/slurm/slurmd.log
+SlurmdLogFile=/var/log/slurm/slurmd-%n.log
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
@@ -60,7 +64,10 @@ InactiveLimit=0
 KillWait=10
 MinJobAge=300
 NodeName=$HOST CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+NodeName=$HOST-n1 NodeHostname=$HOST NodeAddr=127.0.0.2 Port=6821 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
+NodeName=$HOST-n2 NodeHostname=$HOST NodeAddr=127.0.0.3 Port=6822 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+PartitionName=two Nodes=$HOST-n1,$HOST-n2 MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 CONF
 )"
 RESTART=0
@@ -94,18 +101,28 @@ for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/6819) 2>/dev/null && break;
 sacctmgr -n -P show cluster format=cluster 2>/dev/null | grep -qx nemo-subnet-ci \
   || sacctmgr -i add cluster nemo-subnet-ci >/dev/null
 if [[ "$RESTART" -eq 1 ]]; then
-  pkill -x slurmctld 2>/dev/null || true; pkill -x slurmd 2>/dev/null || true; sleep 1
+  pkill -x slurmctld 2>/dev/null || true; pkill -x slurmd 2>/dev/null || true
+  for _ in $(seq 1 30); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 1; done
 fi
 pgrep -x slurmctld >/dev/null || slurmctld
-pgrep -x slurmd >/dev/null || slurmd
+for node in "${NODES[@]}"; do  # one slurmd per node entry
+  pgrep -f "^slurmd -N $node\$" >/dev/null || slurmd -N "$node"
+done
 
+ready=()
 for _ in $(seq 1 60); do
-  state="$(sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1 || true)"
-  case "$state" in
-    idle|mixed|allocated) echo "local SLURM ready: node $HOST $state, partition debug"; exit 0 ;;
-    down*|drain*) scontrol update NodeName="$HOST" State=RESUME 2>/dev/null || true ;;
-  esac
+  ready=()
+  for node in "${NODES[@]}"; do
+    state="$(sinfo -h -n "$node" -o %T 2>/dev/null | head -n1 || true)"
+    case "$state" in
+      idle|mixed|allocated) ready+=("$node") ;;
+      down*|drain*) scontrol update NodeName="$node" State=RESUME 2>/dev/null || true ;;
+    esac
+  done
+  if [[ "${#ready[@]}" -eq "${#NODES[@]}" ]]; then
+    echo "local SLURM ready: node $HOST (partition debug), nodes $HOST-n1,$HOST-n2 (partition two)"; exit 0
+  fi
   sleep 1
 done
-echo "local_slurm.sh: node $HOST not idle after 60 s (state: ${state:-none}); see /var/log/slurm/" >&2
+echo "local_slurm.sh: nodes not idle after 60 s (ready: ${ready[*]:-none} of ${NODES[*]}); see /var/log/slurm/" >&2
 exit 1

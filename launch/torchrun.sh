@@ -99,6 +99,7 @@ if [[ "$NNODES" -eq 1 ]]; then
     --master-addr="$MASTER" --master-port="$PORT" "$@"
 fi
 IS_HOST=false; [[ "$NODE_RANK" -eq 0 ]] && IS_HOST=true
-exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node-rank="$NODE_RANK" --nproc-per-node="$NPROC" \
+# (no --node-rank: c10d ignores it and numbers the nodes itself, see above)
+exec "$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --nproc-per-node="$NPROC" \
   --rdzv-backend=c10d --rdzv-endpoint="$MASTER:$PORT" --rdzv-id="$RDZV_ID" --local-addr="$LOCAL_ADDR" \
   --rdzv-conf="is_host=$IS_HOST,join_timeout=${RDZV_JOIN_TIMEOUT:-600}" "$@"

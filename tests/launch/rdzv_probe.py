@@ -18,5 +18,5 @@ total = torch.tensor([rank + 1.0])
 dist.all_reduce(total)
 print(f"rank={rank} node_rank={os.environ['GROUP_RANK']} nnodes={os.environ['GROUP_WORLD_SIZE']} "
       f"local_rank={os.environ['LOCAL_RANK']} world_size={world} master={os.environ['MASTER_ADDR']} "
-      f"node_addr={node_addr} allreduce={total.item():g} peers={sorted(ranks)}", flush=True)
+      f"node_addr={node_addr} run_id={os.environ['TORCHELASTIC_RUN_ID']} allreduce={total.item():g} peers={sorted(ranks)}", flush=True)
 dist.destroy_process_group()

@@ -50,3 +50,28 @@ def wait_for(predicate, what: str, timeout: float, every: float = 0.5):
 def scontrol(*args: str) -> None:
     proc = subprocess.run(["scontrol", *args], capture_output=True, text=True)
     assert proc.returncode == 0, f"scontrol {' '.join(args)}: {proc.stderr.strip()}"
+
+
+TWO_NODE_PARTITION = "two"
+"""launch/local_slurm.sh's two-node partition (two slurmd on this host)."""
+
+
+def require_two_nodes() -> str:
+    """The partition with two nodes of the local SLURM; skips (fails under CI) where there is none."""
+    require_slurm()
+    proc = subprocess.run(["sinfo", "-h", "-p", TWO_NODE_PARTITION, "-o", "%D %T"], capture_output=True, text=True)
+    nodes = sum(int(line.split()[0]) for line in proc.stdout.splitlines()
+                if line.split() and line.split()[1] in ("idle", "mixed", "allocated"))
+    if nodes < 2:
+        reason = (f"partition {TWO_NODE_PARTITION!r} has {nodes} usable node(s), not 2 ({proc.stdout.strip() or proc.stderr.strip()}); "
+                  "re-run `sudo launch/local_slurm.sh`")
+        if os.environ.get(CI_VAR) == "1":
+            pytest.fail(f"{CI_VAR}=1 but {reason}")
+        pytest.skip(reason)
+    return TWO_NODE_PARTITION
+
+
+def node_addr(node: str) -> str:
+    """A node's NodeAddr as slurmctld has it."""
+    out = subprocess.run(["scontrol", "show", "node", "-o", node], capture_output=True, text=True, check=True).stdout
+    return next(t.split("=", 1)[1] for t in out.split() if t.startswith("NodeAddr="))

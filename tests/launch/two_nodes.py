@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,20 @@ from pathlib import Path
 
 REPO = Path(__file__).parents[2]
 TORCHRUN_SH = REPO / "launch" / "torchrun.sh"
+PROBE = Path(__file__).parent / "rdzv_probe.py"
+_PROBE_LINE = re.compile(r"rank=(?P<rank>\d+) node_rank=(?P<node_rank>\d+) nnodes=(?P<nnodes>\d+) "
+                         r"local_rank=(?P<local_rank>\d+) world_size=(?P<world_size>\d+) master=(?P<master>\S+) "
+                         r"node_addr=(?P<node_addr>\S+) run_id=(?P<run_id>\S+) allreduce=(?P<allreduce>\S+)")
+
+
+def probe_lines(text: str) -> list[dict]:
+    """The lines rdzv_probe.py printed, as dicts (ints where the field is a count or rank)."""
+    found = []
+    for match in filter(None, map(_PROBE_LINE.search, text.splitlines())):
+        row = match.groupdict()
+        found.append({k: int(v) if k in ("rank", "node_rank", "nnodes", "local_rank", "world_size") else v
+                      for k, v in row.items()})
+    return found
 
 
 @dataclass
