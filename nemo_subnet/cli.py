@@ -20,6 +20,7 @@ STAGE_MODULES = (
     "nemo_subnet.importance.cli",
     "nemo_subnet.search.cli",
     "nemo_subnet.recipe_cli",
+    "nemo_subnet.plan.cli",
 )
 
 

@@ -1,0 +1,70 @@
+"""Step time and tokens per second of a KD step on a named GPU, from FLOP counts and stated assumptions.
+
+FLOPs per token: the training loop's own count (``training.metrics.forward_flops_per_token``): the student's
+forward x 3 (backward = 2 forwards) + the teacher's forward; full recompute adds one student forward,
+selective recompute one core-attention forward. Compute time = FLOPs per GPU / (peak x MFU), the MFU an
+assumption the plan states (it covers tensor-parallel communication and kernel efficiency). On top:
+
+- the 1F1B pipeline bubble, (pp - 1) / microbatches of the compute time;
+- data-parallel communication of the student's gradients (fp32 reduce-scatter / all-reduce, ring volume
+  2 (dp - 1) / dp of the stage's gradient bytes) and, with the distributed optimizer, the all-gather of
+  updated parameters; each hidden behind backward / the next forward when overlapped, else exposed. DP
+  spans nodes when tp x pp x dp exceeds a node: the per-GPU network bandwidth applies, else NVLink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.plan.hardware import GPU
+from nemo_subnet.plan.memory import DTYPE_BYTES, FP32, PlanOptions, stage_parameters
+from nemo_subnet.training.metrics import forward_flops_per_token
+
+
+@dataclass
+class StepTime:
+    step_s: float
+    compute_s: float
+    bubble_s: float
+    exposed_comm_s: float
+    tokens_per_s: float
+    flops_per_token: float
+    """Model FLOPs per token (3 x student + teacher forward), as MFU counts them."""
+    mfu: float
+    """The assumed MFU of the compute part (the step's overall MFU is lower by the bubble and exposed comm)."""
+
+
+def attention_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
+    """The core-attention part of ``forward_flops_per_token`` (what selective recompute repeats)."""
+    return float(sum(2 * 2 * seq_length * cfg.layer_sizes(i)[0] * cfg.kv_channels for i in range(cfg.num_layers)))
+
+
+def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptions, device: GPU, *,
+              mfu: float | None = None, gpus_per_node: int = 8, overlap_grad_reduce: bool = True,
+              overlap_param_gather: bool = True) -> StepTime:
+    mfu = device.default_mfu if mfu is None else mfu
+    if not 0 < mfu <= 1:
+        raise ValueError(f"mfu must be in (0, 1], got {mfu}")
+    s = opts.seq_length
+    model_flops = 3 * forward_flops_per_token(student, s) + (forward_flops_per_token(teacher, s) if teacher else 0.0)
+    hardware_flops = model_flops
+    if opts.recompute == "full":
+        hardware_flops += forward_flops_per_token(student, s)
+    elif opts.recompute == "selective":
+        hardware_flops += attention_flops_per_token(student, s)
+    tokens = opts.global_batch_size * s
+    world = opts.tp * opts.pp * opts.dp
+    compute = tokens * hardware_flops / world / (device.peak_flops(opts.precision) * mfu)
+    bubble = compute * (opts.pp - 1) / opts.num_microbatches
+    comm = 0.0
+    if opts.dp > 1:
+        params = max(stage_parameters(student, opts.tp, opts.pp, st) for st in {0, opts.pp - 1})
+        bandwidth = device.network_bytes_per_s if world > gpus_per_node else device.nvlink_bytes_per_s
+        ring = (opts.dp - 1) / opts.dp
+        grads = 2 * ring * params * FP32 / bandwidth
+        gather = ring * params * DTYPE_BYTES[opts.precision] / bandwidth if opts.distributed_optimizer else 0.0
+        comm = (0.0 if overlap_grad_reduce else grads) + (0.0 if overlap_param_gather else gather)
+    step = compute + bubble + comm
+    return StepTime(step_s=step, compute_s=compute, bubble_s=bubble, exposed_comm_s=comm, tokens_per_s=tokens / step,
+                    flops_per_token=model_flops, mfu=mfu)
