@@ -3,6 +3,8 @@ stops with one clear error only after more than optimizer.max_skipped_steps in a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import metrics, run_config, write_yaml
@@ -23,19 +25,19 @@ class _NaNGradient(torch.autograd.Function):
 
 
 def _poison_steps(monkeypatch, steps: set[int], micro_batches: int):
-    """Make the gradients of the given (1-based) training steps NaN through the loss's logits."""
+    """Make the gradients of the given (1-based) training steps NaN through the student's output (logits)."""
     from nemo_subnet.training import loop
 
     calls = {"train": 0}
     real_loss = loop.lm_loss
 
-    def lm_loss(logits, *args, **kwargs):
+    def lm_loss(student, *args, **kwargs):
         if torch.is_grad_enabled():
             step = calls["train"] // micro_batches + 1
             calls["train"] += 1
             if step in steps:
-                logits = _NaNGradient.apply(logits)
-        return real_loss(logits, *args, **kwargs)
+                student = dataclasses.replace(student, tensor=_NaNGradient.apply(student.tensor))
+        return real_loss(student, *args, **kwargs)
 
     monkeypatch.setattr(loop, "lm_loss", lm_loss)
 
