@@ -9,7 +9,10 @@ driven together by megatron's schedules, the way NVIDIA's Megatron distillation 
   match, and on receive the tensor is split back. The teacher half carries no gradient: its slice of
   the gradient sent upstream is zero, and the teacher's own autograd graph is never built;
 - on the last stage the student's output goes to the loss and the teacher's is handed over through
-  ``teacher_output`` (read by the forward-step's loss closure of the same micro-batch).
+  ``teacher_output`` (read by the forward-step's loss closure of the same micro-batch): logits
+  ``[b, s, V/tp]``, or with ``distill.fused_output`` on the final hidden states ``[b, s, h_teacher]``,
+  from which the loss forms logits chunk by chunk (output_layer.py) — for top-k KD only the global
+  top-k (values, ids) ``[b, s, k]`` survives the forward step.
 
 Memory: no teacher logits or hidden states are cached across micro-batches. Per stage, the teacher adds
 its weights, the activations of the one micro-batch it is computing (freed at once: no grad), and its
