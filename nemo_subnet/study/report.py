@@ -2,7 +2,9 @@
 tokens- and compute-to-target (and their ratios to random-init CE), FLOPs by kind; CSV, markdown, plots.
 
 Definitions (the report states them too):
-- target: random_ce's final valid perplexity, mean over seeds (what random init reaches with the budget);
+- target: random_ce_long's final valid perplexity (random init, CE, long_factor x the token budget: its
+  curve has flattened), the highest over seeds so every seed of the reference reaches it; ratios are
+  random_ce_long's tokens (compute) to target over the row's;
 - compute of a run at t tokens: importance + search FLOPs of its init + t x (student fwd+bwd + teacher
   forward when KD) FLOPs per token; compute-to-target is the crossing on the (compute, valid ppl) curve;
 - equal compute: valid ppl (interpolated) at random_ce's total compute; None when the run's overhead alone
@@ -14,7 +16,6 @@ Crossings use :func:`nemo_subnet.training.tokens_to_target.tokens_at`, the pipel
 from __future__ import annotations
 
 import csv
-import math
 import statistics
 from pathlib import Path
 
@@ -51,15 +52,18 @@ def _mean_std(values: list) -> tuple[float | None, float | None, int]:
     return statistics.fmean(present), statistics.stdev(present) if len(present) > 1 else 0.0, len(present)
 
 
+REFERENCE = "random_ce_long"
+"""The row whose final perplexity is the target and whose tokens / compute to it are the ratios' numerator."""
+
 METRICS = ("test_ppl", "final_valid_ppl", "valid_ppl_at_equal_compute", "tokens_to_target", "compute_to_target",
            "student_flops", "teacher_flops", "importance_flops", "search_flops", "total_flops")
 
 
 def summarize(rows: list[dict]) -> dict:
     by_name = {r["row"]: r for r in rows}
-    reference = by_name["random_ce"]
-    target = statistics.fmean(s["curve"][-1][1] for s in reference["seeds"])
-    reference_compute = statistics.fmean(s["tokens"] * s["student_train_flops_per_token"] for s in reference["seeds"])
+    target = max(s["curve"][-1][1] for s in by_name[REFERENCE]["seeds"])
+    reference_compute = statistics.fmean(s["tokens"] * s["student_train_flops_per_token"]
+                                         for s in by_name["random_ce"]["seeds"])
     table = []
     for row in rows:
         per_seed = [seed_metrics(row, s, target, reference_compute) for s in row["seeds"]]
@@ -70,7 +74,7 @@ def summarize(rows: list[dict]) -> dict:
         for metric in METRICS:
             entry[metric], entry[f"{metric}_std"], entry[f"{metric}_n"] = _mean_std([m[metric] for m in per_seed])
         table.append(entry)
-    ref = next(e for e in table if e["row"] == "random_ce")
+    ref = next(e for e in table if e["row"] == REFERENCE)
     for entry in table:
         for kind in ("tokens", "compute"):
             mine, theirs = entry[f"{kind}_to_target"], ref[f"{kind}_to_target"]
@@ -90,6 +94,14 @@ def _fmt(mean, std=None, digits=2, sci=False, n=None, seeds=None) -> str:
     return text
 
 
+def _ratio(entry: dict, kind: str) -> str:
+    if entry[f"{kind}_ratio"] is not None:
+        return f"{entry[f'{kind}_ratio']:.2f}"
+    if entry[f"{kind}_to_target"] == 0 and entry[f"{kind}_to_target_n"] == entry["seeds"]:
+        return "init below target"
+    return "—"
+
+
 def markdown(summary: dict, wall_s: float | None = None) -> str:
     lines = ["| row | test ppl (equal tokens) | valid ppl (equal compute) | tokens to target | x fewer tokens | "
              "FLOPs to target | x less compute | student FLOPs | teacher fwd FLOPs | importance FLOPs | search FLOPs |",
@@ -101,16 +113,18 @@ def markdown(summary: dict, wall_s: float | None = None) -> str:
             _fmt(e["valid_ppl_at_equal_compute"], e["valid_ppl_at_equal_compute_std"],
                  n=e["valid_ppl_at_equal_compute_n"], seeds=s),
             _fmt(e["tokens_to_target"], e["tokens_to_target_std"], 0, n=e["tokens_to_target_n"], seeds=s),
-            "—" if e["tokens_ratio"] is None else f"{e['tokens_ratio']:.2f}",
+            _ratio(e, "tokens"),
             _fmt(e["compute_to_target"], e["compute_to_target_std"], 2, True, e["compute_to_target_n"], s),
-            "—" if e["compute_ratio"] is None else f"{e['compute_ratio']:.2f}",
+            _ratio(e, "compute"),
             _fmt(e["student_flops"], None, 2, True), _fmt(e["teacher_flops"], None, 2, True),
             _fmt(e["importance_flops"], None, 2, True), _fmt(e["search_flops"], None, 2, True)]) + " |")
-    head = [f"Target: random_ce's final valid perplexity {summary['target']:.3f} (mean over seeds); equal compute: "
+    head = [f"Target: {REFERENCE}'s final valid perplexity {summary['target']:.3f} (highest over seeds); ratios: "
+            f"{REFERENCE}'s tokens (FLOPs) to target over the row's; equal compute: "
             f"{summary['reference_compute']:.3e} FLOPs (random_ce's training). Mean ± std over "
             f"{summary['rows'][0]['seeds']} seeds; 'not reached' counts only seeds that got there.", ""]
     if wall_s is not None:
-        head += [f"Wall time of the study: {wall_s / 60:.1f} min.", ""]
+        head += [f"Wall time of the study (shared stages + every row, as recorded when they ran): "
+                 f"{wall_s / 60:.1f} min.", ""]
     return "\n".join(head + lines) + "\n"
 
 
@@ -134,7 +148,6 @@ def plot(rows: list[dict], summary: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_name = {e["row"]: e for e in summary["rows"]}
     for axis, name in (("tokens", "curves_tokens.png"), ("compute", "curves_compute.png")):
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         for row in rows:
@@ -160,7 +173,15 @@ def plot(rows: list[dict], summary: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
-    del by_name, math
+
+
+def recorded_wall_s(study_dir: Path, rows: list[dict]) -> float:
+    """Seconds the shared stages and every row took when they ran (a resumed study still reports the total)."""
+    import json
+
+    stages = sum(json.loads(p.read_text()).get("seconds", 0.0)
+                 for p in (Path(study_dir) / "base" / ".stages").glob("*.done.json"))
+    return stages + sum(r["wall_s"] for r in rows)
 
 
 def write_report(rows: list[dict], out: Path, wall_s: float | None = None, title: str = "study") -> dict:

@@ -171,7 +171,7 @@ class Study:
                   "search_evaluations": init["evaluations"], "seeds": seeds,
                   "wall_s": round(time.perf_counter() - begin, 1)}
         _atomic_json(path, record)
-        return record
+        return json.loads(path.read_text())  # the same record a rerun reads back (tuples become lists)
 
 
 def _first_k(subnet: dict) -> dict:

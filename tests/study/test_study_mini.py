@@ -22,13 +22,13 @@ def study(tmp_path_factory):
     import dataclasses
 
     from nemo_subnet.study.config import mini
-    from nemo_subnet.study.report import write_report
+    from nemo_subnet.study.report import recorded_wall_s, write_report
     from nemo_subnet.study.run import run_study
 
     out = tmp_path_factory.mktemp("study")
     config = dataclasses.replace(mini(), out_dir=str(out / "study"))
     rows = run_study(config, log=lambda _: None)
-    summary = write_report(rows, out / "report", 1.0)
+    summary = write_report(rows, out / "report", recorded_wall_s(config.out_dir, rows))
     return config, rows, summary, out
 
 
@@ -97,9 +97,12 @@ def test_means_stds_target_and_ratios(study):
     from nemo_subnet.training.tokens_to_target import tokens_at
 
     config, rows, summary, out = study
-    reference = next(r for r in rows if r["row"] == "random_ce")
-    target = statistics.fmean(s["curve"][-1][1] for s in reference["seeds"])
+    reference = next(r for r in rows if r["row"] == "random_ce_long")
+    target = max(s["curve"][-1][1] for s in reference["seeds"])
     assert summary["target"] == pytest.approx(target)
+    random_ce = next(r for r in rows if r["row"] == "random_ce")
+    assert summary["reference_compute"] == pytest.approx(statistics.fmean(
+        s["tokens"] * s["student_train_flops_per_token"] for s in random_ce["seeds"]))
     for entry, row in zip(summary["rows"], rows):
         tests = [s["test_ppl"] for s in row["seeds"]]
         assert entry["test_ppl"] == pytest.approx(statistics.fmean(tests))
@@ -109,7 +112,8 @@ def test_means_stds_target_and_ratios(study):
         assert entry["tokens_to_target_n"] == len(present)
         if present:
             assert entry["tokens_to_target"] == pytest.approx(statistics.fmean(present))
-    ref = next(e for e in summary["rows"] if e["row"] == "random_ce")
+    ref = next(e for e in summary["rows"] if e["row"] == "random_ce_long")
+    assert ref["tokens_to_target_n"] == ref["seeds"] and ref["tokens_ratio"] == pytest.approx(1.0)
     for entry in summary["rows"]:
         if entry["tokens_ratio"] is not None:
             assert entry["tokens_ratio"] == pytest.approx(ref["tokens_to_target"] / entry["tokens_to_target"])
