@@ -23,7 +23,7 @@ stage holds ``min(pp, microbatches)`` micro-batches in flight, the last one.
 
 Around the loss, the ``[N, V/tp]`` buffers (N = micro-batch tokens) are counted by phase, as the code
 holds them: the teacher's logits; the student's logits and their ``[b, s]``-major copy; the logging CE's
-copies (alpha_ce = 0); the KD kernel's temporaries (Triton: none in forward, the gradient in backward;
+copies (alpha_ce = 0); top-k: (values, ids) [N, k] instead of the teacher's logits; the KD kernel's temporaries (Triton: none in forward, the gradient in backward;
 the CPU torch mirrors: 20-24 bytes per element, TORCH_KD_*); the output layer's backward (gradient, its contiguous copy,
 the weight gradient). The fused-output path replaces all of them by ``C x V/tp`` chunk buffers, the student's
 ``grad_hidden`` and ``grad_weight`` and the teacher's final hidden states.
@@ -50,6 +50,10 @@ FP32 = 4
 TORCH_KD_FWD_BYTES = 23
 TORCH_KD_BWD_BYTES = 20
 TORCH_KD_BWD_CE_BYTES = 24
+# the same for the sparse top-k loss on logits (kernels/vocab_parallel_topk_kd_loss.py; student row only)
+TORCH_TOPK_FWD_BYTES = 8
+TORCH_TOPK_BWD_BYTES = 12
+TORCH_TOPK_BWD_CE_BYTES = 20
 
 
 @dataclass(frozen=True)
@@ -260,14 +264,17 @@ def _loss_phases(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOp
     phases: dict[str, dict[str, float]] = {}
     t_bytes = 0.0
     if teacher is not None:
-        # top-k: the loss densifies (values, ids) into an fp32 shard (distill.dense_from_topk)
-        t_bytes = nv * (FP32 + (e if e != FP32 else 0)) if opts.top_k else nv * e
+        # top-k: only (values in the logits' dtype, int64 ids) [N, k] reach the loss; else the logits shard
+        t_bytes = n * opts.top_k * (e + 8) if opts.top_k else nv * e
     phases["student output"] = {"teacher": t_bytes, "kd": 2 * nv * e}  # [s, b, V] and its [b, s, V] copy
     if teacher is None or opts.alpha_ce == 0.0:
         # CE for the logs (or the loss without a teacher): padding-masked copy, then megatron's .float()
         phases["ce"] = {"teacher": t_bytes, "kd": nv * e + nv * e + (nv * FP32 if e != FP32 else 0)}
     if teacher is not None:
-        if opts.backend == "cpu":
+        if opts.backend == "cpu" and opts.top_k:
+            fwd_temps = nv * TORCH_TOPK_FWD_BYTES
+            grad_and_temps = nv * (TORCH_TOPK_BWD_CE_BYTES if opts.alpha_ce else TORCH_TOPK_BWD_BYTES)
+        elif opts.backend == "cpu":
             fwd_temps = nv * TORCH_KD_FWD_BYTES
             grad_and_temps = nv * (TORCH_KD_BWD_CE_BYTES if opts.alpha_ce else TORCH_KD_BWD_BYTES)
         else:  # Triton: row statistics only in forward; the gradient (in the logits' dtype) in backward
