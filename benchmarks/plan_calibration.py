@@ -101,15 +101,21 @@ shutdown_runtime()
 """
 
 
-def prepare(work: Path, kind: str) -> tuple[Path, Path, Path]:
-    """(data dir, teacher checkpoint, student model.yaml) under ``work``, made once."""
-    teacher, student = model_configs(kind)
+def prepare_data(work: Path) -> Path:
+    """A small stdlib corpus (500-token tokenizer: the models' 50304 rows are a superset)."""
     data = work / "data"
     if not data.exists():
         from nemo_subnet.data import PrepareConfig, prepare_dataset
 
         prepare_dataset(PrepareConfig(inputs=["stdlib"], out=data, train_tokenizer="sentencepiece", vocab_size=500,
                                       max_bytes=1_500_000, valid_fraction=0.05, progress=False))
+    return data
+
+
+def prepare(work: Path, kind: str) -> tuple[Path, Path, Path]:
+    """(data dir, teacher checkpoint, student model.yaml) under ``work``, made once."""
+    teacher, student = model_configs(kind)
+    data = prepare_data(work)
     student_yaml = work / f"student_{kind}.yaml"
     student.save(student_yaml)
     teacher_ckpt = work / f"teacher_{kind}"
