@@ -21,6 +21,7 @@ STAGE_MODULES = (
     "nemo_subnet.search.cli",
     "nemo_subnet.recipe_cli",
     "nemo_subnet.plan.cli",
+    "nemo_subnet.study.cli",
 )
 
 

@@ -9,16 +9,25 @@ import time
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nemo_subnet.study.config import PRESETS
 
-    parser = argparse.ArgumentParser(prog="python -m nemo_subnet.study", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
     parser.add_argument("--out", help="study directory (default: the preset's)")
     parser.add_argument("--results", type=Path, help="where study.csv/.md/.png go (default: <out>/report)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the preset's)")
     parser.add_argument("--rows", nargs="+", help="only these rows (default: all)")
-    args = parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nemo_subnet.study", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    from nemo_subnet.study.config import PRESETS
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import dataclasses
