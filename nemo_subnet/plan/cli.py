@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=int, help="tokens per chunk of the fused output (default: the kernel's)")
     p.add_argument("--top-k", type=int, help="top-k teacher distribution")
     p.add_argument("--alpha-ce", type=float, default=0.0, help="CE weight in the loss (0: CE for the logs only)")
+    p.add_argument("--overlap-grad-reduce", action="store_true", help="DP gradient reduce hidden behind backward")
+    p.add_argument("--overlap-param-gather", action="store_true", help="distributed optimizer's all-gather hidden")
     p.add_argument("--adam", choices=("fused", "foreach"), default="fused",
                    help="fused: TE/apex Adam (no temporaries); foreach: torch AdamW (megatron's fallback)")
     p.add_argument("--backend", choices=("cuda", "cpu"), default="cuda", help="cpu: plan the CPU implementations")
@@ -77,7 +79,8 @@ def run_plan(args: argparse.Namespace) -> int:
             tp=args.tp, pp=args.pp, dp=args.dp, precision=args.precision, recompute=args.recompute,
             recompute_num_layers=args.recompute_num_layers, sequence_parallel=args.sequence_parallel,
             distributed_optimizer=not args.no_distributed_optimizer, fused_output=args.fused_output,
-            chunk_size=args.chunk_size, top_k=args.top_k, alpha_ce=args.alpha_ce, backend=args.backend, adam=args.adam)
+            chunk_size=args.chunk_size, top_k=args.top_k, alpha_ce=args.alpha_ce, backend=args.backend, adam=args.adam,
+            overlap_grad_reduce=args.overlap_grad_reduce, overlap_param_gather=args.overlap_param_gather)
         gpus_per_node = 8
         if args.cluster:
             nodes, gpus_per_node = parse_gpus(args.gpus)
@@ -108,12 +111,14 @@ def to_dict(student, teacher, opts, memory, timing, device, tokens, gpus_per_nod
                    "seq_length": opts.seq_length},
         "options": {"precision": opts.precision, "recompute": opts.recompute, "sequence_parallel": opts.sequence_parallel,
                     "distributed_optimizer": opts.distributed_optimizer, "fused_output": opts.fused_output,
-                    "top_k": opts.top_k, "alpha_ce": opts.alpha_ce, "adam": opts.adam, "backend": opts.backend},
+                    "top_k": opts.top_k, "alpha_ce": opts.alpha_ce, "adam": opts.adam, "backend": opts.backend,
+                    "overlap_grad_reduce": opts.overlap_grad_reduce, "overlap_param_gather": opts.overlap_param_gather},
         "memory_per_gpu": {"total_bytes": memory.total, "gpu_bytes": device.hbm_bytes, "fits": memory.total <= device.hbm_bytes,
                            "stage": memory.stage, "peak_phase": memory.phase, "parts_bytes": memory.parts,
                            "phases_bytes": memory.phases},
         "time": {"gpu": device.name, "peak_flops": device.peak_flops(opts.precision), "mfu_assumed": timing.mfu,
-                 "step_s": timing.step_s, "compute_s": timing.compute_s, "pipeline_bubble_s": timing.bubble_s,
+                 "step_s": timing.step_s, "compute_s": timing.compute_s, "tp_comm_s": timing.tp_comm_s,
+                 "pipeline_bubble_s": timing.bubble_s,
                  "exposed_dp_comm_s": timing.exposed_comm_s, "tokens_per_s": timing.tokens_per_s,
                  "tokens_per_s_per_gpu": timing.tokens_per_s / world, "model_flops_per_token": timing.flops_per_token},
     }
@@ -144,7 +149,8 @@ def format_text(r: dict) -> str:
     lines.append("  phases: " + ", ".join(f"{k} {v / GIB:.2f}" for k, v in mem["phases_bytes"].items()) + " GiB")
     lines.append("")
     lines.append(f"time on {tm['gpu']} ({tm['peak_flops'] / 1e12:,.0f} TFLOP/s peak, assumed MFU {tm['mfu_assumed']:.2f}):")
-    lines.append(f"  step {tm['step_s']:.3f} s = compute {tm['compute_s']:.3f} + pipeline bubble {tm['pipeline_bubble_s']:.3f}"
+    lines.append(f"  step {tm['step_s']:.3f} s = compute {tm['compute_s']:.3f} + TP comm {tm['tp_comm_s']:.3f}"
+                 f" + pipeline bubble {tm['pipeline_bubble_s']:.3f}"
                  f" + exposed DP comm {tm['exposed_dp_comm_s']:.3f}")
     lines.append(f"  {tm['tokens_per_s']:,.0f} tokens/s ({tm['tokens_per_s_per_gpu']:,.0f} per GPU), "
                  f"{tm['model_flops_per_token'] / 1e9:.2f} GFLOP per token")

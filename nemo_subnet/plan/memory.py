@@ -79,6 +79,10 @@ class PlanOptions:
     """Implementations: cuda = Triton KD kernels and fused norms; cpu = their torch mirrors (calibration)."""
     adam: Literal["fused", "foreach"] = "fused"
     """TE / apex fused Adam (GPU clusters), or torch's foreach AdamW (megatron's fallback; CPU)."""
+    overlap_grad_reduce: bool = False
+    """Time only (parallel.overlap_grad_reduce): the DP gradient reduction hidden behind backward."""
+    overlap_param_gather: bool = False
+    """Time only (parallel.overlap_param_gather): the distributed optimizer's all-gather hidden."""
 
     @property
     def num_microbatches(self) -> int:

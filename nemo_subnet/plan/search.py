@@ -64,7 +64,7 @@ def candidates(student: ModelConfig, teacher: ModelConfig | None, base: PlanOpti
                     continue  # this layout cannot split the models or the batch
                 timing = step_time(student, teacher, opts, device, mfu=mfu, gpus_per_node=gpus_per_node)
                 out.append(Candidate(opts, memory, timing, memory.total <= device.hbm_bytes - reserve_bytes))
-    out.sort(key=lambda c: (not c.fits, -c.time.tokens_per_s, c.memory.total))
+    out.sort(key=lambda c: (not c.fits, -c.time.tokens_per_s, c.options.tp * c.options.pp, c.memory.total))
     return out
 
 

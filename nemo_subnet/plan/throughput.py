@@ -3,12 +3,17 @@
 FLOPs per token: the training loop's own count (``training.metrics.forward_flops_per_token``): the student's
 forward x 3 (backward = 2 forwards) + the teacher's forward; full recompute adds one student forward,
 selective recompute one core-attention forward. Compute time = FLOPs per GPU / (peak x MFU), the MFU an
-assumption the plan states (it covers tensor-parallel communication and kernel efficiency). On top:
+assumption the plan states (kernel efficiency; communication is added on top). On top:
 
-- the 1F1B pipeline bubble, (pp - 1) / microbatches of the compute time;
+- tensor-parallel all-reduces (or SP's all-gather + reduce-scatter, the same volume) of ``[s, b, h]`` over
+  NVLink, not overlapped (Megatron without TP-comm overlap): per micro-batch and layer 2 in the student's
+  forward, 2 in its backward (+2 with full recompute), 2 in the teacher's forward; ring volume
+  2 (tp - 1) / tp of the tensor;
+- the 1F1B pipeline bubble, (pp - 1) / microbatches of the compute time (p2p transfers neglected);
 - data-parallel communication of the student's gradients (fp32 reduce-scatter / all-reduce, ring volume
   2 (dp - 1) / dp of the stage's gradient bytes) and, with the distributed optimizer, the all-gather of
-  updated parameters; each hidden behind backward / the next forward when overlapped, else exposed. DP
+  updated parameters; hidden when ``overlap_grad_reduce`` / ``overlap_param_gather`` are on (assumed fully;
+  the last bucket is not, in reality), else exposed. DP
   spans nodes when tp x pp x dp exceeds a node: the per-GPU network bandwidth applies, else NVLink.
 """
 
@@ -28,6 +33,8 @@ class StepTime:
     compute_s: float
     bubble_s: float
     exposed_comm_s: float
+    """Data-parallel communication not hidden by overlap."""
+    tp_comm_s: float
     tokens_per_s: float
     flops_per_token: float
     """Model FLOPs per token (3 x student + teacher forward), as MFU counts them."""
@@ -41,8 +48,7 @@ def attention_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
 
 
 def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptions, device: GPU, *,
-              mfu: float | None = None, gpus_per_node: int = 8, overlap_grad_reduce: bool = True,
-              overlap_param_gather: bool = True) -> StepTime:
+              mfu: float | None = None, gpus_per_node: int = 8) -> StepTime:
     mfu = device.default_mfu if mfu is None else mfu
     if not 0 < mfu <= 1:
         raise ValueError(f"mfu must be in (0, 1], got {mfu}")
@@ -57,6 +63,13 @@ def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptio
     world = opts.tp * opts.pp * opts.dp
     compute = tokens * hardware_flops / world / (device.peak_flops(opts.precision) * mfu)
     bubble = compute * (opts.pp - 1) / opts.num_microbatches
+    tp_comm = 0.0
+    if opts.tp > 1:
+        per_hidden = opts.tokens * DTYPE_BYTES[opts.precision] * 2 * (opts.tp - 1) / opts.tp / device.nvlink_bytes_per_s
+        collectives = (4 + (2 if opts.recompute == "full" else 0)) * student.num_layers * student.hidden_size
+        if teacher is not None:
+            collectives += 2 * teacher.num_layers * teacher.hidden_size
+        tp_comm = opts.num_microbatches * per_hidden * collectives / opts.pp
     comm = 0.0
     if opts.dp > 1:
         params = max(stage_parameters(student, opts.tp, opts.pp, st) for st in {0, opts.pp - 1})
@@ -64,7 +77,8 @@ def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptio
         ring = (opts.dp - 1) / opts.dp
         grads = 2 * ring * params * FP32 / bandwidth
         gather = ring * params * DTYPE_BYTES[opts.precision] / bandwidth if opts.distributed_optimizer else 0.0
-        comm = (0.0 if overlap_grad_reduce else grads) + (0.0 if overlap_param_gather else gather)
-    step = compute + bubble + comm
-    return StepTime(step_s=step, compute_s=compute, bubble_s=bubble, exposed_comm_s=comm, tokens_per_s=tokens / step,
+        comm = (0.0 if opts.overlap_grad_reduce else grads) + (0.0 if opts.overlap_param_gather else gather)
+    step = compute + tp_comm + bubble + comm
+    return StepTime(step_s=step, compute_s=compute, bubble_s=bubble, exposed_comm_s=comm, tp_comm_s=tp_comm,
+                    tokens_per_s=tokens / step,
                     flops_per_token=model_flops, mfu=mfu)
