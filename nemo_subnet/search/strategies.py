@@ -60,7 +60,16 @@ class BudgetSampler:
         self.space, self.lower, self.upper, self.rng = space, lower, upper, rng
         self.feasible = None
         if space.size() <= ENUMERATE_LIMIT:
-            self.feasible = [g for g in space.enumerate() if self.inside(g)]
+            candidates = list(space.enumerate())
+            self.feasible = [g for g in candidates if self.inside(g)]
+            if not self.feasible:
+                below = max((p for p in map(space.params, candidates) if p < lower), default=None)
+                above = min((p for p in map(space.params, candidates) if p > upper), default=None)
+                nearest = " and ".join(f"{name} {p:,}" for name, p in (("below", below), ("above", above)) if p)
+                raise SearchSpaceError(
+                    f"budget unreachable: none of the space's {len(candidates):,} sub-networks has "
+                    f"{lower:,}..{upper:,} parameters (nearest: {nearest}); raise the tolerance, change the budget "
+                    "or use a finer granularity")
 
     def inside(self, genome: Genome) -> bool:
         return self.lower <= self.space.params(genome) <= self.upper

@@ -1,6 +1,7 @@
 """Strategies and the search loop against pure-Python objectives (no model is built)."""
 
 import json
+import random
 
 import pytest
 
@@ -144,6 +145,16 @@ def test_budget_bounds_and_errors():
         check_budget(rspace, Budget(0.01))
     with pytest.raises(SearchSpaceError, match="budget unreachable"):
         check_budget(space(hidden=[16, 32]), Budget(0.9))
+    # inside the space's range but between two of its discrete sizes: named, with the nearest sizes
+    rspace = space(hidden=[16, 32])
+    sizes = sorted({rspace.params(g) for g in rspace.enumerate()})
+    gap = max(zip(sizes, sizes[1:]), key=lambda pair: pair[1] - pair[0])
+    middle = (gap[0] + gap[1]) // 2
+    with pytest.raises(SearchSpaceError, match=f"none of the space's .* sub-networks has {middle:,}..{middle:,} "
+                       f"parameters \\(nearest: below {gap[0]:,} and above {gap[1]:,}\\)"):
+        from nemo_subnet.search.strategies import BudgetSampler
+
+        BudgetSampler(rspace, middle, middle, random.Random(0))
     with pytest.raises(SearchSpaceError, match="exceed the model"):
         space(ffn=[64, 256])
     with pytest.raises(SearchSpaceError, match="exceed the model"):
