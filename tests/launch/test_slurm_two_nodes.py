@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from slurm_utils import node_addr, require_two_nodes  # noqa: E402
+from slurm_utils import job_field, node_addr, require_two_nodes, wait_for  # noqa: E402
 from two_nodes import PROBE, TORCHRUN_SH, probe_lines  # noqa: E402
 
 SCRIPT = """#!/bin/bash
@@ -37,12 +37,18 @@ def test_sbatch_two_nodes_torchrun_slurm_branch(tmp_path):
     script = tmp_path / "job.sbatch"
     script.write_text(SCRIPT.format(partition=partition, out=out, bin=Path(sys.executable).parent,
                                     port=32000 + int(tmp_path.stat().st_ino) % 1000, torchrun=TORCHRUN_SH, probe=PROBE))
-    proc = subprocess.run(["sbatch", "--parsable", "--wait", str(script)], capture_output=True, text=True,
-                          timeout=420, cwd=tmp_path)
+    proc = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job = proc.stdout.strip().split(";")[0]
+    try:  # (sbatch --wait polls every 10-30 s; this every 0.5 s)
+        state = wait_for(lambda: (job_field(job, "JobState") or "GONE") not in ("PENDING", "RUNNING", "CONFIGURING",
+                                                                                "COMPLETING") and job_field(job, "JobState"),
+                         "the two-node job to end", 420)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True)
     text = out.read_text(errors="replace") if out.exists() else ""
     print(text)
-    assert proc.returncode == 0, f"{proc.stderr}\n{text[-4000:]}"
-    job = proc.stdout.strip().split(";")[0]
+    assert state == "COMPLETED", f"job {job} {state}\n{text[-4000:]}"
     nodes = subprocess.run(["scontrol", "show", "hostnames", text.split("nodes ", 1)[1].split()[0]],
                            capture_output=True, text=True, check=True).stdout.split()
     assert len(nodes) == 2
