@@ -3,8 +3,9 @@
 Providers (same DDP + distributed optimizer + schedule, same micro-batches, random tokens):
     megatron_plain  GPTModel with megatron's own local layer spec and loss (labels -> compute_language_model_loss)
     student         our student GPTModel, our CE (padding excluded) — the `nemo-subnet train` step without a teacher
-    teacher_fwd     the teacher's forward-only schedule over the step's micro-batches (what KD adds)
-    kd              teacher forward + student step with alpha*CE + beta*KD (forward KL)
+    teacher_fwd     the teacher's forward (no grad) over the step's micro-batches (what KD adds)
+    kd              the training loop's KD step: StudentWithTeacher (teacher forward inside each micro-batch)
+                    + student step with alpha*CE + beta*KD (forward KL)
 Goal: kd <= student + teacher_fwd + 10%.
 
 Appends rows (device, commit, sizes, ms/step, tokens/s) to benchmarks/results/kd_step.csv and writes a bar
@@ -84,8 +85,8 @@ def main() -> None:
     from nemo_subnet.models import build_gpt_model
     from nemo_subnet.runtime import init_runtime
     from nemo_subnet.training.config import DistillConfig, TrainConfig
-    from nemo_subnet.training.distill import Teacher
     from nemo_subnet.training.loop import _build_student, _dtype, _Step
+    from nemo_subnet.training.teacher import StudentWithTeacher
 
     runtime = init_runtime(tp=1, pp=1, seed=1234)
     student_cfg = model_cfg(p["vocab"], **p["student"])
@@ -95,7 +96,7 @@ def main() -> None:
         "distill": {"teacher": "unused", "alpha_ce": 0.5, "beta_kd": 0.5}})
     dtype = _dtype(config)
     data = batches(p["vocab"], p["seq"], p["mbs"], p["nmb"], runtime.device)
-    teacher = Teacher(build_gpt_model(teacher_cfg, params_dtype=dtype), teacher_cfg.vocab_size, None)
+    teacher = build_gpt_model(teacher_cfg, params_dtype=dtype)
 
     def optimizer_step(run):
         def step():
@@ -122,14 +123,18 @@ def main() -> None:
     del ddp, optimizer, plain
 
     model, ddp, optimizer, _ = _build_student(config, student_cfg, dtype)
-    no_teacher = _Step(config, student_cfg, None)
-    with_teacher = _Step(config, student_cfg, teacher)
+    pair = StudentWithTeacher(ddp, teacher, student_cfg.hidden_size, teacher_cfg.hidden_size)
+    stepper = _Step(config, student_cfg, ddp, pair)
+
+    @torch.no_grad()
+    def teacher_forward():
+        for b in data:
+            teacher(b["tokens"], b["position_ids"], attention_mask=None)
+
     providers = {
-        "student": optimizer_step(lambda: no_teacher.run(ddp, [dict(b) for b in data], forward_only=False,
-                                                         with_teacher=False)),
-        "teacher_fwd": lambda: teacher.run(data, p["seq"], p["mbs"]),
-        "kd": optimizer_step(lambda: with_teacher.run(ddp, [dict(b) for b in data], forward_only=False,
-                                                      with_teacher=True)),
+        "student": optimizer_step(lambda: stepper.run([dict(b) for b in data], forward_only=False, with_teacher=False)),
+        "teacher_fwd": teacher_forward,
+        "kd": optimizer_step(lambda: stepper.run([dict(b) for b in data], forward_only=False, with_teacher=True)),
     }
     rounds = {name: [] for name in providers}
     for _ in range(args.rounds):
