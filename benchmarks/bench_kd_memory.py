@@ -47,7 +47,7 @@ def models():
 
 def prepare(work: Path) -> tuple[Path, Path, Path]:
     teacher, student = models()
-    data = calib.prepare_data(work)
+    data = _as_model_vocab(calib.prepare_data(work), teacher.vocab_size)
     student_yaml = work / "kdmem_student.yaml"
     student.save(student_yaml)
     teacher_ckpt = work / "kdmem_teacher"
@@ -56,6 +56,24 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
         subprocess.run([sys.executable, "-c", calib.MAKE_CHECKPOINT, str(work / "kdmem_teacher.yaml"), str(teacher_ckpt)],
                        check=True, env=calib.env(), cwd=ROOT)
     return data, teacher_ckpt, student_yaml
+
+
+def _as_model_vocab(data: Path, vocab: int) -> Path:
+    """The corpus with its metadata's vocab_size set to the models' (ef3a203 required them equal; the token ids,
+    all < 500, and their uint16 storage are unchanged, so both versions read the same data)."""
+    import json
+    import shutil
+
+    out = data.with_name(data.name + f"_v{vocab}")
+    if not out.exists():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(data, tmp)
+        meta = json.loads((tmp / "dataset.json").read_text())
+        meta["vocab_size"] = vocab
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, out)
+    return out
 
 
 def old_worktree(commit: str) -> Path:

@@ -190,9 +190,9 @@ def write_outputs(rows: list[dict], csv_path: Path, md_path: Path, note: str) ->
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['row']} | {r['seq']} | {r['micro_batch']} | {r['micro_batches']} | {r['options'] or '-'} | "
-                     f"{r['plan_mib']:.0f} | {r['measured_mib']:.0f} | {r['error_pct']:+.1f}% | {r['plan_phase']} |")
+                     f"{r['plan_mib']:.0f} | {r['measured_mib']:.0f} | {r['error_pct']:+.2f}% | {r['plan_phase']} |")
     worst = max((abs(r["error_pct"]) for r in rows), default=0.0)
-    lines += ["", f"Largest |error|: {worst:.1f}% (target: 15%)."]
+    lines += ["", f"Largest |error|: {worst:.2f}% (target: 15%)."]
     tmp = md_path.with_suffix(".md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, md_path)
