@@ -11,7 +11,10 @@ from pathlib import Path
 
 REPO = Path(__file__).parents[2]
 SCRIPT = REPO / "launch" / "torchrun.sh"
-PROBE = "import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], os.environ['MASTER_ADDR'], flush=True)"
+# one write(2) per rank: print() with PYTHONUNBUFFERED (CI sets it) writes each argument apart, and two ranks'
+# pieces interleave on the shared pipe ("rankrank  0 of 2 ...")
+PROBE = ("import os; e = os.environ; "
+         "os.write(1, f\"rank {e['RANK']} of {e['WORLD_SIZE']} {e['MASTER_ADDR']}\\n\".encode())")
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
