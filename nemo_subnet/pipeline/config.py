@@ -72,6 +72,14 @@ class TrainSpec:
     checkpoint_every: int | None = None
     """Checkpoint every N steps (None: four times per run). SIGTERM (preemption, requeue, the SLURM time limit)
     also saves at the step where the run stops, so this only bounds the work a hard kill loses."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recompute (docs/training.md, "Memory and throughput options")."""
+    sequence_parallel: bool = False
+    """Sequence parallelism over TP (GPU, tp > 1)."""
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    distributed_optimizer: bool = True
+    """Optimizer state sharded over DP (megatron's distributed optimizer)."""
 
 
 @dataclass
@@ -114,6 +122,8 @@ class DistillSpec:
     """JSD skew (0: forward KL, 1: reverse KL)."""
     top_k: int | None = None
     """Distill against the teacher's renormalised top-k only (None: the full distribution)."""
+    fused_output: Literal["auto", "on", "off"] = "auto"
+    """Loss from the final hidden states chunk by chunk, never the full [b, s, V/tp] logits (auto: where it saves memory)."""
 
 
 @dataclass

@@ -67,18 +67,19 @@ def train_run(config: PipelineConfig, spec: TrainSpec, run_dir: Path, data_dir: 
         "run_dir": str(run_dir), "init": init, "seed": config.seed if seed is None else seed,
         "data": {"path": str(data_dir), "seq_length": spec.seq_length,
                  "micro_batch_size": spec.micro_batch_size, "global_batch_size": spec.global_batch_size},
-        "optimizer": {"lr": spec.lr, "min_lr": spec.min_lr},
+        "optimizer": {"lr": spec.lr, "min_lr": spec.min_lr, "use_distributed_optimizer": spec.distributed_optimizer},
         "schedule": {"train_steps": spec.steps, "warmup_steps": spec.warmup_steps},
         "checkpoint": {"every_steps": spec.checkpoint_every or max(spec.steps // 4, 1), "keep_last": 1},
         "logging": {"eval_every": spec.eval_every, "eval_iters": spec.eval_iters, "log_every": 1,
                     "eval_at_start": True, "test_iters": spec.test_iters},
-        "parallel": {"tp": spec.tp, "pp": spec.pp},
+        "parallel": {"tp": spec.tp, "pp": spec.pp, "recompute": spec.recompute, "sequence_parallel": spec.sequence_parallel,
+                     "overlap_grad_reduce": spec.overlap_grad_reduce, "overlap_param_gather": spec.overlap_param_gather},
     }
     if teacher is not None:
         d = config.distill
         run["distill"] = {"teacher": str(teacher), "alpha_ce": d.alpha_ce, "beta_kd": d.beta_kd,
                           "temperature": d.temperature, "divergence": d.divergence, "beta_jsd": d.beta_jsd,
-                          "top_k": d.top_k}
+                          "top_k": d.top_k, "fused_output": d.fused_output}
     return run
 
 

@@ -157,6 +157,8 @@ class ParallelConfig:
     """Reduce gradient buckets over DP during backward instead of after it (DP > 1: hides the all-reduce)."""
     overlap_param_gather: bool = False
     """With the distributed optimizer: all-gather updated parameters during the next forward (DP > 1)."""
+    collective_timeout_minutes: int = 30
+    """How long a collective waits for a lost rank (a dead node) before the run fails on every rank."""
 
 
 @dataclass
@@ -197,6 +199,8 @@ class TrainConfig:
                 raise UserError("distill.top_k needs forward_kl or jsd with beta_jsd < 1 (reverse KL is infinite off the top-k)")
         if self.distill.fused_output not in ("auto", "on", "off"):
             raise UserError(f"distill.fused_output {self.distill.fused_output!r} is not one of auto, on, off")
+        if self.parallel.collective_timeout_minutes < 1:
+            raise UserError("parallel.collective_timeout_minutes must be at least 1")
         if self.parallel.overlap_param_gather and not self.optimizer.use_distributed_optimizer:
             raise UserError("parallel.overlap_param_gather needs optimizer.use_distributed_optimizer: true "
                             "(only the distributed optimizer gathers parameters)")

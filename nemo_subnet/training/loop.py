@@ -278,7 +278,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train (and distill) a student as configured; collective under torchrun / srun. See the module docstring."""
     config.validate()
     student_cfg, teacher_cfg, metadata = _check_inputs(config)
-    runtime = init_runtime(tp=config.parallel.tp, pp=config.parallel.pp, seed=config.seed)
+    runtime = init_runtime(tp=config.parallel.tp, pp=config.parallel.pp, seed=config.seed,
+                           timeout_minutes=config.parallel.collective_timeout_minutes)
     if config.global_batch_size_error(runtime.dp):
         raise UserError(config.global_batch_size_error(runtime.dp))
     run_dir = Path(config.run_dir)

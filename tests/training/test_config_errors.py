@@ -32,6 +32,7 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     (["data.global_batch_size=3"], "not a multiple"),
     (["distill.teacher=t", "distill.top_k=4", "distill.divergence=reverse_kl"], "top_k needs"),
     (["distill.divergence=kl"], "cannot read"),
+    (["parallel.collective_timeout_minutes=0"], "collective_timeout_minutes must be at least 1"),
 ])
 def test_bad_config(tmp_path, overrides, message):
     path = write_yaml(tmp_path / "run.yaml", {"init": {"random": "m.yaml"}, "data": {"path": "d"}})
