@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO_DIR ?= demo_out
 
-.PHONY: venv demo test test-fast clean
+.PHONY: venv demo test test-fast test-extended clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not distributed and not slow" tests
+
+# long checks kept out of CI's time budget: every Triton variant for sm_90/sm_100, TP=2 across two torchrun agents
+test-extended: $(STAMP)
+	$(PY) -m pytest -q -m extended tests
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -4,8 +4,8 @@ The variants are not listed here: `triton_aot.plan` runs the ops on meta tensors
 the code builds (`kernels._row_kernels.recording`), so the check follows any change of launch config,
 constexprs or dispatch. Compilation runs in a child process without TRITON_INTERPRET (this process may
 have the interpreter on, which replaces the kernels), two compile workers, Triton's on-disk cache reused.
-By default every kernel x constexpr combination at two row lengths (see `triton_aot.subset`); `-m slow`
-adds every vocabulary case x dtype. `pytest -s` prints the table; benchmarks/triton_compile.py writes it.
+By default every kernel x constexpr combination at two row lengths (see `triton_aot.subset`); `make
+test-extended` adds every vocabulary case x dtype. `pytest -s` prints the table; benchmarks/triton_compile.py writes it.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_representative_variants_compile_for_sm90_and_sm100(tmp_path):
     assert {r["n_valid_mod16"] == 0 for r in rows} == {True, False}  # vectorisable masks and odd vocabularies
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # ~4-6 min cold on 2 cores; benchmarks/triton_compile.py writes the same table
 @needs_tools
 def test_every_variant_compiles_for_sm90_and_sm100(tmp_path):
     rows = _compile("all", tmp_path, timeout=1800)

@@ -152,7 +152,7 @@ def test_kd_stage_slurm_executor_two_nodes_equals_one_node(upstream, reference, 
 
 
 @pytest.mark.distributed
-@pytest.mark.slow
+@pytest.mark.extended  # DP across nodes runs in CI (SLURM and the kill test); TP across agents adds ~1 min
 def test_kd_stage_two_torchrun_agents_tp2_across_nodes_equals_one_node(upstream, reference, tmp_path):
     """TP=2 with one rank per node: every layer's tensor-parallel collectives cross the nodes. (DP=2 through two
     agents runs in the lost-node test below, uninterrupted up to the kill and resumed after it.)"""
