@@ -154,6 +154,8 @@ class PipelineConfig:
             spec: TrainSpec = getattr(self, name)
             if spec.steps < 1 or spec.global_batch_size % spec.micro_batch_size:
                 raise UserError(f"{name}: steps must be >= 1 and global_batch_size a multiple of micro_batch_size")
+            if not 0 <= spec.warmup_steps < spec.steps:
+                raise UserError(f"{name}: warmup_steps {spec.warmup_steps} must be at least 0 and fewer than steps {spec.steps}")
 
     # --- YAML -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -187,6 +187,10 @@ class TrainConfig:
             raise UserError(self.global_batch_size_error())
         if self.schedule.train_steps < 1:
             raise UserError("schedule.train_steps must be at least 1")
+        decay_steps = self.schedule.decay_steps or self.schedule.train_steps
+        if not 0 <= self.schedule.warmup_steps < decay_steps:
+            raise UserError(f"schedule.warmup_steps {self.schedule.warmup_steps} must be at least 0 and fewer than the "
+                            f"decay steps {decay_steps} (schedule.decay_steps, default train_steps)")
         if self.distill.teacher is None and self.distill.alpha_ce == 0.0:
             pass  # resolved in effective_alpha: no teacher means plain CE
         if self.distill.teacher is not None and self.distill.alpha_ce == 0 and self.distill.beta_kd == 0:

@@ -186,3 +186,12 @@ def test_bad_override_keys(capsys):
     assert "unknown keys in student_train." in capsys.readouterr().err
     assert main(["run", "--dryrun", "launch.gpus=3"]) == 2
     assert "unknown keys in launch." in capsys.readouterr().err
+
+
+def test_warmup_not_shorter_than_the_run_fails_before_submitting():
+    """Megatron's LR scheduler asserts warmup < decay steps deep inside a training stage: refused up front."""
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.recipe_cli import resolve
+
+    with pytest.raises(UserError, match="student_train: warmup_steps 2 must be at least 0 and fewer than steps 2"):
+        resolve("tiny", ["config.student_train.steps=2"])[0].validate()

@@ -33,6 +33,7 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     (["distill.teacher=t", "distill.top_k=4", "distill.divergence=reverse_kl"], "top_k needs"),
     (["distill.divergence=kl"], "cannot read"),
     (["parallel.collective_timeout_minutes=0"], "collective_timeout_minutes must be at least 1"),
+    (["schedule.train_steps=2", "schedule.warmup_steps=2"], "warmup_steps 2 must be at least 0 and fewer than the decay steps 2"),
 ])
 def test_bad_config(tmp_path, overrides, message):
     path = write_yaml(tmp_path / "run.yaml", {"init": {"random": "m.yaml"}, "data": {"path": "d"}})
