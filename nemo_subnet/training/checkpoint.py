@@ -170,3 +170,50 @@ def load_checkpoint(ckpt: Path, *, model, optimizer, layout: dict) -> dict:
     if train_state.get("layout") == layout and rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=False))
     return train_state
+
+
+_WRITER_HELPER = None
+"""The multiprocessing manager serving megatron's checkpoint-writer results queue (kept alive with the process)."""
+
+
+def start_checkpoint_writer_helper() -> None:
+    """Start megatron's checkpoint-writer helper process so that it neither dies of SIGTERM nor outlives its rank.
+
+    megatron's dist_checkpointing collects its writers' results through a multiprocessing Manager (a helper
+    process spawned on the first save). SLURM (preemption, ``scontrol requeue``, ``scancel --signal``) sends
+    SIGTERM to every process of the job, not only to the ranks: killed by it, the very save the preemption asks
+    for fails (BrokenPipeError) and the run exits 1 without its last checkpoint. So the helper ignores SIGTERM
+    (the ranks handle it and save), and, since it can no longer be stopped by SIGTERM, it is tied to its rank
+    with PR_SET_PDEATHSIG: a rank that dies hard (SIGKILL, OOM killer) takes its helper with it instead of
+    leaving an orphan holding memory. Idempotent; a no-op on a megatron-core without this helper."""
+    global _WRITER_HELPER
+    try:
+        from megatron.core.dist_checkpointing.strategies import filesystem_async
+    except ImportError:
+        return
+    if _WRITER_HELPER is not None or getattr(filesystem_async, "_results_queue", False) is not None:
+        return  # already started, or another megatron-core layout: leave it to megatron
+    import multiprocessing
+    import os
+    from multiprocessing.managers import SyncManager
+
+    manager = SyncManager(ctx=multiprocessing.get_context("spawn"))  # what megatron's ctx.Manager() builds
+    manager.start(_writer_helper_init, (os.getpid(),))
+    filesystem_async._results_queue = manager.Queue()
+    _WRITER_HELPER = manager
+
+
+def _writer_helper_init(parent_pid: int) -> None:
+    import os
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL))
+    except (OSError, AttributeError):  # not Linux: the helper may outlive a hard-killed rank
+        pass
+    if os.getppid() != parent_pid:  # the rank died before the death signal was armed
+        os._exit(1)

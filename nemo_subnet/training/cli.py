@@ -34,36 +34,15 @@ def register(subparsers) -> None:
     ttt.set_defaults(func=run_tokens_to_target)
 
 
-def _checkpoint_writer_survives_sigterm() -> None:
-    """SLURM (preemption, ``scontrol requeue``, ``scancel --signal``) sends SIGTERM to every process of the job,
-    not only to the ranks. megatron's dist_checkpointing collects its writers' results through a
-    multiprocessing Manager, a helper process spawned on the first save; killed by that SIGTERM, the very save
-    the preemption asks for fails (BrokenPipeError) and the run exits 1 without its last checkpoint. Spawn the
-    helper now with SIGTERM ignored (an ignored disposition survives exec); the ranks handle SIGTERM themselves.
-    (Belongs with the checkpoint code; here so every ``nemo-subnet train`` gets it.)"""
-    import signal
-
-    try:
-        from megatron.core.dist_checkpointing.strategies import filesystem_async
-    except ImportError:
-        return
-    make_queue = getattr(filesystem_async, "_get_write_results_queue", None)
-    if make_queue is None:  # another megatron-core: nothing to pre-spawn
-        return
-    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        make_queue()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from nemo_subnet.runtime import shutdown_runtime
     from nemo_subnet.training.config import TrainConfig
     from nemo_subnet.training.loop import TrainingError, train
 
+    from nemo_subnet.training.checkpoint import start_checkpoint_writer_helper
+
     config = TrainConfig.load(args.config, args.overrides)
-    _checkpoint_writer_survives_sigterm()
+    start_checkpoint_writer_helper()
     try:
         result = train(config, resume=args.resume)
     except TrainingError as err:
