@@ -42,6 +42,8 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p.add_argument("--sections", nargs="+", metavar="NAME", help="run only these sections (and what they need)")
     p.add_argument("--time-limit", type=float, help="seconds for the whole run (default: 480 on one GPU, plus the "
                    "TP=2 section's budget with two or more)")
+    p.add_argument("--budget", action="append", default=[], metavar="SECTION=SECONDS",
+                   help="override one section's time budget (repeatable), e.g. --budget train_resume=300")
     p.add_argument("--smoke-cpu", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_ctx", type=Path, help=argparse.SUPPRESS)
@@ -89,6 +91,17 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {[s.name for s in SECTIONS]}")
     selected = with_dependencies(args.sections or [s.name for s in SECTIONS])
+    budgets = dict(profile.budgets)
+    for item in args.budget:
+        name, _, seconds = item.partition("=")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = -1.0
+        if name not in profile.budgets or value <= 0:
+            parser.error(f"--budget {item}: expected SECTION=SECONDS with SECONDS > 0 and SECTION one of "
+                         f"{sorted(profile.budgets)}")
+        budgets[name] = value
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -103,7 +116,7 @@ def main(argv=None) -> int:
           flush=True)
     try:
         # two sections at a time only in the CPU smoke run: on a GPU they would disturb each other's timings
-        return run_all(ctx, budgets=profile.budgets, time_limit=time_limit, selected=selected,
+        return run_all(ctx, budgets=budgets, time_limit=time_limit, selected=selected,
                        child_env=child_env(args.smoke_cpu), jobs=2 if args.smoke_cpu else 1)
     finally:
         if not args.keep_work and args.work_dir is None:

@@ -55,8 +55,8 @@ def test_section_status_rules(result, timed_out, code, status):
 
 
 def test_a_section_past_its_budget_fails_and_its_dependents_do_not_run(tmp_path):
-    # setup (data preparation, a teacher checkpoint) needs far more than 12 s; search needs setup
-    proc = _run("--smoke-cpu", "--out", str(tmp_path / "out"), "--sections", "setup", "search", "--time-limit", "12",
+    # setup (data preparation, a teacher checkpoint: ~10 s warm) cannot finish in a 1 s budget; search needs setup
+    proc = _run("--smoke-cpu", "--out", str(tmp_path / "out"), "--sections", "setup", "search", "--budget", "setup=1",
                 timeout=300)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "out" / "acceptance.json").read_text())
@@ -68,6 +68,11 @@ def test_a_section_past_its_budget_fails_and_its_dependents_do_not_run(tmp_path)
     assert report["failed"] == ["setup", "search"] and report["exit_code"] == 1
     assert "| setup | FAIL |" in (tmp_path / "out" / "acceptance.md").read_text()
     assert (tmp_path / "out" / "logs" / "setup.log").is_file()
+
+
+def test_a_bad_budget_override_is_refused_by_name(tmp_path):
+    proc = _run("--smoke-cpu", "--out", str(tmp_path / "out"), "--budget", "setup=soon", timeout=120)
+    assert proc.returncode == 2 and "--budget setup=soon: expected SECTION=SECONDS" in proc.stderr, proc.stderr
 
 
 @pytest.mark.slow
