@@ -8,13 +8,15 @@ import yaml
 from conftest import CLI, env, metrics, run_config, run_train, write_yaml
 from torchrun_utils import run_torchrun
 
-LAYOUTS = {"tp2": {"tp": 2, "pp": 1}, "pp2": {"tp": 1, "pp": 2}, "dp2": {"tp": 1, "pp": 1}}
+LAYOUTS = {"tp2": {"tp": 2, "pp": 1}, "pp2": {"tp": 1, "pp": 2}, "dp2": {"tp": 1, "pp": 1}, "tp2pp2": {"tp": 2, "pp": 2}}
+RANKS = {"tp2": 2, "pp2": 2, "dp2": 2, "tp2pp2": 4}
 VARIANTS = {
     "kd": {"alpha_ce": 0.5, "beta_kd": 0.5, "temperature": 2.0},
     "topk_jsd": {"alpha_ce": 0.0, "beta_kd": 1.0, "divergence": "jsd", "beta_jsd": 0.3, "top_k": 8},
 }
-# CE is in every case (alpha_ce > 0 or logged); dense KD under TP, PP (teacher pipeline) and DP; top-k + JSD under TP
-CASES = [("tp2", "kd"), ("pp2", "kd"), ("dp2", "kd"), ("tp2", "topk_jsd")]
+# CE is in every case (alpha_ce > 0 or logged); dense KD under TP, PP (teacher co-pipelined), DP and TP x PP;
+# top-k + JSD under TP
+CASES = [("tp2", "kd"), ("pp2", "kd"), ("dp2", "kd"), ("tp2pp2", "kd"), ("tp2", "topk_jsd")]
 
 
 def _config(root, data_dir, student_ckpt, teacher_ckpt, variant: str, parallel: dict, name: str):
@@ -41,7 +43,7 @@ def reference(tmp_path_factory, data_dir, student_ckpt, teacher_ckpt):
 @pytest.mark.parametrize("layout,variant", CASES)
 def test_parallel_layout_matches_tp1(tmp_path, data_dir, student_ckpt, teacher_ckpt, reference, layout, variant):
     config = _config(tmp_path, data_dir, student_ckpt, teacher_ckpt, variant, LAYOUTS[layout], "run")
-    run_torchrun(str(CLI), 2, "train", "--config", str(config), env={"PYTHONWARNINGS": "ignore"})
+    run_torchrun(str(CLI), RANKS[layout], "train", "--config", str(config), env={"PYTHONWARNINGS": "ignore"})
     ours, ref = metrics(tmp_path / "run"), metrics(reference[variant])
     keys = ["loss", "ce", "kd"]
     for key in keys:
