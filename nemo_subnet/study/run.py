@@ -6,7 +6,8 @@ Everything is the pipeline's own code: ``run_pipeline`` makes ``base/{data,teach
 run YAML ``stages.train_run`` builds, so every run measures valid from step 0 and test once at its end.
 
 Resumable per row: a row's results are written atomically to ``rows/<row>.json`` when all its seeds are done,
-and a rerun skips rows that have one (a seed's own result, ``runs/<row>/seed<k>/result.json``, is kept too).
+and a rerun skips rows that have one for the same seeds (a seed's own result, ``runs/<row>/seed<k>/result.json``,
+is kept too, so asking for more seeds later trains only the new ones).
 
 FLOPs (all per token x tokens; counted separately, summed only for compute-to-target):
 - student fwd+bwd: ``search.objective.flops_per_token`` of the student's sub-network of the teacher (6 x
@@ -159,7 +160,10 @@ class Study:
     def run_row(self, row: Row) -> dict:
         path = self.out / "rows" / f"{row.name}.json"
         if path.is_file():
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
+            if [s["seed"] for s in record["seeds"]] == list(self.config.seeds):
+                return record
+            # other seeds asked for than the row was run with: run the missing ones (finished seeds are read back)
         self.log(f"[study] row {row.name}")
         begin = time.perf_counter()
         init = self.init(row.init)
