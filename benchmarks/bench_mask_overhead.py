@@ -132,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in summary:
         lines.append(f"| {s['hidden']} | {s['mode']} | {s['plain_ms']:.1f} | {s['full_overhead_pct']:+.1f}% | "
                      f"{s['masked_overhead_pct']:+.1f}% | {s['plain_peak_mb']:.1f} | {s['masked_peak_mb']:.1f} | {s['set_subnet_ms']:.2f} |")
-    tmp = RESULTS / f"{name}.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(RESULTS / f"{name}.md")
-    print("\n".join(lines))
+    harness.write_markdown(RESULTS / f"{name}.md", lines)
     return 0
 
 

@@ -159,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in summary:
         lines.append(f"| {s['provider']} | {s['first_s']:.2f} | {s['later_ms']:.1f} | {s['worst_s']:.2f} | {s['total_s']:.1f} | "
                      f"{s['graphs_first']} / {s['graphs_total']} | {s['recompiling_switches']} of {len(candidates) - 1} |")
-    tmp = RESULTS / f"{name}.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(RESULTS / f"{name}.md")
-    print("\n".join(lines))
+    harness.write_markdown(RESULTS / f"{name}.md", lines)
     return 0
 
 

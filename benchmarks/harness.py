@@ -157,6 +157,17 @@ def run_case(provider: Provider, mode: Mode, case: dict, device: torch.device, w
 FIELDS = ["timestamp", "device", "commit", "op", "provider", "mode", "N", "H", "V", "dtype", "ms", "peak_mb", "note"]
 
 
+def write_markdown(path, lines: list[str]) -> None:
+    """Write a results table atomically (temporary file beside it, then rename) and print it."""
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    print("\n".join(lines))
+
+
 def append_rows(csv_path: str, rows: list[dict]) -> None:
     """Append rows to csv_path atomically (write a temporary file beside it, then rename)."""
     existing: list[dict] = []
