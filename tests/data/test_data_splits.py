@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import prepare, write_corpus
 from test_data_prepare import read_split
+from token_pieces import as_text, eod_pieces
 
 from nemo_subnet.cli import UserError
 from nemo_subnet.data.prepare import _split_documents
@@ -56,16 +57,8 @@ def test_test_split_dataset_and_view(four_splits, tmp_path):
 
 def pieces_of(window: list[int], docs: list[list[int]], eod: int) -> bool:
     """Every EOD-free piece of ``window`` is a contiguous run of one of ``docs``."""
-    texts = [" " + " ".join(map(str, doc)) + " " for doc in docs]
-    pieces, current = [], []
-    for token in window:
-        if token == eod:
-            pieces.append(current)
-            current = []
-        else:
-            current.append(token)
-    pieces.append(current)
-    return all(any(" " + " ".join(map(str, p)) + " " in t for t in texts) for p in pieces if p)
+    texts = [as_text(doc) for doc in docs]
+    return all(any(as_text(p) in t for t in texts) for p in eod_pieces(window, eod) if p)
 
 
 def test_split_errors(four_splits, tmp_path, documents):

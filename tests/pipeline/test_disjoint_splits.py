@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
+from token_pieces import as_text, eod_pieces
 
 from nemo_subnet.pipeline import run_pipeline
 from nemo_subnet.pipeline.config import DataSpec, PipelineConfig, SearchSpec, TrainSpec
@@ -63,7 +64,7 @@ def _split_docs(data_dir) -> dict[str, list[str]]:
     docs = {}
     for split in meta["splits"]:
         dataset = IndexedDataset(str(split_path(data_dir, meta, split)))
-        docs[split] = [" " + " ".join(map(str, dataset[i].tolist())) + " " for i in range(len(dataset))]
+        docs[split] = [as_text(dataset[i].tolist()) for i in range(len(dataset))]
     return docs, meta["eod"]
 
 
@@ -74,17 +75,9 @@ def _sequences(batches) -> list[list[int]]:
 
 def _splits_of(sequence: list[int], docs: dict[str, list[str]], eod: int) -> set[str]:
     """The splits whose documents contain the sequence's long EOD-free pieces (a piece in two splits: both)."""
-    pieces, current = [], []
-    for token in sequence:
-        if token == eod:
-            pieces.append(current)
-            current = []
-        else:
-            current.append(token)
-    pieces.append(current)
     found = set()
-    for piece in (p for p in pieces if len(p) >= MIN_PIECE):
-        text = " " + " ".join(map(str, piece)) + " "
+    for piece in (p for p in eod_pieces(sequence, eod) if len(p) >= MIN_PIECE):
+        text = as_text(piece)
         found |= {split for split, texts in docs.items() if any(text in t for t in texts)}
     return found
 
