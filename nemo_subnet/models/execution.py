@@ -12,15 +12,14 @@ fields, so Megatron's implementations do the work:
   more forward (~33% more compute). For when activations still do not fit.
 - ``sequence_parallel``: the residual stream, norms and dropout are split along the sequence over the TP
   group (activation memory / tp outside attention and MLP; all-gather / reduce-scatter instead of
-  all-reduce). Needs tp > 1 and CUDA (torch's CPU LayerNorm rejects Megatron's sequence-parallel path).
+  all-reduce). Needs tp > 1. Our ``Norm`` (norms.py) marks its parameters so Megatron all-reduces their
+  gradients over TP; the fused output all-gathers the sequence the way Megatron's output layer does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
-
-import torch
 
 
 @dataclass(frozen=True)
@@ -40,12 +39,8 @@ class ExecutionOptions:
             if layers_per_stage is not None and layers_per_stage % self.recompute_num_layers:
                 raise ValueError(f"recompute_num_layers {self.recompute_num_layers} does not divide the "
                                  f"{layers_per_stage} layers per pipeline stage")
-        if self.sequence_parallel:
-            if tp < 2:
-                raise ValueError("sequence_parallel needs tp > 1 (it splits the sequence over the TP group)")
-            if not torch.cuda.is_available():
-                raise ValueError("sequence_parallel needs CUDA (torch's CPU LayerNorm rejects Megatron's "
-                                 "sequence-parallel path); turn it off on CPU")
+        if self.sequence_parallel and tp < 2:
+            raise ValueError("sequence_parallel needs tp > 1 (it splits the sequence over the TP group)")
 
     def transformer_fields(self) -> dict:
         """The TransformerConfig fields these options set."""

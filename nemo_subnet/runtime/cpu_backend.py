@@ -13,6 +13,9 @@ Megatron's own code paths running unchanged:
 3. ``torch.cuda.synchronize``: a no-op (CPU ops are synchronous).
 4. The optimizer's type asserts (``param.grad.type() == 'torch.cuda.FloatTensor'``): ``Tensor.type()``
    with no argument reports the CUDA type name of the same dtype.
+5. Custom autograd Functions' ``backward`` runs with an empty torch-function mode stack, so the mode of 1.
+   would not see it; sequence parallelism's backward allocates its reduce-scatter and all-gather buffers
+   there with ``device=torch.cuda.current_device()``. Every such backward runs inside the mode.
 
 Nothing here is active when CUDA is present: ``install()`` returns False and changes nothing.
 
@@ -23,8 +26,10 @@ Nothing here is active when CUDA is present: ``install()`` returns False and cha
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
+from torch.autograd import function as autograd_function
 from megatron.core.tensor_parallel import random as mp_random
 from torch.overrides import TorchFunctionMode
 
@@ -93,6 +98,19 @@ class CpuRNGStatesTracker(mp_random.CudaRNGStatesTracker):
             torch.set_rng_state(outer_state)
 
 
+def _enter_mode_in_custom_backward(mode) -> None:
+    backward_apply = autograd_function.BackwardCFunction.apply
+
+    @functools.wraps(backward_apply)
+    def apply_in_mode(self, *args):
+        if torch._C._len_torch_function_stack():
+            return backward_apply(self, *args)
+        with mode:
+            return backward_apply(self, *args)
+
+    autograd_function.BackwardCFunction.apply = apply_in_mode
+
+
 def install(discipline: bool | None = None) -> bool:
     """Activate the CPU backend if (and only if) CUDA is absent. Idempotent; returns whether active.
 
@@ -121,6 +139,7 @@ def install(discipline: bool | None = None) -> bool:
     else:
         _INSTALLED_MODE = _CudaToCpuMode()
     _INSTALLED_MODE.__enter__()
+    _enter_mode_in_custom_backward(_INSTALLED_MODE)
     return True
 
 

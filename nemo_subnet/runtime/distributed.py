@@ -104,6 +104,10 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
 
     from nemo_subnet.runtime.gpu_request import check_requested_gpus
 
+    if tp > 1:
+        # megatron orders each TP collective before the matmul it overlaps with by issuing both to one hardware
+        # queue; read when the CUDA context is created, so it is set before any CUDA call here
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
     check_requested_gpus()  # a task given GPUs never falls back to the CPU backend
     launch = detect_launch_env()
     if launch.world_size % (tp * pp) != 0:

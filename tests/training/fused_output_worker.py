@@ -9,7 +9,9 @@ and last pipeline stage) — first with ``distill.fused_output: off`` (logits), 
 validation CE (forward only, no teacher), and every parameter's reduced gradient in megatron's grad buffer
 (``main_grad``), the output / tied embedding weight included and required non-zero. The fused op's chunk is
 shrunk (``_CHUNK_ELEMENTS``) so a micro-batch spans two chunks (256 + 64 tokens), merged over TP per chunk.
-Prints ``FUSED OK <case> rank=<r> max|diff| loss=.. grad=..`` per case.
+With ``--sequence-parallel`` (TP > 1) both settings are also compared with the logits step of the same
+model built without sequence parallelism: norm gradients all-reduced over TP, the sequence all-gathered
+before the loss. Prints ``FUSED OK [sp ]<case> rank=<r> max|diff| loss=.. grad=..`` per case.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def _grads(ddp) -> dict[str, torch.Tensor]:
     return {name: p.main_grad.detach().float().clone() for name, p in ddp.module.named_parameters()}
 
 
-def run_case(name: str, runtime) -> None:
+def _step_results(name: str, runtime, sequence_parallel: bool) -> dict:
+    """{fused_output setting: (step logs, validation logs, reduced grads)} for one freshly built model pair."""
     from megatron.core import parallel_state
 
     from nemo_subnet.kernels import Divergence
@@ -68,7 +71,7 @@ def run_case(name: str, runtime) -> None:
     from nemo_subnet.training.teacher import StudentWithTeacher
 
     distill_opts, tied, precision = CASES[name]
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the same weights with and without sequence parallelism (same shards)
     student_cfg = ModelConfig.from_dict({**STUDENT, "tie_embeddings": tied})
     teacher_cfg = ModelConfig.from_dict(TEACHER)
     data = DataConfig(seq_length=SEQ, micro_batch_size=MICRO, global_batch_size=MICRO * N_MICRO * runtime.dp)
@@ -76,12 +79,13 @@ def run_case(name: str, runtime) -> None:
     if distill_opts is not None:
         distill.teacher = Path("in-process-teacher")  # only loss_weights reads it
     config = TrainConfig(data=data, distill=distill, parallel=ParallelConfig(
-        tp=runtime.tp, pp=runtime.pp, precision=precision))
+        tp=runtime.tp, pp=runtime.pp, precision=precision, sequence_parallel=sequence_parallel))
     dtype = _dtype(config)
     model, ddp, _, _ = _build_student(config, student_cfg, dtype)
+    assert model.config.sequence_parallel == sequence_parallel
     pair = None
     if distill_opts is not None:
-        teacher = build_gpt_model(teacher_cfg, params_dtype=dtype)
+        teacher = build_gpt_model(teacher_cfg, params_dtype=dtype, execution=config.execution)
         pair = StudentWithTeacher(ddp, teacher, student_cfg.hidden_size, teacher_cfg.hidden_size)
     batches = _batches(runtime.device)
     results = {}
@@ -98,30 +102,52 @@ def run_case(name: str, runtime) -> None:
             valid = stepper.run(batches, forward_only=True, with_teacher=False)
         ddp.train()
         results[setting] = (logs, valid, grads)
-    (logs_off, valid_off, g_off), (logs_on, valid_on, g_on) = results["off"], results["on"]
+    return results
+
+
+def _compare(name: str, got: tuple, want: tuple, precision: str) -> tuple[float, float]:
+    """Max |diff| of the logged losses and max |diff| / max |grad| over every parameter."""
+    (logs_got, valid_got, g_got), (logs_want, valid_want, g_want) = got, want
     loss_rtol, grad_rtol = TOLERANCES[precision]
-    assert logs_off.keys() == logs_on.keys(), (logs_off, logs_on)
+    assert logs_got.keys() == logs_want.keys(), (logs_got, logs_want)
     loss_diff = 0.0
-    for key in logs_off:
-        torch.testing.assert_close(logs_on[key], logs_off[key], rtol=loss_rtol, atol=loss_rtol, msg=f"{name} {key}")
-        loss_diff = max(loss_diff, abs(logs_on[key] - logs_off[key]))
-    torch.testing.assert_close(valid_on["ce"], valid_off["ce"], rtol=loss_rtol, atol=loss_rtol, msg=f"{name} valid")
+    for key in logs_want:
+        torch.testing.assert_close(logs_got[key], logs_want[key], rtol=loss_rtol, atol=loss_rtol, msg=f"{name} {key}")
+        loss_diff = max(loss_diff, abs(logs_got[key] - logs_want[key]))
+    torch.testing.assert_close(valid_got["ce"], valid_want["ce"], rtol=loss_rtol, atol=loss_rtol,
+                               msg=f"{name} valid")
     grad_diff = 0.0
-    for param, want in g_off.items():
-        scale = float(want.abs().max())
-        torch.testing.assert_close(g_on[param], want, rtol=grad_rtol, atol=grad_rtol * scale, msg=f"{name} {param}")
-        grad_diff = max(grad_diff, float((g_on[param] - want).abs().max()) / max(scale, 1e-30))
+    assert g_got.keys() == g_want.keys()
+    for param, want_grad in g_want.items():
+        scale = float(want_grad.abs().max())
+        torch.testing.assert_close(g_got[param], want_grad, rtol=grad_rtol, atol=grad_rtol * scale,
+                                   msg=f"{name} {param}")
+        grad_diff = max(grad_diff, float((g_got[param] - want_grad).abs().max()) / max(scale, 1e-30))
     for param in ("output_layer.weight", "embedding.word_embeddings.weight"):
-        if param in g_off:  # the output weight (or the tied embedding) really gets a gradient
-            assert float(g_on[param].abs().max()) > 0, f"{name}: {param} has no gradient"
-    print(f"FUSED OK {name} rank={runtime.rank} max|diff| loss={loss_diff:.2e} grad/max|grad|={grad_diff:.2e} "
-          f"loss={logs_on['loss']:.4f}", flush=True)
+        if param in g_got:  # the output weight (or the tied embedding) really gets a gradient
+            assert float(g_got[param].abs().max()) > 0, f"{name}: {param} has no gradient"
+    return loss_diff, grad_diff
+
+
+def run_case(name: str, runtime, sequence_parallel: bool = False) -> None:
+    """Fused == logits at this layout; with ``sequence_parallel``, both equal the logits step without it
+    (norm-weight gradients all-reduced over TP, the output's sequence all-gather and its reduce-scatter)."""
+    precision = CASES[name][2]
+    results = _step_results(name, runtime, sequence_parallel)
+    reference = _step_results(name, runtime, False)["off"] if sequence_parallel else results["off"]
+    diffs = [_compare(name, results[setting], reference, precision) for setting in ("off", "on")]
+    loss_diff, grad_diff = max(d[0] for d in diffs), max(d[1] for d in diffs)
+    tag = "sp " if sequence_parallel else ""
+    print(f"FUSED OK {tag}{name} rank={runtime.rank} max|diff| loss={loss_diff:.2e} grad/max|grad|={grad_diff:.2e} "
+          f"loss={results['on'][0]['loss']:.4f}", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--pp", type=int, default=1)
+    parser.add_argument("--sequence-parallel", action="store_true",
+                        help="compare against the same step without sequence parallelism too")
     parser.add_argument("cases", nargs="+", choices=sorted(CASES))
     args = parser.parse_args()
     from nemo_subnet.runtime import init_runtime, shutdown_runtime
@@ -130,7 +156,7 @@ def main() -> None:
     importlib.import_module("nemo_subnet.kernels.fused_linear_kd_loss")._CHUNK_ELEMENTS = 1
     runtime = init_runtime(tp=args.tp, pp=args.pp, seed=1234)
     for name in args.cases:
-        run_case(name, runtime)
+        run_case(name, runtime, args.sequence_parallel)
     shutdown_runtime()
 
 

@@ -2,7 +2,8 @@
 
 - the option: YAML spellings, refusal of anything else, and when ``auto`` turns it on;
 - one KD / top-k / CE step (loss, validation CE, every reduced gradient in megatron's grad buffer, the output
-  and tied embedding weights included) fused == logits at TP=1, TP=2 and PP=2 (fused_output_worker.py:
+  and tied embedding weights included) fused == logits at TP=1, TP=2 and PP=2, and at TP=2 with sequence
+  parallelism both equal the step without it (fused_output_worker.py:
   two chunks per micro-batch, padding on the last shard, the tied embedding's all-reduce between stages);
 - a short KD run through the CLI with fused on follows the run with fused off, and a top-k run at TP=2 with
   fused on follows the TP=1 run on logits.
@@ -60,9 +61,9 @@ def test_auto_turns_on_when_a_micro_batch_spans_more_than_one_chunk():
         fused_output_enabled("yes", 1, 1)
 
 
-def _check_worker(output: str, n_ranks: int) -> None:
+def _check_worker(output: str, n_ranks: int, tag: str = "") -> None:
     for case in WORKER_CASES:
-        assert len(re.findall(rf"FUSED OK {case} rank=", output)) == n_ranks, (case, output[-3000:])
+        assert len(re.findall(rf"FUSED OK {tag}{case} rank=", output)) == n_ranks, (case, output[-3000:])
     print("\n".join(line for line in output.splitlines() if line.startswith("FUSED OK")))
 
 
@@ -74,9 +75,11 @@ def test_fused_step_equals_logits_step_tp1():
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout", [["--tp", "2"], ["--pp", "2"]], ids=["tp2", "pp2"])
+@pytest.mark.parametrize("layout", [["--tp", "2"], ["--pp", "2"], ["--tp", "2", "--sequence-parallel"]],
+                         ids=["tp2", "pp2", "tp2_sp"])
 def test_fused_step_equals_logits_step_parallel(layout):
-    _check_worker(run_torchrun(str(WORKER), 2, *layout, *WORKER_CASES, env={"PYTHONWARNINGS": "ignore"}), 2)
+    tag = "sp " if "--sequence-parallel" in layout else ""
+    _check_worker(run_torchrun(str(WORKER), 2, *layout, *WORKER_CASES, env={"PYTHONWARNINGS": "ignore"}), 2, tag)
 
 
 def _run(root, data_dir, student_ckpt, teacher_ckpt, name: str, distill: dict, parallel: dict | None = None,
