@@ -15,7 +15,8 @@ Megatron's own code paths running unchanged:
    with no argument reports the CUDA type name of the same dtype.
 5. Custom autograd Functions' ``backward`` runs with an empty torch-function mode stack, so the mode of 1.
    would not see it; sequence parallelism's backward allocates its reduce-scatter and all-gather buffers
-   there with ``device=torch.cuda.current_device()``. Every such backward runs inside the mode.
+   there with ``device=torch.cuda.current_device()``. Every such backward runs inside the redirect of 1.
+   (without the discipline checks: gradients are made in C++ and carry no host/device classification).
 
 Nothing here is active when CUDA is present: ``install()`` returns False and changes nothing.
 
@@ -139,7 +140,7 @@ def install(discipline: bool | None = None) -> bool:
     else:
         _INSTALLED_MODE = _CudaToCpuMode()
     _INSTALLED_MODE.__enter__()
-    _enter_mode_in_custom_backward(_INSTALLED_MODE)
+    _enter_mode_in_custom_backward(_CudaToCpuMode())
     return True
 
 

@@ -25,6 +25,26 @@ def test_cpu_backend_redirects_cuda_placement(megatron_runtime):
     torch.cuda.synchronize()  # a no-op instead of an error
 
 
+class _AllocatesInBackward(torch.autograd.Function):
+    """As megatron's sequence-parallel linear layers do: a buffer on the current GPU, made in backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+    @staticmethod
+    def backward(ctx, grad):
+        buffer = torch.empty(grad.shape, dtype=grad.dtype, device=torch.cuda.current_device())
+        return buffer.copy_(grad) * 2
+
+
+def test_cpu_backend_redirects_placement_in_custom_backward(megatron_runtime):
+    # autograd runs a custom Function's backward with an empty torch-function mode stack
+    x = torch.ones(3, device=cpu_backend.compute_device(), requires_grad=True)
+    _AllocatesInBackward.apply(x).sum().backward()
+    assert torch.equal(x.grad, torch.full_like(x, 2.0))
+
+
 def test_cpu_backend_rng_streams_are_megatron_seeded(megatron_runtime):
     from megatron.core import tensor_parallel
 
