@@ -65,6 +65,18 @@ def fused_output_enabled(setting: str, n_tokens: int, local_vocab: int) -> bool:
     return setting == "on"
 
 
+def describe_fused_output(setting: str, n_tokens: int, local_vocab: int) -> str:
+    """One line saying which output path a run takes and, for ``auto``, why."""
+    enabled = fused_output_enabled(setting, n_tokens, local_vocab)
+    path = "on (loss from hidden states, logits chunk by chunk)" if enabled else "off (full logits)"
+    if setting != "auto":
+        return f"fused output {path}: distill.fused_output is {setting}"
+    chunk = default_chunk_size(n_tokens, local_vocab)
+    chunks = -(-n_tokens // chunk)
+    return (f"fused output {path}: auto, {n_tokens} tokens per micro-batch at V/tp = {local_vocab} make "
+            f"{chunks} chunk(s) of {chunk} tokens" + ("" if enabled else "; one chunk would save nothing"))
+
+
 def vocab_shard_start(local_vocab: int) -> int:
     return parallel_state.get_tensor_model_parallel_rank() * local_vocab
 

@@ -39,7 +39,7 @@ from nemo_subnet.models import ModelConfig, build_gpt_model
 from nemo_subnet.runtime import compute_device, init_runtime
 from nemo_subnet.training import checkpoint as ckpt
 from nemo_subnet.training.config import CONFIG_FILE, TrainConfig
-from nemo_subnet.training.distill import LMOutput, fused_output_enabled, lm_loss, teacher_topk
+from nemo_subnet.training.distill import LMOutput, describe_fused_output, fused_output_enabled, lm_loss, teacher_topk
 from nemo_subnet.training.output_layer import defer_logits, output_weight
 from nemo_subnet.training.teacher import StudentWithTeacher
 from nemo_subnet.training.metrics import MetricsLogger, forward_flops_per_token, peak_flops
@@ -180,8 +180,9 @@ class _Step:
         self.ddp, self.pair = ddp, pair
         self.schedule = get_forward_backward_func()
         local_vocab = model_cfg.padded_vocab_size // parallel_state.get_tensor_model_parallel_world_size()
-        self.fused = fused_output_enabled(config.distill.fused_output,
-                                          config.data.micro_batch_size * config.data.seq_length, local_vocab)
+        n_tokens = config.data.micro_batch_size * config.data.seq_length
+        self.fused = fused_output_enabled(config.distill.fused_output, n_tokens, local_vocab)
+        self.fused_output_line = describe_fused_output(config.distill.fused_output, n_tokens, local_vocab)
         if self.fused:
             defer_logits(ddp)
             if pair is not None:
@@ -328,6 +329,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     logger = MetricsLogger(run_dir, enabled=runtime.is_main, tensorboard=config.logging.tensorboard,
                            resume_step=step if resume else None)
     stepper = _Step(config, student_cfg, ddp, pair)
+    if runtime.is_main:
+        print(f"train: {stepper.fused_output_line}", flush=True)
     skips = _Skips(limit=config.optimizer.max_skipped_steps, total=skipped_at_resume)
     preemption = _Preemption()
     tokenizer_dir = hf_tokenizer_dir(config.data.path) or (Path(config.data.path) / metadata["tokenizer"]["path"])

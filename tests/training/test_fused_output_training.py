@@ -24,7 +24,7 @@ from torchrun_utils import run_torchrun
 
 from nemo_subnet.cli import UserError
 from nemo_subnet.training import TrainConfig
-from nemo_subnet.training.distill import fused_output_enabled
+from nemo_subnet.training.distill import describe_fused_output, fused_output_enabled
 
 WORKER = Path(__file__).parent / "fused_output_worker.py"
 WORKER_CASES = ["fkl", "fkl_tied", "rkl", "topk_jsd", "topk_fkl_ce_tied", "ce", "ce_tied", "fkl_bf16"]
@@ -61,6 +61,16 @@ def test_auto_turns_on_when_a_micro_batch_spans_more_than_one_chunk():
         fused_output_enabled("yes", 1, 1)
 
 
+def test_the_run_says_which_output_path_it_took():
+    assert describe_fused_output("auto", 128, 512) == (
+        "fused output off (full logits): auto, 128 tokens per micro-batch at V/tp = 512 make 1 chunk(s) of 128 "
+        "tokens; one chunk would save nothing")
+    assert describe_fused_output("auto", 8192, 128256) == (
+        "fused output on (loss from hidden states, logits chunk by chunk): auto, 8192 tokens per micro-batch at "
+        "V/tp = 128256 make 8 chunk(s) of 1024 tokens")
+    assert describe_fused_output("off", 8192, 128256) == "fused output off (full logits): distill.fused_output is off"
+
+
 def _check_worker(output: str, n_ranks: int, tag: str = "") -> None:
     for case in WORKER_CASES:
         assert len(re.findall(rf"FUSED OK {tag}{case} rank=", output)) == n_ranks, (case, output[-3000:])
@@ -91,7 +101,7 @@ def _run(root, data_dir, student_ckpt, teacher_ckpt, name: str, distill: dict, p
                         logging={"eval_every": 2, "eval_iters": 2, "progress": False, "tensorboard": False})
     path = write_yaml(root / f"{name}.yaml", config)
     if nproc == 1:
-        run_train(path)
+        (root / name / "stdout.txt").write_text(run_train(path).stdout)
     else:
         run_torchrun(str(CLI), nproc, "train", "--config", str(path), env={"PYTHONWARNINGS": "ignore"})
     return root / name
@@ -112,6 +122,7 @@ def test_fused_kd_run_follows_logits_run(tmp_path, data_dir, student_ckpt, teach
     distill = {"alpha_ce": 0.5, "beta_kd": 0.5, "temperature": 2.0}
     off = _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, "off", {**distill, "fused_output": "off"})
     on = _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, "on", {**distill, "fused_output": "on"})
+    assert "train: fused output on (loss from hidden states" in (on / "stdout.txt").read_text()
     _assert_same_curves(on, off, 2e-5)
     saved = yaml.safe_load((on / "config.yaml").read_text())
     assert saved["distill"]["fused_output"] == "on"
