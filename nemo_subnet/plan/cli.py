@@ -118,7 +118,7 @@ def to_dict(student, teacher, opts, memory, timing, device, tokens, gpus_per_nod
                            "phases_bytes": memory.phases},
         "time": {"gpu": device.name, "peak_flops": device.peak_flops(opts.precision), "mfu_assumed": timing.mfu,
                  "step_s": timing.step_s, "compute_s": timing.compute_s, "tp_comm_s": timing.tp_comm_s,
-                 "pipeline_bubble_s": timing.bubble_s,
+                 "pipeline_bubble_s": timing.bubble_s, "pp_comm_s": timing.pp_comm_s,
                  "exposed_dp_comm_s": timing.exposed_comm_s, "tokens_per_s": timing.tokens_per_s,
                  "tokens_per_s_per_gpu": timing.tokens_per_s / world, "model_flops_per_token": timing.flops_per_token},
     }
@@ -150,7 +150,7 @@ def format_text(r: dict) -> str:
     lines.append("")
     lines.append(f"time on {tm['gpu']} ({tm['peak_flops'] / 1e12:,.0f} TFLOP/s peak, assumed MFU {tm['mfu_assumed']:.2f}):")
     lines.append(f"  step {tm['step_s']:.3f} s = compute {tm['compute_s']:.3f} + TP comm {tm['tp_comm_s']:.3f}"
-                 f" + pipeline bubble {tm['pipeline_bubble_s']:.3f}"
+                 f" + pipeline bubble {tm['pipeline_bubble_s']:.3f} + PP p2p {tm['pp_comm_s']:.3f}"
                  f" + exposed DP comm {tm['exposed_dp_comm_s']:.3f}")
     lines.append(f"  {tm['tokens_per_s']:,.0f} tokens/s ({tm['tokens_per_s_per_gpu']:,.0f} per GPU), "
                  f"{tm['model_flops_per_token'] / 1e9:.2f} GFLOP per token")

@@ -9,7 +9,13 @@ assumption the plan states (kernel efficiency; communication is added on top). O
   NVLink, not overlapped (Megatron without TP-comm overlap): per micro-batch and layer 2 in the student's
   forward, 2 in its backward (+2 with full recompute), 2 in the teacher's forward; ring volume
   2 (tp - 1) / tp of the tensor;
-- the 1F1B pipeline bubble, (pp - 1) / microbatches of the compute time (p2p transfers neglected);
+- the 1F1B pipeline bubble, (pp - 1) / microbatches of the compute time;
+- pipeline p2p transfers, not overlapped (megatron's 1F1B waits on each send/recv; ``overlap_p2p_comm``
+  applies to the interleaved schedule only): each micro-batch's stage output crosses a boundary forward and
+  its gradient backward, ``[s / sp, b, h_s + h_t]`` in the compute dtype (the teacher's hidden states travel
+  with the student's, training/teacher.py), on the critical path m + pp - 1 times each way; over the
+  network when the job spans nodes (megatron orders PP outermost, so a stage boundary then crosses nodes),
+  else NVLink;
 - data-parallel communication of the student's gradients (fp32 reduce-scatter / all-reduce, ring volume
   2 (dp - 1) / dp of the stage's gradient bytes) and, with the distributed optimizer, the all-gather of
   updated parameters; hidden when ``overlap_grad_reduce`` / ``overlap_param_gather`` are on (assumed fully;
@@ -35,6 +41,8 @@ class StepTime:
     exposed_comm_s: float
     """Data-parallel communication not hidden by overlap."""
     tp_comm_s: float
+    pp_comm_s: float
+    """Pipeline p2p transfers on the critical path (0 at pp = 1)."""
     tokens_per_s: float
     flops_per_token: float
     """Model FLOPs per token (3 x student + teacher forward), as MFU counts them."""
@@ -70,15 +78,22 @@ def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptio
         if teacher is not None:
             collectives += 2 * teacher.num_layers * teacher.hidden_size
         tp_comm = opts.num_microbatches * per_hidden * collectives / opts.pp
+    bandwidth = device.network_bytes_per_s if world > gpus_per_node else device.nvlink_bytes_per_s
+    pp_comm = 0.0
+    if opts.pp > 1:
+        sp = opts.tp if opts.sequence_parallel else 1
+        hidden = student.hidden_size + (teacher.hidden_size if teacher is not None else 0)
+        transfer = opts.tokens / sp * hidden * DTYPE_BYTES[opts.precision] / bandwidth
+        pp_comm = 2 * (opts.num_microbatches + opts.pp - 1) * transfer
     comm = 0.0
     if opts.dp > 1:
         params = max(stage_parameters(student, opts.tp, opts.pp, st) for st in {0, opts.pp - 1})
-        bandwidth = device.network_bytes_per_s if world > gpus_per_node else device.nvlink_bytes_per_s
         ring = (opts.dp - 1) / opts.dp
         grads = 2 * ring * params * FP32 / bandwidth
         gather = ring * params * DTYPE_BYTES[opts.precision] / bandwidth if opts.distributed_optimizer else 0.0
         comm = (0.0 if opts.overlap_grad_reduce else grads) + (0.0 if opts.overlap_param_gather else gather)
-    step = compute + tp_comm + bubble + comm
+    step = compute + tp_comm + bubble + pp_comm + comm
     return StepTime(step_s=step, compute_s=compute, bubble_s=bubble, exposed_comm_s=comm, tp_comm_s=tp_comm,
+                    pp_comm_s=pp_comm,
                     tokens_per_s=tokens / step,
                     flops_per_token=model_flops, mfu=mfu)

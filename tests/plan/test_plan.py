@@ -147,8 +147,26 @@ def test_step_time_uses_the_training_flop_count():
     assert t.flops_per_token == flops
     assert t.compute_s == pytest.approx(32 * 2048 * flops / (PEAK_BF16_FLOPS["H100"] * 0.5))
     assert GPUS["H200"].peak_bf16_flops == PEAK_BF16_FLOPS["H200"]
+    assert t.pp_comm_s == 0.0
     with pytest.raises(ValueError, match="mfu"):
         step_time(student, teacher, o, gpu("H100"), mfu=1.5)
+
+
+def test_pipeline_p2p_time_counts_both_directions_on_the_critical_path():
+    student, teacher = preset_config("pythia-160m"), preset_config("pythia-410m")
+    h100 = gpu("H100")
+    # pp 4 inside one node: 8 micro-batches, each [2048, 1, 768 + 1024] bf16 forward and its gradient back
+    inside = step_time(student, teacher, opts(seq_length=2048, micro_batch_size=1, global_batch_size=16, pp=4, dp=2),
+                       h100)
+    transfer = 2048 * (768 + 1024) * 2 / h100.nvlink_bytes_per_s
+    assert inside.pp_comm_s == pytest.approx(2 * (8 + 3) * transfer)
+    assert inside.step_s == pytest.approx(inside.compute_s + inside.tp_comm_s + inside.bubble_s + inside.pp_comm_s
+                                          + inside.exposed_comm_s)
+    # across nodes the network carries it; sequence parallelism sends 1/tp of the sequence per rank
+    across = step_time(student, teacher, opts(seq_length=2048, micro_batch_size=1, global_batch_size=16, pp=4, dp=2,
+                                               tp=2, sequence_parallel=True), h100, gpus_per_node=8)
+    assert across.pp_comm_s == pytest.approx(2 * (8 + 3) * transfer / 2 * h100.nvlink_bytes_per_s
+                                             / h100.network_bytes_per_s)
 
 
 def test_layout_search_returns_a_fitting_layout_and_rejects_the_rest():
