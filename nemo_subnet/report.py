@@ -19,6 +19,8 @@ import json
 import sys
 from pathlib import Path
 
+from nemo_subnet.files import write_text_atomic
+
 
 def read_metrics(run_dir: Path, kind: str = "valid") -> list[dict]:
     """Records of one kind from a run's metrics.jsonl; [] when the run has none (a stage that did not run)."""
@@ -223,7 +225,7 @@ def write_report(out: Path, report_dir: Path, config=None) -> dict:
                             [[r["variant"], r["params"], f"{r['max_abs_logit_diff']:.2e}", r["round_trip_bitwise"],
                               r["generate_equal"]] for r in rows]), ""]
 
-    (report_dir / "report.md").write_text("\n".join(sections))
+    write_text_atomic(report_dir / "report.md", "\n".join(sections))
     return {"report": str(report_dir / "report.md"), "kd_ahead": ahead, "target": cmp["target"],
             "tokens_to_target": reach, "rows": cmp["rows"]}
 

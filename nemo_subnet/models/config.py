@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import yaml
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from nemo_subnet.files import write_text_atomic
+
 
 class Family(str, enum.Enum):
     GPT_NEOX = "gpt_neox"
@@ -147,7 +149,7 @@ class ModelConfig:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":

@@ -14,6 +14,8 @@ from typing import Literal
 
 import yaml
 
+from nemo_subnet.files import write_text_atomic
+
 
 @dataclass
 class TeacherModel:
@@ -162,7 +164,7 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, data: dict) -> "PipelineConfig":

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.pipeline.config import PipelineConfig, TrainSpec
 from nemo_subnet.pipeline.runner import Stage, StageContext, StageError
 
@@ -55,7 +56,7 @@ def teacher_checkpoint(ctx: StageContext) -> Path:
 
 def _write_yaml(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
     return path
 
 

@@ -21,6 +21,8 @@ import json
 import os
 from pathlib import Path
 
+from nemo_subnet.files import read_jsonl, write_jsonl_atomic, write_text_atomic
+
 SEARCH_FILE = "search.json"
 CANDIDATES = "candidates.jsonl"
 
@@ -32,22 +34,11 @@ class RunDir:
         self._file = None
 
     def read_candidates(self) -> list[dict]:
-        """Records of a previous session; a line cut by a kill (no newline / bad JSON) is dropped."""
+        """Records of a previous session; a last line cut by a kill (no newline / bad JSON) is dropped."""
         path = self.path / CANDIDATES
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text().splitlines(keepends=True):
-            if not line.endswith("\n"):
-                break
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-        if self.writer:  # rewrite without the cut line so appends stay parseable
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-            os.replace(tmp, path)
+        records, cut = read_jsonl(path)
+        if cut and self.writer:  # rewrite without the cut line so appends stay parseable
+            write_jsonl_atomic(path, records)
         return records
 
     def start(self, description: dict, *, overwrite: bool) -> bool:
@@ -65,7 +56,7 @@ class RunDir:
                 for name in (CANDIDATES, SEARCH_FILE):
                     (self.path / name).unlink(missing_ok=True)
             self.path.mkdir(parents=True, exist_ok=True)
-            _atomic_write(existing, json.dumps(description, indent=2, sort_keys=True))
+            write_text_atomic(existing, json.dumps(description, indent=2, sort_keys=True))
         return False
 
     def append(self, record: dict) -> None:
@@ -93,7 +84,7 @@ class RunDir:
         _write_csv(self.path / "candidates.csv", records)
         front = pareto_front(records)
         _write_csv(self.path / "pareto.csv", front)
-        _atomic_write(self.path / "summary.json", json.dumps(summary, indent=2))
+        write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2))
         if plots:
             plot(records, front, self.path)
 
@@ -106,12 +97,6 @@ def pareto_front(records: list[dict]) -> list[dict]:
             front.append(record)
             best = record["objective"]
     return front
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _write_csv(path: Path, records: list[dict]) -> None:

@@ -28,6 +28,7 @@ from typing import Literal
 import yaml
 
 from nemo_subnet.cli import UserError
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.kernels import Divergence
 
 CONFIG_FILE = "config.yaml"
@@ -243,7 +244,7 @@ class TrainConfig:
         return _to_plain(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from nemo_subnet.files import read_jsonl, write_jsonl_atomic
 from nemo_subnet.models.config import ModelConfig
 
 METRICS_FILE = "metrics.jsonl"
@@ -94,14 +95,19 @@ class MetricsLogger:
 
 
 def truncate(path: Path, step: int) -> None:
-    """Keep only the records of ``path`` with step <= ``step``."""
+    """Keep only the records of ``path`` with step <= ``step`` (and none of a line a kill cut), atomically."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    records, cut = read_jsonl(path)
+    if cut:
+        print(f"metrics: dropped the last line of {path}, cut when the run was killed", flush=True)
+    write_jsonl_atomic(path, [r for r in records if r["step"] <= step])
 
 
 def read_metrics(run_dir: str | Path, kind: str | None = None) -> list[dict]:
+    """The run's records (a last line cut by a kill left out); a missing file is an error naming it."""
     path = Path(run_dir) / METRICS_FILE if Path(run_dir).is_dir() else Path(run_dir)
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics at {path}: not a training run directory, or the run never logged")
+    records, _ = read_jsonl(path)
     return [r for r in records if kind is None or r["kind"] == kind]

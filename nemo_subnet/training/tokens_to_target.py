@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from nemo_subnet.cli import UserError
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.training.metrics import METRICS_FILE, read_metrics
 
 
@@ -83,7 +84,7 @@ def tokens_to_target(runs: dict[str, Path], target_ppl: float, out: Path) -> lis
         writer.writeheader()
         for row in rows:
             writer.writerow({**row, "tokens": "not reached" if row["tokens"] is None else f"{row['tokens']:.0f}"})
-    (out / "tokens_to_target.json").write_text(json.dumps(
+    write_text_atomic(out / "tokens_to_target.json", json.dumps(
         {"target_ppl": target_ppl, "reference": rows[0]["run"], "rows": rows}, indent=1))
     _plot(curves, rows, target_ppl, out / "tokens_to_target.png")
     return rows
