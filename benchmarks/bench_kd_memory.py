@@ -30,6 +30,7 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
+import harness  # noqa: E402
 import plan_calibration as calib  # noqa: E402  (shared setup: data, checkpoints, probe runs)
 
 MIB = 2**20
@@ -154,9 +155,7 @@ def main() -> None:
                      f"| {m} | - | {a['measured_mib']:.0f} | {a['plan_mib']:.0f} |")
     after = [by[("after", m)]["measured_mib"] for m in counts]
     lines += ["", f"After: spread over micro-batches {max(after) - min(after):.1f} MiB ({100 * (max(after) - min(after)) / min(after):.2f}%)."]
-    md = RESULTS / "kd_memory_cpu.md"
-    md.with_suffix(".md.tmp").write_text("\n".join(lines) + "\n")
-    os.replace(md.with_suffix(".md.tmp"), md)
+    harness.write_markdown(RESULTS / "kd_memory_cpu.md", lines)
     plot(rows, RESULTS / "kd_memory_cpu.png")
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+import harness  # benchmarks/ is on sys.path when this runs as a script or is imported by bench_kd_memory
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
@@ -193,9 +195,7 @@ def write_outputs(rows: list[dict], csv_path: Path, md_path: Path, note: str) ->
                      f"{r['plan_mib']:.0f} | {r['measured_mib']:.0f} | {r['error_pct']:+.2f}% | {r['plan_phase']} |")
     worst = max((abs(r["error_pct"]) for r in rows), default=0.0)
     lines += ["", f"Largest |error|: {worst:.2f}% (target: 15%)."]
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, md_path)
+    harness.write_markdown(md_path, lines)
 
 
 def main() -> None:
