@@ -93,7 +93,8 @@ def study_rows(config: StudyConfig) -> list[Row]:
 def full() -> StudyConfig:
     """The real run: a teacher larger and trained longer than the demo's (hidden 256, 6 layers vs 192/6; 240
     steps x 4096 tokens vs 200 x 2048), students at ~1/3 of it for 48 steps x 2048 tokens, 3 seeds.
-    Sized for <= 90 minutes on 2 idle CPU cores (benchmarks/results/study/study.md gives the measured time: 90.3 min on 2 cores shared with the test suite)."""
+    Sized for <= 90 minutes on 2 idle CPU cores (benchmarks/results/study/study.md: 90.3 min measured on 2 cores
+    shared with the test suite)."""
     base = PipelineConfig(
         teacher=TeacherModel(family="llama", hidden_size=256, num_layers=6, num_attention_heads=8, num_query_groups=4,
                              ffn_hidden_size=640, max_position_embeddings=128),
