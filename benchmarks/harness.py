@@ -159,12 +159,11 @@ FIELDS = ["timestamp", "device", "commit", "op", "provider", "mode", "N", "H", "
 
 def write_markdown(path, lines: list[str]) -> None:
     """Write a results table atomically (temporary file beside it, then rename) and print it."""
+    from nemo_subnet.files import write_text_atomic
+
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

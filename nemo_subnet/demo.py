@@ -86,6 +86,7 @@ def parity_check(out: Path, console) -> bool:
     from rich.markup import escape
     from rich.table import Table
 
+    from nemo_subnet.files import write_text_atomic
     from nemo_subnet.models.tiny_hf import VARIANTS
     from nemo_subnet.runtime import runtime_scope
 
@@ -99,9 +100,7 @@ def parity_check(out: Path, console) -> bool:
             for variant in VARIANTS:
                 status.update(f"[parity] HF -> Megatron -> HF: {variant}")
                 rows.append(_parity_for(variant, out / "parity"))
-        tmp = out / "parity.json.tmp"
-        tmp.write_text(json.dumps(rows, indent=2))
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(rows, indent=2))
     table = Table(title="HF <-> Megatron parity (fp32, CPU)")
     for column in ("variant", "params", "max |logit diff|", "round trip bitwise", "generate() equal", "s"):
         table.add_column(column)

@@ -1,7 +1,8 @@
 """Files a kill never leaves half-written, and append-only JSON-lines logs read back after one.
 
 - ``write_text_atomic``: a temporary file beside the target, renamed over it once complete (``os.replace``
-  is atomic on POSIX file systems): readers see the old file or the new one, never a prefix.
+  is atomic on POSIX file systems): readers see the old file or the new one, never a prefix. The temporary
+  name is per process, so several ranks may write the same file at once.
 - ``read_jsonl``: the records of an append-only ``.jsonl`` log (metrics, search candidates). A writer
   killed mid-line (SIGKILL, OOM, a lost node, a full disk) leaves a last line without its newline or with
   cut JSON; that line is dropped and reported, so a resume continues from the last complete record. A bad
@@ -17,7 +18,7 @@ from pathlib import Path
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text)
         os.replace(tmp, path)

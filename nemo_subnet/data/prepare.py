@@ -44,6 +44,7 @@ import torch
 from tqdm import tqdm
 
 from nemo_subnet.cli import UserError
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.data.corpus import Source, load_corpus, resolve_source
 from nemo_subnet.data.tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, train_sentencepiece
 
@@ -312,7 +313,5 @@ def make_view(data_dir: str | Path, out: str | Path, *, train: str, valid: str) 
             "splits": {role: {**metadata["splits"][split], "prefix": rel(split_path(data_dir, metadata, split))}
                        for role, split in (("train", train), ("valid", valid))}}
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{METADATA_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(view, indent=2) + "\n")
-    tmp.replace(out / METADATA_FILE)
+    write_text_atomic(out / METADATA_FILE, json.dumps(view, indent=2) + "\n")
     return out

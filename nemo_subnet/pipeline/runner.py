@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
 
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.pipeline.config import PipelineConfig
 
 MARKERS = ".stages"
@@ -177,9 +178,7 @@ def read_marker(out: Path, name: str, kind: str = "done") -> dict | None:
 def _write_marker(out: Path, name: str, data: dict, kind: str = "done") -> None:
     path = marker_path(out, name, kind)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: several ranks may record a failure
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))  # several ranks may record a failure
 
 
 def _record_failure(out: Path, stage: Stage, err: Exception) -> None:

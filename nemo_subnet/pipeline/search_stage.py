@@ -9,11 +9,11 @@ only the search split (``stages.search_data``), never the valid or test splits t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import yaml
 
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.pipeline.runner import StageContext
 
 MICRO_BATCH = 4
@@ -24,9 +24,8 @@ def run_search_stage(ctx: StageContext, teacher_ckpt: Path) -> dict:
     ctx.dir.mkdir(parents=True, exist_ok=True)
     space = ctx.dir / "space.yaml"
     # every rank of the stage writes the same space; atomically, so no rank's search reads a half-written file
-    tmp = space.with_name(f".space.{os.getpid()}.yaml")
-    tmp.write_text(yaml.safe_dump({"granularity": s.granularity, "ordering": "importance", "round_to": s.round_to}))
-    tmp.replace(space)
+    write_text_atomic(space, yaml.safe_dump({"granularity": s.granularity, "ordering": "importance",
+                                             "round_to": s.round_to}))
     from nemo_subnet.pipeline.stages import search_data
 
     ctx.cli("search", "--ckpt", teacher_ckpt, "--data", search_data(ctx.out), "--space", space, "--out", ctx.dir,

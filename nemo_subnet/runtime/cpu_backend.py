@@ -30,8 +30,8 @@ import contextlib
 import functools
 
 import torch
-from torch.autograd import function as autograd_function
 from megatron.core.tensor_parallel import random as mp_random
+from torch.autograd import function as autograd_function
 from torch.overrides import TorchFunctionMode
 
 from nemo_subnet.runtime import device_discipline

@@ -19,6 +19,7 @@ import csv
 import statistics
 from pathlib import Path
 
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.training.tokens_to_target import tokens_at
 
 
@@ -190,8 +191,6 @@ def write_report(rows: list[dict], out: Path, wall_s: float | None = None, title
     summary = summarize(rows)
     write_csv(summary, out / f"{title}.csv")
     text = f"# nemo-subnet {title}\n\n" + markdown(summary, wall_s)
-    tmp = out / f".{title}.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / f"{title}.md")
+    write_text_atomic(out / f"{title}.md", text)
     plot(rows, summary, out)
     return summary

@@ -29,6 +29,7 @@ from typing import Union
 
 import yaml
 
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.models.config import ModelConfig
 
 Selection = Union[None, int, list[int]]
@@ -76,10 +77,7 @@ class SubnetConfig:
         return cls(**data)
 
     def save(self, path: str | Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> "SubnetConfig":
