@@ -88,6 +88,18 @@ def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
     return LaunchEnv(0, 1, 0, "127.0.0.1", _free_port(), "single")
 
 
+PIPELINE_SEED_STRIDE = 100
+"""Seed offset per pipeline stage (Megatron-LM's ``_set_random_seed``: ``seed + 100 * pp_rank``)."""
+
+
+def stage_seed(seed: int, pp_rank: int) -> int:
+    """The seed of a pipeline stage's streams. Every stage holds different layers: with one seed, stage k would
+    draw its layers' init (and dropout masks) from the same stream as stage 0. TP ranks of a stage share it
+    (a TP-sharded weight is drawn whole and split, see models/config.py) and DP replicas too (megatron's DDP
+    never broadcasts the initial weights: replicas agree because they draw the same numbers)."""
+    return seed + PIPELINE_SEED_STRIDE * pp_rank
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -138,6 +150,8 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
 
+    # python / numpy / torch default streams, and megatron's tracker (its per-TP-rank stream: seed + 2718 + tp_rank)
+    seed = stage_seed(seed, parallel_state.get_pipeline_model_parallel_rank())
     seed_everything(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return Runtime(rank=launch.rank, world_size=launch.world_size, tp=tp, pp=pp,
