@@ -81,7 +81,8 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128
     """Padding granularity of the vocabulary; independent of TP so checkpoints reshard freely."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype the weights are stored in (the source checkpoint's)."""
+    """Dtype the weights are stored in (the source checkpoint's; a trained model's, its run's precision) and that
+    every stage loading the checkpoint computes in unless told otherwise (importance, search, extract, export)."""
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     layer_num_attention_heads: list[int] | None = None
@@ -115,6 +116,15 @@ class ModelConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
+
+    def stored_as(self, dtype: torch.dtype) -> "ModelConfig":
+        """This config with ``dtype`` saying the weights are held in ``dtype``: what a checkpoint of a model
+        trained in another precision than its source's must record (a bf16 run from an fp32 init or random
+        YAML stores bf16 weights; recorded as float32, every later stage would reload them in fp32)."""
+        names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+        if dtype not in names:
+            raise ValueError(f"weights in {dtype} cannot be recorded; allowed: {', '.join(names.values())}")
+        return dataclasses.replace(self, dtype=names[dtype])
 
     def check_parallel(self, tp: int, pp: int) -> None:
         """Raise ValueError naming the dimension that TP or PP cannot split."""
