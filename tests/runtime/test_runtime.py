@@ -135,3 +135,30 @@ def test_random_init_is_drawn_on_the_host_also_on_gpu(monkeypatch):
     cfg = ModelConfig(**TINY)
     assert to_transformer_config(cfg, perform_initialization=True).use_cpu_initialization
     assert not to_transformer_config(cfg, perform_initialization=False).use_cpu_initialization
+
+
+@pytest.mark.parametrize("local_rank,visible,index", [
+    (0, 8, 0), (5, 8, 5),  # torchrun, or srun without binding: every rank sees the node's GPUs
+    (5, 1, 0), (0, 1, 0),  # srun --gpus-per-task=1: SLURM_LOCALID 5, one GPU visible (before: "local rank 5 but only 1")
+])
+def test_device_index_of_a_rank(local_rank, visible, index):
+    from nemo_subnet.runtime.gpu_request import local_device_index
+
+    assert local_device_index(local_rank, visible) == index
+
+
+def test_more_ranks_than_gpus_is_one_clear_error():
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.runtime.gpu_request import local_device_index
+
+    with pytest.raises(UserError, match="local rank 4 but only 2 GPU"):
+        local_device_index(4, 2)
+
+
+def test_two_ranks_on_one_gpu_are_refused():
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.runtime.gpu_request import check_distinct_gpus
+
+    check_distinct_gpus([("node1", "GPU-a"), ("node1", "GPU-b"), ("node2", "GPU-a")])  # same UUID, other host: fine
+    with pytest.raises(UserError, match="ranks 0 and 2 both run on GPU GPU-a of host node1"):
+        check_distinct_gpus([("node1", "GPU-a"), ("node1", "GPU-b"), ("node1", "GPU-a")])
