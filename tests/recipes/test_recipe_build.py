@@ -103,8 +103,12 @@ def test_nemo_subnet_run_dryrun_pythia_on_slurm_every_gpu_stage_gets_gpus(home):
         if task in gpus:
             assert f"#SBATCH --gpus-per-node={gpus[task]}" in lines, (task, lines)
             assert f"export NEMO_SUBNET_REQUIRE_CUDA={gpus[task]}" in lines, (task, lines)
+            # whole nodes, all their memory, 8 CPUs per rank for the one torchrun task per node
+            assert "#SBATCH --exclusive" in lines and "#SBATCH --mem=0" in lines, (task, lines)
+            assert f"#SBATCH --cpus-per-task={8 * gpus[task]}" in lines, (task, lines)
         else:
             assert "--gpus-per-node" not in text and "NEMO_SUBNET_REQUIRE_CUDA" not in text, (task, lines)
+            assert "--exclusive" not in text and "--mem" not in text and "#SBATCH --cpus-per-task=1" in lines
         nodes = 2 if task in ("distill", "baseline") else 1
         assert f"#SBATCH --nodes={nodes}" in lines, (task, lines)
         if gpus.get(task, 1) > 1:  # one torchrun per node, one rank per GPU
@@ -195,3 +199,17 @@ def test_warmup_not_shorter_than_the_run_fails_before_submitting():
 
     with pytest.raises(UserError, match="student_train: warmup_steps 2 must be at least 0 and fewer than steps 2"):
         resolve("tiny", ["config.student_train.steps=2"])[0].validate()
+
+
+def test_slurm_resources_are_typed_launch_fields():
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.recipes.executors import LaunchConfig, slurm_resources, stage_resources
+
+    shared = LaunchConfig(executor="slurm", gpus_per_node=4, exclusive=False, mem="200G", cpus_per_rank=6)
+    assert slurm_resources(shared, stage_resources(shared, "train")) == {"cpus_per_task": 24, "mem": "200G"}
+    assert slurm_resources(shared, stage_resources(shared, "host")) == {"cpus_per_task": 6}
+    cpu = LaunchConfig(executor="slurm", nproc_per_node=2)
+    assert slurm_resources(cpu, stage_resources(cpu, "train")) == {"cpus_per_task": 2}  # CPU ranks: one each
+    for bad, message in ((LaunchConfig(mem="lots"), "launch.mem='lots'"), (LaunchConfig(cpus_per_rank=0), "cpus_per_rank=0")):
+        with pytest.raises(UserError, match=message):
+            slurm_resources(bad, stage_resources(bad, "train"))
