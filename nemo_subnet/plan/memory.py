@@ -16,8 +16,8 @@ On the CPU backend torch's RMSNorm is composite and also keeps the fp32 normalis
 CUDA's fused RMSNorm keeps the input and rstd only.
 
 Attention and MLP terms are split over TP; the residual side too with sequence parallelism. Selective
-recompute (Megatron's core_attn) drops the logsumexp only (with flash attention there are no scores to
-drop: q, k, v are the checkpoint's inputs and the output is linear_proj's input); full recompute keeps one ``h`` per
+recompute (Megatron's ``mlp`` module, models/execution.py) drops the MLP terms (its input, ln2's output, is
+kept anyway); full recompute keeps one ``h`` per
 block of ``recompute_num_layers`` layers and recomputes one block at a time in backward. In 1F1B the first
 stage holds ``min(pp, microbatches)`` micro-batches in flight, the last one.
 
@@ -191,12 +191,10 @@ def layer_activation_bytes(cfg: ModelConfig, layer: int, opts: PlanOptions) -> f
     heads, groups, ffn = cfg.layer_sizes(layer)
     sp = opts.tp if opts.sequence_parallel else 1
     residual = (3 if cfg.parallel_residual else 4) * h * e + 2 * _norm_stats(cfg, opts)
-    attention = ((heads + 2 * groups) * d + heads * d + groups * d + heads * d) * e  # qkv, q, k, SDPA output
-    if opts.recompute != "selective":
-        attention += heads * FP32  # logsumexp
+    attention = ((heads + 2 * groups) * d + heads * d + groups * d + heads * d) * e + heads * FP32  # + logsumexp
     if cfg.qk_layernorm:
         attention += (heads * d * e if heads != groups else 0) + (heads + groups) * FP32
-    mlp = (5 if cfg.gated_mlp else 2) * ffn * e
+    mlp = 0 if opts.recompute == "selective" else (5 if cfg.gated_mlp else 2) * ffn * e  # selective: recomputed
     return residual / sp + (attention + mlp) / opts.tp + rope_bytes_per_position(cfg) / opts.micro_batch_size
 
 

@@ -2,7 +2,7 @@
 
 FLOPs per token: the training loop's own count (``training.metrics.forward_flops_per_token``): the student's
 forward x 3 (backward = 2 forwards) + the teacher's forward; full recompute adds one student forward,
-selective recompute one core-attention forward. Compute time = FLOPs per GPU / (peak x MFU), the MFU an
+selective recompute one MLP forward. Compute time = FLOPs per GPU / (peak x MFU), the MFU an
 assumption the plan states (kernel efficiency; communication is added on top). On top:
 
 - tensor-parallel all-reduces (or SP's all-gather + reduce-scatter, the same volume) of ``[s, b, h]`` over
@@ -50,9 +50,10 @@ class StepTime:
     """The assumed MFU of the compute part (the step's overall MFU is lower by the bubble and exposed comm)."""
 
 
-def attention_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
-    """The core-attention part of ``forward_flops_per_token`` (what selective recompute repeats)."""
-    return float(sum(2 * 2 * seq_length * cfg.layer_sizes(i)[0] * cfg.kv_channels for i in range(cfg.num_layers)))
+def mlp_flops_per_token(cfg: ModelConfig) -> float:
+    """The MLP part of a forward (what selective recompute repeats): 2 FLOPs per MLP weight of every layer."""
+    per_weight = cfg.hidden_size * (3 if cfg.gated_mlp else 2)
+    return float(sum(2 * per_weight * cfg.layer_sizes(i)[2] for i in range(cfg.num_layers)))
 
 
 def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptions, device: GPU, *,
@@ -66,7 +67,7 @@ def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptio
     if opts.recompute == "full":
         hardware_flops += forward_flops_per_token(student, s)
     elif opts.recompute == "selective":
-        hardware_flops += attention_flops_per_token(student, s)
+        hardware_flops += mlp_flops_per_token(student)
     tokens = opts.global_batch_size * s
     world = opts.tp * opts.pp * opts.dp
     compute = tokens * hardware_flops / world / (device.peak_flops(opts.precision) * mfu)

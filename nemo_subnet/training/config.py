@@ -149,8 +149,8 @@ class ParallelConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
     recompute: Literal["none", "selective", "full"] = "none"
-    """Activation recompute: selective = core attention only (cheap, long sequences); full = whole layers
-    (one more forward, ~33% compute) in blocks of recompute_num_layers."""
+    """Activation recompute: selective = the MLPs (~64% of a layer's activations for ~+22% compute, Llama shapes;
+    models/execution.py); full = whole layers (one more forward, ~33% compute) in blocks of recompute_num_layers."""
     recompute_num_layers: int = 1
     sequence_parallel: bool = False
     """Split norms / dropout / the residual stream along the sequence over TP (GPU, tp > 1)."""

@@ -112,7 +112,7 @@ def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None,
         try:
             cfg.check_parallel(config.parallel.tp, config.parallel.pp)
             if name == "student":
-                config.execution.check(config.parallel.tp, cfg.num_layers // config.parallel.pp)
+                config.execution.check(config.parallel.tp, cfg.num_layers // config.parallel.pp, model=cfg)
         except ValueError as err:
             raise UserError(f"{name}: {err}") from None
         if cfg.max_position_embeddings < config.data.seq_length:
