@@ -12,7 +12,7 @@ inside the whole run's limit; typical runtimes are below them. One GPU (480 s li
     section        budget s   what takes the time
     environment        -      runs in the parent (~1 s)
     setup             45      data prepare + sentencepiece (~15 s), a 1.28B-parameter teacher drawn and saved
-    kernels           60      15 cases, one of 2.5e9 logits (~15 s of it)
+    kernels           60      14 cases, one of 2.5e9 logits (~15 s of it)
     speed             55      ours + eager in-process; Liger and torch.compile in children capped at 15 / 25 s
     train_resume     110      three CLI runs (reference, SIGKILLed, resumed), ~20 s start-up each
     kd_step           45      one KD, student and teacher-forward step each, 3 x 5 timed reps

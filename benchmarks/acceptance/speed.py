@@ -118,7 +118,7 @@ def _measure_in_child(kind: str, ctx, seconds: float) -> dict:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        return {"ms": math.nan, "peak_gib": math.nan, "note": f"not finished within its {seconds:.0f} s allowance"}
+        return {"ms": math.nan, "peak_gib": math.nan, "note": f"not finished within its {seconds:g} s allowance"}
     if out.exists():
         return json.loads(out.read_text())
     tail = " | ".join(log.strip().splitlines()[-3:])
