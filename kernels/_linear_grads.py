@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-BLOCK_ELEMENTS = 1 << 27
-"""Elements of one transient block of a chunk's grad_weight product (256 MiB in bf16), and of one scaling block."""
+BLOCK_ELEMENTS = 1 << 25
+"""Elements of one transient block of a chunk's grad_weight product (64 MiB in bf16), and of one scaling block."""
 
 
 def detach_outside_grad_mode(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:

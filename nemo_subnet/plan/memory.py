@@ -26,7 +26,8 @@ holds them: the teacher's logits; the student's logits and their ``[b, s]``-majo
 copies (alpha_ce = 0); top-k: (values, ids) [N, k] instead of the teacher's logits; the KD kernel's temporaries (Triton: none in forward, the gradient in backward;
 the CPU torch mirrors: 20-24 bytes per element, TORCH_KD_*); the output layer's backward (gradient, its contiguous copy,
 the weight gradient). The fused-output path replaces all of them by ``C x V/tp`` chunk buffers, the student's
-``grad_hidden`` and ``grad_weight`` and the teacher's final hidden states.
+``grad_hidden`` and fp32 ``grad_weight`` (scaled into the weight's dtype in backward) and the teacher's final
+hidden states.
 
 State: weights in the parameter dtype, fp32 gradient buffers (megatron DDP ``grad_reduce_in_fp32``),
 Adam moments (+ fp32 master weights in bf16), sharded over DP by the distributed optimizer; torch's
@@ -43,6 +44,8 @@ from nemo_subnet.models.config import ModelConfig
 
 DTYPE_BYTES = {"bf16": 2, "fp32": 4}
 FP32 = 4
+LINEAR_GRAD_BLOCK = 1 << 25
+"""= ``kernels/_linear_grads.BLOCK_ELEMENTS``: elements of one transient block of the fused op's gradients."""
 # CPU torch mirrors of the KD row kernels (kernels/_rowwise.py), bytes per [N, V] element alive at once
 # beyond the two logits inputs (fp32 inputs; counted from the code and seen by torch.profiler):
 # stats pass: x, y, P, y - x (4 x fp32) + isfinite's abs (fp32) and three bool masks = 23;
@@ -261,8 +264,13 @@ def _loss_phases(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOp
         c = min(n, opts.chunk_size or default_chunk_size(n, v))
         held = 0.0 if teacher is None else (n * opts.top_k * (FP32 + 8) if opts.top_k else n * teacher.hidden_size * e)
         chunk = c * v * (2 * e + (TORCH_KD_FWD_BYTES if opts.backend == "cpu" else 0))
-        grads = n * h * e + weight_grad  # grad_hidden and grad_weight, formed in forward
-        return {"loss": {"teacher": held, "kd": chunk + grads}, "output backward": {"teacher": 0.0, "kd": grads}}
+        # grad_hidden and grad_weight, formed in forward; grad_weight summed in fp32 from bf16 row blocks of
+        # each chunk's product (kernels/_linear_grads.py), scaled and rounded to the weight's dtype in backward
+        block = min(v * h, LINEAR_GRAD_BLOCK) * e if e != FP32 else 0.0
+        held_grads = n * h * e + v * h * FP32
+        scaled = n * h * e + weight_grad + (min(n * h, LINEAR_GRAD_BLOCK) * FP32 if e != FP32 else 0.0)
+        return {"loss": {"teacher": held, "kd": chunk + held_grads + block},
+                "output backward": {"teacher": 0.0, "kd": held_grads + scaled}}
     phases: dict[str, dict[str, float]] = {}
     t_bytes = 0.0
     if teacher is not None:
