@@ -2,8 +2,8 @@
 
 - data: ``nemo-subnet data prepare`` on the embedded stdlib corpus with a sentencepiece tokenizer trained
   on it (no downloads anywhere);
-- teacher: a randomly initialised checkpoint written by `save_model`, stored in bf16 on GPU (as an imported
-  Llama checkpoint is), so its ``model.yaml`` says bfloat16 and importance / search load it in bf16. Teacher
+- teacher: a random checkpoint (weights drawn on the device) written by `save_model`, stored in bf16 on GPU
+  (as an imported Llama checkpoint is), so its ``model.yaml`` says bfloat16 and search loads it in bf16. Teacher
   and student have more embedding rows than the tokenizer has tokens, as real checkpoints do (on GPU
   Llama-3's 128256 rows, which make ``distill.fused_output: auto`` take the fused path);
 - student: a model YAML (``init: {random: ...}``), so the KD run also builds a model from scratch (drawn on
@@ -77,10 +77,19 @@ def _save_teacher(profile: Profile, cfg_dict: dict, out: Path) -> None:
     from nemo_subnet.models import ModelConfig, build_gpt_model
     from nemo_subnet.runtime import init_runtime, shutdown_runtime
 
-    init_runtime(tp=1, pp=1, seed=11)
+    runtime = init_runtime(tp=1, pp=1, seed=11)
     cuda = torch.cuda.is_available()
     cfg = ModelConfig(**{**cfg_dict, "dtype": "bfloat16" if cuda else "float32"})
-    model = build_gpt_model(cfg, params_dtype=cfg.torch_dtype)
+    # drawn on the device: megatron's host-side init of 1.28B weights would eat much of the section's budget (a
+    # user imports a trained teacher instead); the students of the other sections are drawn the megatron way
+    model = build_gpt_model(cfg, params_dtype=cfg.torch_dtype, perform_initialization=False)
+    gen = torch.Generator(device=runtime.device).manual_seed(11)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim == 1:  # norm weights (no biases in this Llama shape)
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, cfg.init_method_std, generator=gen)
     with atomic_directory(out) as tmp:
         save_model(model, cfg, tmp)
     shutdown_runtime()

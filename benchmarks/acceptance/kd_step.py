@@ -71,7 +71,8 @@ def _loss_gemms(stepper, student_cfg, teacher_model, t: dict, device, dtype) -> 
     mask = torch.ones(b, s, device=device)
     distill, weights = stepper.config.distill, stepper.config.loss_weights
     with _GemmCount() as kd:
-        lm_loss(LMOutput(hidden, weight), labels, mask, student_cfg.vocab_size, weights, distill, LMOutput(t_hidden, t_weight))
+        lm_loss(LMOutput(hidden, weight), labels, mask, student_cfg.vocab_size, weights, distill,
+                LMOutput(t_hidden, t_weight))
     with torch.no_grad(), _GemmCount() as valid:
         lm_loss(LMOutput(hidden, weight), labels, mask, student_cfg.vocab_size, (1.0, 0.0), distill)
     chunks = math.ceil(b * s / default_chunk_size(b * s, weight.shape[0]))
@@ -153,6 +154,8 @@ def run(ctx, rec) -> None:
     rec.check(f"target: KD step <= {k['ratio_target']:g} x (student step + teacher forward)",
               ratio <= k["ratio_target"], f"x{ratio:.3f}", required=False)
 
+    if not rec.check("the step takes the fused output path", stepper.fused, stepper.fused_output_line):
+        return
     gemms = _loss_gemms(stepper, student_cfg, teacher, t, device, dtype)
     rec.number("loss_gemms_per_micro_batch", gemms)
     want_kd = gemms["chunks"] * (4 + (1 if gemms["alpha_ce"] == 0 else 0))

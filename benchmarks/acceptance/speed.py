@@ -158,8 +158,8 @@ def run(ctx, rec) -> None:
     rtol = LOSS_RTOL[p["dtype"]]
     if "ours" in losses and "eager" in losses:
         rel = abs(losses["ours"] - losses["eager"]) / max(abs(losses["eager"]), 1e-12)
-        rec.check("ours' loss == eager's", rel <= rtol, f"{losses['ours']:.6g} vs {losses['eager']:.6g} (rel {rel:.1e}, "
-                  f"rtol {rtol:g})")
+        rec.check("ours' loss == eager's", rel <= rtol,
+                  f"{losses['ours']:.6g} vs {losses['eager']:.6g} (rel {rel:.1e}, rtol {rtol:g})")
     for kind in ("liger", "torch_compile"):
         if kind in losses and "eager" in losses:
             rel = abs(losses[kind] - losses["eager"]) / max(abs(losses["eager"]), 1e-12)

@@ -39,7 +39,8 @@ class ExecutionOptions:
         """Raise ValueError naming the option that cannot run here (``model``: the ModelConfig it would run)."""
         if self.recompute not in ("none", "selective", "full"):
             raise ValueError(f"recompute {self.recompute!r} is not one of none, selective, full")
-        if self.recompute == "selective" and model is not None and model.add_bias_linear and not model.parallel_residual:
+        sequential_bias = model is not None and model.add_bias_linear and not model.parallel_residual
+        if self.recompute == "selective" and sequential_bias:
             # megatron's sequential layer checkpoints the MLP with linear_fc2's bias as an output: its backward
             # never finishes (our parallel-residual layer adds the bias inside the checkpoint instead)
             raise ValueError("recompute selective is not supported for a sequential layer with linear biases "

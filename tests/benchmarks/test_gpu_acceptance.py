@@ -85,7 +85,8 @@ def test_smoke_run_end_to_end(tmp_path):
     sections = report["sections"]
     assert report["status"] == "pass" and report["exit_code"] == 0 and report["failed"] == []
     assert list(sections) == [s.name for s in SECTIONS]
-    assert {name: r["status"] for name, r in sections.items()} == {s.name: "pass" for s in SECTIONS}, proc.stdout[-6000:]
+    statuses = {name: r["status"] for name, r in sections.items()}
+    assert statuses == {s.name: "pass" for s in SECTIONS}, proc.stdout[-6000:]
 
     kernels = sections["kernels"]
     assert len(kernels["numbers"]["cases"]) == len(SMOKE.kernel_cases)
@@ -99,9 +100,10 @@ def test_smoke_run_end_to_end(tmp_path):
     kd = sections["kd_step"]["numbers"]
     assert kd["loss_gemms_per_micro_batch"]["kd"] == 5 * kd["loss_gemms_per_micro_batch"]["chunks"]
     assert 0 < sections["mfu"]["numbers"]["median_mfu"] < 1
-    assert sections["search"]["numbers"]["full_config_ppl"] > 1 and sections["search"]["numbers"]["candidates_per_s"] > 0
+    search = sections["search"]["numbers"]
+    assert search["full_config_ppl"] > 1 and search["candidates_per_s"] > 0
     parallel = sections["parallel"]["numbers"]
-    assert parallel["tp2_max_rel_loss_diff"] <= SMOKE.parallel_rtol and parallel["pp2_max_rel_loss_diff"] <= SMOKE.parallel_rtol
+    assert max(parallel["tp2_max_rel_loss_diff"], parallel["pp2_max_rel_loss_diff"]) <= SMOKE.parallel_rtol
     md = (out / "acceptance.md").read_text()
     assert md.startswith("# nemo-subnet GPU acceptance — PASS") and "| kernels | PASS |" in md
     for log in ("kernels", "train_resume", "train_reference", "train_killed", "train_resumed", "kd_step", "hf_parity",

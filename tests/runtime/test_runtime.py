@@ -139,7 +139,7 @@ def test_random_init_is_drawn_on_the_host_also_on_gpu(monkeypatch):
 
 @pytest.mark.parametrize("local_rank,visible,index", [
     (0, 8, 0), (5, 8, 5),  # torchrun, or srun without binding: every rank sees the node's GPUs
-    (5, 1, 0), (0, 1, 0),  # srun --gpus-per-task=1: SLURM_LOCALID 5, one GPU visible (before: "local rank 5 but only 1")
+    (5, 1, 0), (0, 1, 0),  # srun --gpus-per-task=1: SLURM_LOCALID 5, one GPU visible (before: an error)
 ])
 def test_device_index_of_a_rank(local_rank, visible, index):
     from nemo_subnet.runtime.gpu_request import local_device_index
