@@ -19,7 +19,7 @@ def register(subparsers) -> None:
                          help="files or directories (.txt, .jsonl, .json, .parquet), 'stdlib', or a hub dataset name")
     prepare.add_argument("--out", required=True, type=Path, help="output directory (written atomically)")
     which = prepare.add_mutually_exclusive_group(required=True)
-    which.add_argument("--tokenizer", metavar="DIR", help="local Hugging Face tokenizer directory")
+    which.add_argument("--tokenizer", metavar="DIR", help="local Hugging Face tokenizer directory, or a .gguf file (its tokenizer)")
     which.add_argument("--sentencepiece", metavar="FILE", help="sentencepiece .model file")
     which.add_argument("--train-tokenizer", choices=["sentencepiece"], help="train a tokenizer on the train split")
     prepare.add_argument("--vocab-size", type=int, help="vocabulary size of the trained tokenizer")
