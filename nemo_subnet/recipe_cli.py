@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="run a recipe (all stages as one NeMo-Run experiment)",
                               description=__doc__.splitlines()[0])
     p.add_argument("recipe", nargs="?", default="search-then-pretrain", help=f"one of {list(RECIPES)}")
-    p.add_argument("--factory", "-f", default="tiny", help="preset: tiny, pythia_410m, llama_1b (default: tiny)")
+    p.add_argument("--factory", "-f", default="tiny", help="preset: tiny, pythia_410m, llama_1b, smollm2_135m (default: tiny)")
     p.add_argument("--dryrun", action="store_true", help="print every task's command / sbatch script; run nothing")
     p.add_argument("--detach", action="store_true", help="return after submitting (SLURM)")
     p.add_argument("--stage", action="append", help="run only these stages (repeatable; finished ones are reused)")

