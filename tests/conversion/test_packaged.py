@@ -44,3 +44,10 @@ def test_module_prints_the_path(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "nemo_subnet.conversion.packaged"], capture_output=True, text=True,
                           env={"PYTHONPATH": str(tmp_path), "PATH": ""})
     assert proc.returncode == 0 and proc.stdout.strip() == str(tmp_path / SMOLLM2_135M.package / SMOLLM2_135M.file)
+
+
+def test_makefile_installs_the_pinned_wheel():
+    from pathlib import Path
+
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    assert f"SMOLLM2_REQUIREMENT := {SMOLLM2_135M.requirement}\n" in makefile
