@@ -271,7 +271,10 @@ def resolve_space(space: SearchSpace, cfg: ModelConfig) -> ResolvedSpace:
         if bad:
             raise SearchSpaceError(f"{dim}: choices {bad} exceed the model (it has {total}; allowed 1..{total})")
         choices[dim] = sorted(set(given))
+    defaults = choices["hidden"]
     choices["hidden"] = _exportable_hidden(cfg, choices, explicit_hidden=space.hidden is not None)
+    if space.hidden is None and len(defaults) > 1 and choices["hidden"] == [cfg.hidden_size]:
+        _refuse_unsearchable_hidden(cfg, space, choices)
     slots = max(choices["layers"]) if space.granularity.layerwise else 1
     return ResolvedSpace(cfg=cfg, space=space, choices=choices, slots=slots)
 
@@ -312,6 +315,26 @@ def _exportable_hidden(cfg: ModelConfig, choices: dict, explicit_hidden: bool) -
         f"search space not exportable to HF {cfg.family.value}: hidden={first_hidden} with {heads} "
         f"({n_failed} of {total} hidden x query_groups x heads_per_group combinations fail): {err}. Every "
         f"combination the choices allow must export; {'; '.join(hints)}")
+
+
+def _refuse_unsearchable_hidden(cfg: ModelConfig, space: SearchSpace, choices: dict) -> None:
+    """round_to left no default hidden size below the model's that exports (e.g. 9 heads, round_to 64: Llama needs
+    hidden % heads == 0, so only 576 = 9 x 64 is left): the hidden size would silently not be searched, and the
+    budget met by cutting layers, heads and neurons alone. Refused, naming the round_to values that work."""
+    options = []
+    for step in (d for d in range(space.round_to - 1, 0, -1) if space.round_to % d == 0):
+        grid = math.lcm(step, cfg.kv_channels) if choices["query_groups"] == [TIED] else step  # as resolve_space
+        defaults = _default_choices(cfg.hidden_size, space.granularity.fine, grid, is_count=False)
+        kept = _exportable_hidden(cfg, {**choices, "hidden": defaults}, explicit_hidden=False)
+        if len(kept) > 1:
+            options.append(f"round_to {step}: hidden {kept}")
+        if len(options) == 2:
+            break
+    raise SearchSpaceError(
+        f"search space: with round_to {space.round_to} no hidden size below the model's {cfg.hidden_size} exports to HF "
+        f"{cfg.family.value} with every head choice ({cfg.num_query_groups} query groups x "
+        f"{cfg.num_attention_heads // cfg.num_query_groups} heads per group; transformers needs hidden_size % heads == 0), "
+        f"so the hidden size could not be searched; use {'; '.join(options) or 'round_to 1'}, or list hidden choices")
 
 
 def check_budget(rspace: ResolvedSpace, budget: Budget) -> tuple[int, int]:
