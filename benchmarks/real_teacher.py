@@ -152,6 +152,7 @@ def run(gguf_path: Path, work: Path, out: dict, log) -> None:
     expected = _hf_logits(reference, tokens)
     ours = forward_logits(teacher, cfg, tokens).cpu()
     diffs["teacher vs transformers (TP=1)"] = _max_diff(ours, expected)
+    out["teacher_max_abs_logit"] = expected.abs().max().item()  # the scale the absolute differences are read against
     out["teacher_top1_agreement"] = (ours.argmax(-1) == expected.argmax(-1)).float().mean().item()
     log(f"teacher logits vs transformers: {diffs['teacher vs transformers (TP=1)']:.2e}")
 
@@ -230,7 +231,8 @@ def write_outputs(out: dict) -> None:
     lines += [f"| {k} | {v:.2e} | {v <= TOL} |" for k, v in out["max_abs_diff"].items()]
     lines += ["", f"- checkpoint == import of the dequantized HF directory (bitwise): "
               f"{out['checkpoint_equals_dequantized_hf_import']}",
-              f"- teacher: {out['teacher']}; top-1 agreement with transformers {out['teacher_top1_agreement']:.4f}",
+              f"- teacher: {out['teacher']}; top-1 agreement with transformers {out['teacher_top1_agreement']:.4f}; "
+              f"largest |logit| {out['teacher_max_abs_logit']:.1f} (the scale of the differences above)",
               f"- sub-network: {out['subnet']}", f"- TP=2 sub-network: {out['subnet_tp2']}",
               f"- teacher at TP=2: {out['teacher_tp2_import']}", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in out["seconds"].items()]
@@ -242,6 +244,8 @@ def write_outputs(out: dict) -> None:
     names, values = list(out["max_abs_diff"]), [max(v, 1e-12) for v in out["max_abs_diff"].values()]
     left.barh(names, values, color=["tab:green" if v <= TOL else "tab:red" for v in values])
     left.axvline(TOL, color="black", linestyle="--", label="tolerance 1e-4")
+    for i, (name, value) in enumerate(out["max_abs_diff"].items()):
+        left.text(max(value, 1e-12), i, f" {value:.1e}" if value else " 0 (bitwise)", va="center")
     left.set_xscale("log"), left.set_xlabel("max |logit diff| (fp32)"), left.legend(loc="lower right")
     right.barh(list(out["seconds"]), list(out["seconds"].values()), color="tab:blue")
     right.set_xlabel("seconds (2 shared CPU cores)")
