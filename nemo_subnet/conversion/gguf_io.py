@@ -65,8 +65,6 @@ def dequantizable_types() -> list[str]:
 class GGUFHeader:
     architecture: str
     has_tokenizer: bool
-    tensor_types: dict[str, int]
-    """Tensor count per type name (e.g. {"Q4_1": 210, "F32": 61})."""
 
 
 def check_gguf(path: str | Path) -> GGUFHeader:
@@ -93,16 +91,13 @@ def _check_gguf(path: Path, size: int, mtime_ns: int) -> GGUFHeader:
     supported = supported_architectures()
     if architecture not in supported:
         raise ValueError(f"{path}: GGUF architecture {architecture!r} is not supported; supported: {', '.join(supported)}")
-    types: dict[str, int] = {}
     for tensor in reader.tensors:
         if not _dequantizable(tensor.tensor_type):
             from importlib.metadata import version
 
             raise ValueError(f"{path}: tensor {tensor.name} is of type {tensor.tensor_type.name}, which gguf "
                              f"{version('gguf')} cannot dequantize; supported: {', '.join(dequantizable_types())}")
-        types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
-    return GGUFHeader(architecture=architecture, has_tokenizer="tokenizer.ggml.model" in reader.fields,
-                      tensor_types=types)
+    return GGUFHeader(architecture=architecture, has_tokenizer="tokenizer.ggml.model" in reader.fields)
 
 
 def read_gguf_config(path: str | Path):
