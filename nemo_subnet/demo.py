@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.pipeline import run_pipeline
     from nemo_subnet.pipeline.config import apply_overrides
     from nemo_subnet.pipeline.runner import StageError

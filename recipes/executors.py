@@ -168,7 +168,7 @@ def slurm_executor(launch: LaunchConfig, res: StageResources, *, requeue_on_time
 
 def make_executor(launch: LaunchConfig, kind: str = "host", *, resumable: bool = False) -> run.Executor:
     """The executor of one stage of this kind; ``resumable`` stages requeue themselves at the SLURM time limit."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     res = stage_resources(launch, kind)
     if launch.executor == "local":

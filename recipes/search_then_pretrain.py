@@ -48,7 +48,7 @@ def as_dataclass(value):
 
 def check_inputs(config: PipelineConfig, launch: LaunchConfig, *, dryrun: bool) -> None:
     """Bad input fails here with one clear line, before any task is submitted."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     config.validate()
     if launch.executor == "slurm" and not dryrun:
@@ -74,7 +74,7 @@ def check_inputs(config: PipelineConfig, launch: LaunchConfig, *, dryrun: bool) 
 
 def check_eval_layout(config: PipelineConfig, launch: LaunchConfig) -> None:
     """importance / search: ranks = tp x pp x dp, and dp must split their batches evenly."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     ranks, s = eval_ranks(launch), config.search
     if ranks < 1 or (launch.gpus_per_node and ranks > launch.gpus_per_node):
@@ -114,7 +114,7 @@ def launch_experiment(config: PipelineConfig, launch: LaunchConfig, *, dryrun: b
                       name: str = "search-then-pretrain", stages: list[str] | None = None) -> run.Experiment:
     """Check, build and run (or dry-run) the experiment. Not detached: raises UserError when a stage did not
     finish, its first line the failed stage's own error, then the path of its full log."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.pipeline.stages import STAGE_NAMES
     from nemo_subnet.recipes.failures import unfinished_report
 
@@ -138,7 +138,7 @@ def launch_experiment(config: PipelineConfig, launch: LaunchConfig, *, dryrun: b
                     help="importance + search a sub-network of a teacher, extract it, distill it, baseline, export, report")
 def search_then_pretrain(ctx: run.cli.RunContext, config: PipelineConfig = None, launch: LaunchConfig = None):
     """Run (or with --dryrun print) the stages as one NeMo-Run experiment."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     config = as_dataclass(config) or PRESETS["tiny"]()
     launch = as_dataclass(launch) or LaunchConfig()

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 from nemo_subnet.files import write_text_atomic
 from nemo_subnet.data.corpus import Source, load_corpus, resolve_source
 from nemo_subnet.data.tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, train_sentencepiece

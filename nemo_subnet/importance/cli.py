@@ -33,7 +33,7 @@ def register(subparsers) -> None:
 def _importance(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.importance.collect import ImportanceConfig, compute_importance
     from nemo_subnet.importance.evaluation import load_batches, load_supernet
     from nemo_subnet.runtime import runtime_scope

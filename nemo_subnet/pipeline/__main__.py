@@ -15,7 +15,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.pipeline import run_pipeline
     from nemo_subnet.pipeline.config import PipelineConfig
     from nemo_subnet.pipeline.runner import StageError, StageInterrupted

@@ -146,7 +146,7 @@ class PipelineConfig:
     seed: int = 1234
 
     def validate(self) -> None:
-        from nemo_subnet.cli import UserError
+        from nemo_subnet.errors import UserError
 
         if self.hf_model is not None and not (Path(self.hf_model) / "config.json").is_file():
             raise UserError(f"hf_model {self.hf_model}: no such HF model directory (config.json missing)")
@@ -172,7 +172,7 @@ class PipelineConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: typing.Sequence[str] = ()) -> "PipelineConfig":
-        from nemo_subnet.cli import UserError
+        from nemo_subnet.errors import UserError
         from nemo_subnet.training.config import apply_overrides
 
         path = Path(path)
@@ -182,7 +182,7 @@ class PipelineConfig:
 
 
 def _from_dict(cls, data: dict, where: str):
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     if not isinstance(data, dict):
         raise UserError(f"{where or 'config'} must be a mapping")

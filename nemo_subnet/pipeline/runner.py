@@ -185,7 +185,7 @@ def _record_failure(out: Path, stage: Stage, err: Exception) -> None:
     """``<stage>.failed.json``: the stage's own one-line error for whoever launched it (rank 0's wins)."""
     if _rank() != 0 and marker_path(out, stage.name, "failed").exists():
         return
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if not isinstance(err, (StageError, UserError)):
@@ -224,7 +224,7 @@ def run_stage(config: PipelineConfig, stages: dict[str, Stage], name: str, *, lo
     """Run one stage unless its output is complete; returns its marker (summary, seconds, reused). A failure
     (or SIGTERM) raises and leaves ``<stage>.failed.json``, never the done marker."""
     if name not in stages:
-        from nemo_subnet.cli import UserError
+        from nemo_subnet.errors import UserError
 
         raise UserError(f"unknown stage {name!r}; stages: {', '.join(stages)}")
     stage = stages[name]

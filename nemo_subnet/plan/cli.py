@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 
 GIB = 2**30
 

@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.search.runner import EvalConfig, SearchConfig, run_search
     from nemo_subnet.search.space import Budget
     from nemo_subnet.search.strategies import StrategyConfig

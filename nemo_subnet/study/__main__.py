@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     import dataclasses
 
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.study.report import REFERENCE, recorded_wall_s, write_report
     from nemo_subnet.study.run import run_study
 

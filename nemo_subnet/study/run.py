@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
+from nemo_subnet.files import write_text_atomic
 from nemo_subnet.study.config import Init, Row, StudyConfig
 
 MICRO = 4  # micro-batch of importance and search (= the pipeline stages')
@@ -34,9 +34,7 @@ MICRO = 4  # micro-batch of importance and search (= the pipeline stages')
 
 def _atomic_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 class Study:

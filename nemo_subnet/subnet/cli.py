@@ -19,7 +19,7 @@ def register(subparsers) -> None:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.runtime import runtime_scope
     from nemo_subnet.subnet.extract import extract_checkpoint
     from nemo_subnet.subnet.params import count_parameters

@@ -27,7 +27,7 @@ from typing import Literal
 
 import yaml
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 from nemo_subnet.files import write_text_atomic
 from nemo_subnet.kernels import Divergence
 

@@ -33,7 +33,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nemo_subnet.checkpointing import load_model, read_model_config
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 from nemo_subnet.data import GPTDataConfig, MicroBatchIterator, build_gpt_datasets, hf_tokenizer_dir, read_metadata, validate_data
 from nemo_subnet.models import ModelConfig, build_gpt_model
 from nemo_subnet.runtime import compute_device, init_runtime

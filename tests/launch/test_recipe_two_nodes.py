@@ -49,7 +49,7 @@ def _port(offset: int) -> int:
 
 
 def _config(out: Path, layout: str) -> Path:
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
     config, _ = resolve("tiny", [f"config.out_dir={out}", *OVERRIDES, *LAYOUTS[layout]])
     path = out.parent / f"{out.name}.yaml"

@@ -60,7 +60,7 @@ def _attempt_log(home: Path, attempt: int) -> str:
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_requeued_training_stage_resumes_and_equals_the_uninterrupted_run(tmp_path):
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
     partition = require_slurm()
     ref, out = tmp_path / "ref", tmp_path / "out"

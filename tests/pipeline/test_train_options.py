@@ -9,7 +9,7 @@ import yaml
 
 from nemo_subnet.cli import UserError
 from nemo_subnet.pipeline.stages import train_run
-from nemo_subnet.recipe_cli import resolve
+from nemo_subnet.recipes.cli import resolve
 from nemo_subnet.training import TrainConfig
 
 

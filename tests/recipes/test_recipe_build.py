@@ -115,7 +115,7 @@ def test_nemo_subnet_run_dryrun_pythia_on_slurm_every_gpu_stage_gets_gpus(home):
 
 def test_unknown_factory():
     from nemo_subnet.cli import UserError, main
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
     with pytest.raises(UserError, match="unknown factory 'gpt5'; available: tiny, pythia_410m, llama_1b"):
         resolve("gpt5", [])
@@ -191,7 +191,7 @@ def test_bad_override_keys(capsys):
 def test_warmup_not_shorter_than_the_run_fails_before_submitting():
     """Megatron's LR scheduler asserts warmup < decay steps deep inside a training stage: refused up front."""
     from nemo_subnet.cli import UserError
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
     with pytest.raises(UserError, match="student_train: warmup_steps 2 must be at least 0 and fewer than steps 2"):
         resolve("tiny", ["config.student_train.steps=2"])[0].validate()

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     """(pipeline overrides without the ``config.`` prefix, launch overrides without ``launch.``)."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     config, launch = [], []
     for item in overrides:
@@ -45,7 +45,7 @@ def resolve(factory: str, overrides: list[str]):
     """(PipelineConfig, LaunchConfig) of a preset with overrides applied; UserError on bad names / keys."""
     import dataclasses
 
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.pipeline.config import _from_dict, apply_overrides
     from nemo_subnet.recipes.executors import LaunchConfig
     from nemo_subnet.recipes.presets import PRESETS
@@ -60,7 +60,7 @@ def resolve(factory: str, overrides: list[str]):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     if "=" in args.recipe:  # no recipe named: the first positional is an override
         args.overrides.insert(0, args.recipe)
