@@ -112,7 +112,7 @@ def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> No
 
 def _params(ckpt: Path) -> int | None:
     from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     path = ckpt / "model.yaml"
     return count_parameters(ModelConfig.load(path)) if path.is_file() else None

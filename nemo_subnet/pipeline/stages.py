@@ -167,7 +167,7 @@ def extract(ctx: StageContext) -> dict:
     ctx.cli("extract", "--ckpt", teacher_checkpoint(ctx), "--subnet", ctx.path("search") / "best.yaml",
             "--out", ctx.dir)
     from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     return {"parameters": count_parameters(ModelConfig.load(ctx.dir / "model.yaml"))}
 

@@ -97,7 +97,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def to_dict(student, teacher, opts, memory, timing, device, tokens, gpus_per_node) -> dict:
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     world = opts.tp * opts.pp * opts.dp
     report = {

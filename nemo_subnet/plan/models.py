@@ -76,7 +76,7 @@ def uniform_subnet(teacher: ModelConfig, budget: int, round_to: int = 64) -> Mod
     width and head count scaled by one factor (head dimension and depth kept, widths rounded down to
     ``round_to``, query groups a divisor of the heads). A stand-in for the searched sub-network when only
     a budget is known: same depth and vocabulary, so its memory per parameter is close."""
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     if teacher.is_layerwise:
         raise ValueError("a parameter budget needs a uniform teacher (this one has per-layer sizes)")

@@ -47,7 +47,8 @@ import yaml
 
 from nemo_subnet.models.config import Family, ModelConfig
 from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig, hf_export_problem
-from nemo_subnet.subnet.params import count_parameters, subnet_parameters
+from nemo_subnet.models.counting import count_parameters
+from nemo_subnet.subnet.params import subnet_parameters
 
 Genome = tuple[int, ...]
 DIMENSIONS = ("hidden", "layers", "query_groups", "heads_per_group", "ffn")

@@ -22,7 +22,7 @@ def _extract(args: argparse.Namespace) -> int:
     from nemo_subnet.errors import UserError
     from nemo_subnet.runtime import runtime_scope
     from nemo_subnet.subnet.extract import extract_checkpoint
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     if args.tp < 1 or args.pp < 1:
         raise UserError(f"--tp and --pp must be >= 1, got {args.tp} and {args.pp}")

@@ -106,7 +106,7 @@ def extract_checkpoint(ckpt_dir, subnet, out_dir, *, tp: int = 1, pp: int = 1, o
     from nemo_subnet.conversion.sharding import global_state_from_model, load_global_state
     from nemo_subnet.models.builder import build_gpt_model
     from nemo_subnet.subnet.config import SubnetConfig, SubnetConfigError, check_exportable, resolve
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     subnet = subnet if isinstance(subnet, SubnetConfig) else SubnetConfig.load(subnet)

@@ -42,7 +42,8 @@ from nemo_subnet.training.config import CONFIG_FILE, TrainConfig
 from nemo_subnet.training.distill import LMOutput, describe_fused_output, fused_output_enabled, lm_loss, teacher_topk
 from nemo_subnet.training.output_layer import defer_logits, output_weight
 from nemo_subnet.training.teacher import StudentWithTeacher
-from nemo_subnet.training.metrics import MetricsLogger, forward_flops_per_token, peak_flops
+from nemo_subnet.models.counting import forward_flops_per_token
+from nemo_subnet.training.metrics import MetricsLogger, peak_flops
 
 
 class TrainingError(RuntimeError):

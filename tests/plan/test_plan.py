@@ -138,7 +138,8 @@ def test_pipeline_first_stage_holds_pp_microbatches():
 
 
 def test_step_time_uses_the_training_flop_count():
-    from nemo_subnet.training.metrics import PEAK_BF16_FLOPS, forward_flops_per_token
+    from nemo_subnet.models.counting import forward_flops_per_token
+    from nemo_subnet.training.metrics import PEAK_BF16_FLOPS
 
     student, teacher = preset_config("pythia-160m"), preset_config("pythia-410m")
     o = opts(seq_length=2048, micro_batch_size=4, global_batch_size=32)

@@ -1,9 +1,10 @@
 """The miniature study end to end: every row, 2 seeds; the report's structure and arithmetic; resume per row.
 
-FLOPs are checked against independent counts: the student's fwd+bwd per token against 3 x
-``training.metrics.forward_flops_per_token`` of the extracted model.yaml (another implementation than the
-search's per-sub-network count the study uses), the teacher's forward against the same function of the
-teacher, importance and search against their definitions (counts of batches, layers and candidates).
+FLOPs are checked against their definitions: the student's fwd+bwd per token against 3 x the one counter
+(``models.counting.forward_flops_per_token``, itself checked against a built model's weights in
+tests/models/test_counting.py) of the extracted model.yaml, i.e. the study counts the student it trained; the
+teacher's forward against the same function of the teacher; importance and search against counts of batches,
+layers and candidates.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def test_every_row_and_file(study):
 
 def test_flop_accounting_matches_independent_counts(study):
     from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.training.metrics import forward_flops_per_token
+    from nemo_subnet.models.counting import forward_flops_per_token
 
     config, rows, summary, out = study
     root = out / "study"
@@ -69,9 +70,8 @@ def test_flop_accounting_matches_independent_counts(study):
         init = json.loads((root / "inits" / row["init"] / "init.json").read_text())
         model_yaml = init.get("model_yaml") or f"{init['checkpoint']}/model.yaml"
         student = ModelConfig.load(model_yaml)
-        if "layerwise" not in row["granularity"]:  # forward_flops_per_token has no per-layer sizes
-            for seed in row["seeds"]:
-                assert seed["student_train_flops_per_token"] == pytest.approx(3 * forward_flops_per_token(student, seq))
+        for seed in row["seeds"]:  # the extracted student's own (per-layer) sizes
+            assert seed["student_train_flops_per_token"] == pytest.approx(3 * forward_flops_per_token(student, seq))
         for seed in row["seeds"]:
             assert seed["teacher_forward_flops_per_token"] == (pytest.approx(teacher_fwd) if row["kd"] else 0.0)
         searched = row["init"].startswith(("evolutionary", "random_search", "minitron"))
