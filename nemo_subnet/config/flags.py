@@ -128,8 +128,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, aliases:
         choices = _choices(kind)
         metavar = "{" + ",".join(choices) + "}" if choices else {int: "N", float: "X", Path: "PATH"}.get(kind, "VALUE")
         group.add_argument(*names, nargs="+" if is_list else None, metavar=metavar, **kwargs)
+    example = next((leaf for leaf in leaves(cls) if "." in leaf.path), leaves(cls)[0])
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="dotted overrides of any setting, values parsed as YAML (e.g. eval.batches=4)")
+                        help=f"dotted overrides of any setting, values parsed as YAML (e.g. {example.path}=...)")
 
 
 def _show(value) -> str:

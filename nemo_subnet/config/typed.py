@@ -9,7 +9,8 @@ study, the launch settings). A config is a tree of dataclasses whose field types
 - ``Literal[...]`` and ``Enum`` members (by value), named in the error with what is allowed;
 - ranges in the type, ``Annotated[int, Range(ge=1)]`` or the aliases of types.py (``PositiveInt``);
 - cross-field rules: a dataclass may define ``problems(self)`` yielding ``(field, message)`` pairs; it runs
-  once the section's own fields are valid, and the field is named with its full dotted path;
+  once the section's own fields are valid, and the field is named with its full dotted path (field None: the
+  message names the fields itself and is prefixed with the section's path only);
 - renamed keys: a dataclass may map old dotted keys to new ones (one or several) in a ``RENAMED`` class
   attribute; old YAML files and overrides keep working.
 
@@ -253,7 +254,7 @@ def _build(cls: type, data, where: str, errors: list[str]):
         return _INVALID
     rules = getattr(instance, "problems", None)
     if callable(rules):
-        errors.extend(f"{prefix}{name}: {message}" if name else f"{where or 'config'}: {message}"
+        errors.extend(f"{prefix}{name}: {message}" if name else (f"{where}: " if where else "") + message
                       for name, message in rules())
     return instance
 
