@@ -42,8 +42,9 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-import yaml
+from nemo_subnet.config import PositiveFloat, PositiveInt, Range
 
 from nemo_subnet.models.config import Family, ModelConfig
 from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig, hf_export_problem
@@ -85,9 +86,9 @@ class Ordering(str, enum.Enum):
 
 @dataclass
 class Budget:
-    target: float
-    """Parameters of the sub-network: a fraction of the super-network's if <= 1, else an absolute count."""
-    tolerance: float = 0.05
+    target: PositiveFloat
+    """Parameters of the sub-network: a fraction of the super-network's if <= 1, else an absolute count (``160M``)."""
+    tolerance: Annotated[float, Range(ge=0, lt=1)] = 0.05
     """Accepted relative deviation: params in [target * (1 - tol), target * (1 + tol)]."""
 
     def bounds(self, total: int) -> tuple[int, int]:
@@ -109,7 +110,7 @@ class SearchSpace:
     """Or ``tied`` (GPT-NeoX, its default): heads = hidden / head size."""
     heads_per_group: list[int] | None = None
     ffn: list[int] | None = None
-    round_to: int = 1
+    round_to: PositiveInt = 1
     """Default hidden / ffn choices are multiples of this (e.g. 8 or 64 for fast kernels, tp for TP)."""
     budget: Budget | None = None
 
@@ -121,24 +122,15 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SearchSpace":
-        allowed = {"granularity", "ordering", "round_to", "budget", *DIMENSIONS}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise SearchSpaceError(f"unknown search-space fields {unknown}; allowed: {sorted(allowed)}")
-        try:
-            return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise SearchSpaceError(f"bad search space: {err}") from None
+        from nemo_subnet import config
+
+        return config.from_dict(cls, data, source="search space")
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
-        path = Path(path)
-        if not path.is_file():
-            raise SearchSpaceError(f"search space {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise SearchSpaceError(f"{path}: a search space must be a mapping")
-        return cls.from_dict(data)
+        from nemo_subnet import config
+
+        return config.load(cls, path)
 
     def to_dict(self) -> dict:
         out = {"granularity": self.granularity.value, "ordering": self.ordering.value, "round_to": self.round_to}
