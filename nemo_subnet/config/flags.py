@@ -139,33 +139,15 @@ def _show(value) -> str:
         plain, (dict, list)) else str(plain))
 
 
-def _flag_value(hint, raw):
-    """A flag's text as plain data: strings and paths as typed; anything else parsed as YAML (``none``, ``1e-3``,
-    ``[1, 2]``), then converted and checked by the config mechanism like any YAML value."""
-    kind, is_list = _kind(hint)
-    if isinstance(raw, bool):
-        return raw
-    parse = (lambda text: text) if kind in (str, Path) else _yaml_value
-    return [parse(r) for r in raw] if is_list else parse(raw)
-
-
-def _yaml_value(text: str):
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text  # let the converter name the field and what is allowed
-
-
 def config_from_arguments(cls: type[T], args: argparse.Namespace, *, required: Sequence[str] = (),
                           flag_names: Mapping[str, str] = ()) -> T:
     """The config of a parsed command line: defaults < --config FILE < flags < KEY=VALUE overrides.
     ``required`` dotted fields must end up set; ConfigError lists every problem at once."""
     data = read_yaml(args.config) if getattr(args, "config", None) else {}
-    by_path = {leaf.path: leaf for leaf in leaves(cls)}
     for dest, raw in vars(args).items():
         if dest.startswith(_DEST):
             path = dest[len(_DEST):]
-            set_path(data, path, _flag_value(by_path[path].hint, raw))
+            set_path(data, path, raw)  # text: converted as its field's type (typed.py), checked with the rest
     apply_overrides(data, getattr(args, "overrides", None) or ())
     problems = []
     for path in required:

@@ -3,6 +3,7 @@
 The one mechanism behind every stage's config (train, data, importance, search, extract, the pipeline, the
 study, the launch settings). A config is a tree of dataclasses whose field types say what is allowed:
 
+- text given where another type is declared (flags, NeMo-Run's command line) is read as YAML first;
 - ``int``, ``float`` (a size suffix is read too: ``100B``), ``bool``, ``str``, ``Path``, ``list[T]``,
   ``dict[str, T]``, ``X | None``, unions (``SearchSpace | Path``: a mapping builds the dataclass, a string
   the path), nested dataclasses;
@@ -129,11 +130,13 @@ def _convert(hint, value, where: str, errors: list[str]):
             converted = _convert(arm, value, where, attempt)
             if converted is not _INVALID:
                 return converted
-            if len([a for a in arms if a is not type(None)]) == 1:
-                errors.extend(attempt)  # X | None: X's own message is the precise one
+            if len([a for a in arms if a is not type(None)]) == 1 or dataclasses.is_dataclass(arm):
+                errors.extend(attempt)  # X | None, or a mapping for the dataclass arm: its own messages are precise
                 return _INVALID
         errors.append(f"{where}: {value!r} is not {describe_type(hint)}")
         return _INVALID
+    if isinstance(value, str) and hint not in (str, Path, Any, object):
+        value = _text_value(value)
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             value = to_dict(value)
@@ -176,6 +179,15 @@ def _convert(hint, value, where: str, errors: list[str]):
                 errors.append(f"{where}: {converted!r} is out of range; allowed: {rule.describe()}")
                 return _INVALID
     return converted
+
+
+def _text_value(text: str):
+    """Text where another type is declared (a flag, NeMo-Run's command line) is read as YAML, like a dotted
+    override: ``3``, ``1e-3``, ``[a, b]``, ``none``; anything YAML cannot read stays text for the converter."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
 def _scalar(hint, value, where: str, errors: list[str]):
@@ -236,27 +248,56 @@ def _build(cls: type, data, where: str, errors: list[str]):
         close = difflib.get_close_matches(str(key), list(hints), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         errors.append(f"{prefix}{key}: unknown key; {hint}known keys of {where or 'the config'}: {', '.join(hints)}")
-    before = len(errors)
-    kwargs = {}
+    kwargs, invalid = {}, set()
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
         if f.name in data:
-            kwargs[f.name] = _convert(hints[f.name], data[f.name], prefix + f.name, errors)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            value = data[f.name]
+            default = _default(f)
+            if isinstance(value, Mapping) and dataclasses.is_dataclass(default) and not isinstance(default, type):
+                value = _merged(to_dict(default), value)  # a section's own defaults < what the file gives
+            kwargs[f.name] = _convert(hints[f.name], value, prefix + f.name, errors)
+            if kwargs[f.name] is _INVALID:
+                invalid.add(f.name)
+                if _has_default(f):
+                    kwargs[f.name] = _default(f)  # stands in, so the rules between the valid fields still run
+        elif not _has_default(f):
             errors.append(f"{prefix}{f.name}: required ({describe_type(hints[f.name])})")
-    if unknown or len(errors) > before:
-        return _INVALID
+            invalid.add(f.name)
     try:
-        instance = cls(**kwargs)
+        instance = cls(**{k: v for k, v in kwargs.items() if v is not _INVALID})
     except (TypeError, ValueError) as err:
-        errors.append(f"{where or cls.__name__}: {err}")
+        if not invalid:
+            errors.append(f"{where or cls.__name__}: {err}")
         return _INVALID
     rules = getattr(instance, "problems", None)
-    if callable(rules):
-        errors.extend(f"{prefix}{name}: {message}" if name else (f"{where}: " if where else "") + message
-                      for name, message in rules())
-    return instance
+    for name, message in rules() if callable(rules) else ():
+        if not name and not invalid:
+            errors.append((f"{where}: " if where else "") + message)
+        elif name and name.split(".")[0] not in invalid:  # a rule on a field that did not read is no news
+            errors.append(f"{prefix}{name}: {message}")
+    return _INVALID if unknown or invalid else instance
+
+
+def _has_default(f: dataclasses.Field) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _merged(base: dict, given: Mapping) -> dict:
+    """``given`` over ``base``, mappings merged key by key (a partial section keeps the rest of its defaults)."""
+    out = dict(base)
+    for key, value in given.items():
+        out[key] = _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def from_dict(cls: type[T], data: Mapping, *, source: str | None = None) -> T:
@@ -268,10 +309,23 @@ def from_dict(cls: type[T], data: Mapping, *, source: str | None = None) -> T:
     return instance
 
 
-def check(obj, *, source: str | None = None) -> None:
+def check(obj, *, also: Iterable[tuple[str | None, str]] = (), source: str | None = None) -> None:
     """Raise ConfigError listing every problem of a config built in Python (types, allowed values, ranges,
-    cross-field rules): the same checks as loading it from YAML."""
-    from_dict(type(obj), to_dict(obj), source=source)
+    cross-field rules: the same checks as loading it from YAML), and the ``(field, message)`` pairs ``also``
+    gives (what a caller requires beyond them, e.g. fields that must be set to run)."""
+    problems = [f"{name}: {message}" if name else message for name, message in also]
+    try:
+        typed(obj)
+    except ConfigError as err:
+        problems += err.problems
+    if problems:
+        raise ConfigError(problems, source)
+
+
+def typed(obj: T) -> T:
+    """A config built elsewhere (in Python, or by NeMo-Run's fiddle from command-line strings) read again
+    through the mechanism: every value of its declared type, every rule checked."""
+    return from_dict(type(obj), to_dict(obj))
 
 
 def to_dict(value):
@@ -311,15 +365,21 @@ def set_path(data: dict, dotted: str, value) -> None:
 
 
 def pop_path(data: dict, dotted: str) -> tuple[bool, Any]:
-    node = data
+    """(found, value) of a dotted key, removed; sections it leaves empty are removed too."""
     parts = dotted.split(".")
+    nodes = [data]
     for part in parts[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
+        node = nodes[-1].get(part) if isinstance(nodes[-1], dict) else None
         if not isinstance(node, dict):
             return False, None
-    if parts[-1] not in node:
+        nodes.append(node)
+    if parts[-1] not in nodes[-1]:
         return False, None
-    return True, node.pop(parts[-1])
+    value = nodes[-1].pop(parts[-1])
+    for parent, part, node in reversed(list(zip(nodes, parts, nodes[1:]))):
+        if not node:
+            parent.pop(part)
+    return True, value
 
 
 def parse_override(item: str) -> tuple[str, Any]:

@@ -182,11 +182,10 @@ class TrainConfig:
 
     def problems(self) -> Iterator[tuple[str, str]]:
         """Settings that cannot work together (checked before any process group exists); the sections' own
-        types, ranges and rules are checked by the config mechanism."""
-        if (self.init.from_checkpoint is None) == (self.init.random is None):
-            yield "init", "needs exactly one of from_checkpoint: DIR or random: model.yaml"
-        if self.data.path is None:
-            yield "data.path", "required (a directory made by `nemo-subnet data prepare`)"
+        types, ranges and rules are checked by the config mechanism. What a run must also have (``init``,
+        ``data.path``: the pipeline fills them in for its sections) is ``unset_inputs``."""
+        if self.init.from_checkpoint is not None and self.init.random is not None:
+            yield "init", "needs exactly one of from_checkpoint: DIR or random: model.yaml, not both"
         if self.global_batch_size_error():
             yield None, self.global_batch_size_error()
         decay_steps = self.schedule.decay_steps or self.schedule.train_steps
@@ -201,9 +200,15 @@ class TrainConfig:
         except ValueError as err:
             yield "parallel", str(err)
 
+    def unset_inputs(self) -> Iterator[tuple[str, str]]:
+        if self.init.from_checkpoint is None and self.init.random is None:
+            yield "init", "needs exactly one of from_checkpoint: DIR or random: model.yaml"
+        if self.data.path is None:
+            yield "data.path", "required (a directory made by `nemo-subnet data prepare`)"
+
     def validate(self) -> None:
-        """Raise a UserError listing every problem (the checks of loading a YAML, for a config built in Python)."""
-        configs.check(self)
+        """Raise a UserError listing every problem of this run (the checks of loading a YAML, and its inputs)."""
+        configs.check(self, also=self.unset_inputs())
 
     def global_batch_size_error(self, dp: int = 1) -> str | None:
         per_step = self.data.micro_batch_size * dp
