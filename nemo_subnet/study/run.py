@@ -188,5 +188,5 @@ def run_study(config: StudyConfig, *, rows: list[str] | None = None, log=print) 
     study = Study(config, log)
     study.shared()  # child processes (the pipeline's stages), before this process has a runtime
     wanted = config.rows() if rows is None else [r for r in config.rows() if r.name in rows]
-    with runtime_scope(tp=1, pp=1, seed=config.base.seed):  # one single-process runtime for every row
+    with runtime_scope(tp=1, pp=1, seed=config.base.student_train.seed):  # one single-process runtime for every row
         return [study.run_row(row) for row in wanted]

@@ -32,8 +32,8 @@ from recipe_utils import cli_env, nemo_subnet, run_cli  # noqa: E402
 from slurm_utils import job_field, require_slurm, scontrol, wait_for  # noqa: E402
 
 STEPS = 16
-OVERRIDES = [f"config.teacher_train.steps={STEPS}", "config.teacher_train.checkpoint_every=1",
-             "config.teacher_train.eval_every=5", "config.data.max_bytes=60000", "config.data.vocab_size=512"]
+OVERRIDES = [f"config.teacher_train.schedule.train_steps={STEPS}", "config.teacher_train.checkpoint.every_steps=1",
+             "config.teacher_train.logging.eval_every=5", "config.data.max_bytes=60000", "config.data.vocab_size=512"]
 
 
 def _latest_step(run_dir: Path) -> int:

@@ -49,8 +49,9 @@ def test_every_row_and_file(study):
         for seed in row["seeds"]:
             assert seed["curve"][0][0] == 0  # every curve starts with the init itself
             assert seed["test_ppl"] is not None and seed["test_ppl"] > 1
-            steps = config.base.student_train.steps * (config.long_factor if row["row"] == "random_ce_long" else 1)
-            assert seed["tokens"] == steps * config.base.student_train.global_batch_size * config.base.student_train.seq_length
+            student = config.base.student_train
+            steps = student.schedule.train_steps * (config.long_factor if row["row"] == "random_ce_long" else 1)
+            assert seed["tokens"] == steps * student.data.global_batch_size * student.data.seq_length
 
 
 def test_flop_accounting_matches_independent_counts(study):
@@ -60,11 +61,11 @@ def test_flop_accounting_matches_independent_counts(study):
     config, rows, summary, out = study
     root = out / "study"
     teacher = ModelConfig.load(root / "base" / "teacher" / "model" / "model.yaml")
-    seq = config.base.student_train.seq_length
+    seq = config.base.student_train.data.seq_length
     teacher_fwd = forward_flops_per_token(teacher, seq)
-    s = config.base.search
-    tokens = s.calibration_batches * 4 * config.base.teacher_train.seq_length
-    importance = (teacher.num_layers + 2) * tokens * forward_flops_per_token(teacher, config.base.teacher_train.seq_length)
+    s, imp = config.base.search, config.base.importance
+    tokens = imp.batches * imp.micro_batch_size * imp.seq_length
+    importance = (teacher.num_layers + 2) * tokens * forward_flops_per_token(teacher, imp.seq_length)
     by_name = {e["row"]: e for e in summary["rows"]}
     for row in rows:
         init = json.loads((root / "inits" / row["init"] / "init.json").read_text())
@@ -80,7 +81,8 @@ def test_flop_accounting_matches_independent_counts(study):
             candidates = (root / "inits" / row["init"] / "search" / "candidates.jsonl").read_text().split("\n")
             n = sum(1 for line in candidates if line.strip())
             assert n == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
-            per_candidate = s.eval_batches * 4 * config.base.teacher_train.seq_length * teacher_fwd
+            ev = s.eval
+            per_candidate = ev.batches * ev.micro_batch_size * ev.seq_length * forward_flops_per_token(teacher, ev.seq_length)
             assert row["search_flops"] == pytest.approx(n * per_candidate)
         else:
             assert row["search_flops"] == 0.0
