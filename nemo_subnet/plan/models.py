@@ -9,7 +9,6 @@ is downloaded.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 from nemo_subnet.models.config import ModelConfig
@@ -101,16 +100,3 @@ def uniform_subnet(teacher: ModelConfig, budget: int, round_to: int = 64) -> Mod
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if count_parameters(shaped(mid)) <= budget else (lo, mid)
     return shaped(lo)
-
-
-def parse_count(text: str) -> int:
-    """``160e6``, ``8B``, ``410M``, ``7_000_000`` -> an integer."""
-    units = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-    t = text.strip().upper().replace("_", "")
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a count (e.g. 160e6, 410M, 8B)") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{text!r} must be a positive count")
-    return int(value)
