@@ -103,7 +103,7 @@ def task_env(launch: LaunchConfig, res: StageResources) -> dict[str, str]:
     """Environment of a task: this interpreter first on PATH (NeMo-Run launches ``python``), one OpenMP thread
     per rank when several CPU ranks share a node, the GPU requirement, torchrun's SIGTERM grace."""
     env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+           "TOKENIZERS_PARALLELISM": "false"}
     if res.gpus_per_node == 0 and res.ranks_per_node > 1:
         env["OMP_NUM_THREADS"] = "1"
     if res.gpus_per_node:

@@ -27,8 +27,9 @@ from typing import Literal, Mapping, Sequence, TypeVar
 
 import yaml
 
+from nemo_subnet.config.files import read_yaml
 from nemo_subnet.config.typed import (ConfigError, apply_overrides, describe_type, field_types, from_dict,
-                                      optional_arm, read_yaml, set_path, to_dict, unwrap)
+                                      optional_arm, set_path, to_dict, unwrap)
 
 T = TypeVar("T")
 _DEST = "config:"
@@ -59,16 +60,21 @@ class Leaf:
     default: object
 
 
-def leaves(cls: type, prefix: str = "") -> list[Leaf]:
-    """Every settable field of the tree; nested dataclasses (also ``X | None``) are walked into."""
+def leaves(cls: type, prefix: str = "", defaults: dict | None = None) -> list[Leaf]:
+    """Every settable field of the tree; nested dataclasses (also ``X | None``) are walked into. A section's
+    defaults are its parent's default instance's values (a pipeline section's own defaults, not the class's)."""
     out: list[Leaf] = []
-    docs, defaults = field_docs(cls), _defaults(cls)
+    docs = field_docs(cls)
+    defaults = _defaults(cls) if defaults is None else defaults
     for name, hint in field_types(cls).items():
         inner = optional_arm(hint) or unwrap(hint)[0]
+        default = defaults.get(name, dataclasses.MISSING)
         if dataclasses.is_dataclass(inner):
-            out += leaves(inner, f"{prefix}{name}.")
+            section = ({f.name: getattr(default, f.name) for f in dataclasses.fields(default) if f.init}
+                       if isinstance(default, inner) else None)
+            out += leaves(inner, f"{prefix}{name}.", section)
         else:
-            out.append(Leaf(prefix + name, hint, docs.get(name, ""), defaults.get(name, dataclasses.MISSING)))
+            out.append(Leaf(prefix + name, hint, docs.get(name, ""), default))
     return out
 
 

@@ -17,8 +17,8 @@ study, the launch settings). A config is a tree of dataclasses whose field types
 
 ``from_dict`` converts and checks the whole tree and raises one ``ConfigError`` (a ``UserError``) listing every
 problem, each naming its field and what is allowed. ``check(obj)`` does the same for a dataclass built in
-Python (it round-trips the instance through ``to_dict``). ``load`` = YAML file + overrides; precedence is
-defaults < file < overrides, as in torchtitan's ``ConfigManager``.
+Python (it round-trips the instance through ``to_dict``). files.py reads and writes them as YAML (defaults <
+file < overrides, as in torchtitan's ``ConfigManager``).
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import yaml
 
 from nemo_subnet.config.types import Range, parse_size
 from nemo_subnet.errors import UserError
-from nemo_subnet.files import write_text_atomic
 
 T = TypeVar("T")
 _INVALID = object()
@@ -398,29 +397,3 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     for item in overrides:
         set_path(data, *parse_override(item))
     return data
-
-
-# ----------------------------------------------------------------------------------------------- files
-def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"config file {path} does not exist"])
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError([f"{path} is not YAML: {str(err).splitlines()[0]}"]) from None
-    if not isinstance(data, dict):
-        raise ConfigError([f"{path}: expected a mapping at the top level"])
-    return data
-
-
-def load(cls: type[T], path: str | Path, overrides: Iterable[str] = ()) -> T:
-    """A config from a YAML file and dotted overrides (defaults < file < overrides)."""
-    return from_dict(cls, apply_overrides(read_yaml(path), overrides), source=str(path))
-
-
-def save(obj, path: str | Path) -> Path:
-    """The config as YAML, every field written (what ran is what the file says), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_text_atomic(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

@@ -113,7 +113,6 @@ class StageContext:
                     env.pop(var)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2))))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env.setdefault("PYTHONWARNINGS", "ignore")
         cmd = [sys.executable, "-m", module, *map(str, args)]
         result = run_child(cmd, env)
         if result.returncode == 0:
