@@ -121,16 +121,25 @@ class SearchSpace:
             self.budget = Budget(**self.budget)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchSpace":
+    def from_dict(cls, data: dict, *, source: str = "search space") -> "SearchSpace":
+        """Through the one config mechanism (every problem at once), as a ``SearchSpaceError``."""
         from nemo_subnet import config
 
-        return config.from_dict(cls, data, source="search space")
+        try:
+            return config.from_dict(cls, data, source=source)
+        except config.ConfigError as err:
+            raise SearchSpaceError(str(err)) from None
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
-        from nemo_subnet import config
+        from nemo_subnet.config import ConfigError
+        from nemo_subnet.config.files import read_yaml
 
-        return config.load(cls, path)
+        try:
+            data = read_yaml(path)
+        except ConfigError as err:
+            raise SearchSpaceError(str(err)) from None
+        return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict:
         out = {"granularity": self.granularity.value, "ordering": self.ordering.value, "round_to": self.round_to}
