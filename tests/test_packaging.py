@@ -74,3 +74,16 @@ def test_a_command_module_that_fails_to_import_is_an_error(monkeypatch, capsys):
     assert cli.main(["--help"]) == 1
     err = capsys.readouterr().err
     assert "command module nemo_subnet.no_such_command failed to import" in err and "reinstall" in err
+
+
+def test_no_library_module_imports_the_recipes():
+    """recipes/ composes the library; only the command list names its CLI module (by string, loaded on demand)."""
+    import ast
+
+    offenders = []
+    for path in (REPO / "nemo_subnet").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.startswith("nemo_subnet.recipes")]
+    assert not offenders, offenders
