@@ -28,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def _user_error(err: Exception):
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
     return UserError(message)

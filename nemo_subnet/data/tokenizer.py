@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Protocol
 
 import sentencepiece as spm
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 
 logger = logging.getLogger(__name__)
 

@@ -163,9 +163,9 @@ def test_budget_bounds_and_errors():
         make_strategy("annealing", rspace, (1, 10**9), 0)
     with pytest.raises(SearchSpaceError, match="needs importance scores"):
         make_strategy("proxy", rspace, check_budget(rspace, BUDGET), 0)
-    with pytest.raises(SearchSpaceError, match="unknown search-space fields"):
+    with pytest.raises(SearchSpaceError, match="search space: hiden: unknown key; did you mean hidden"):
         SearchSpace.from_dict({"hiden": [1]})
-    with pytest.raises(SearchSpaceError, match="bad search space"):
+    with pytest.raises(SearchSpaceError, match="granularity: 'medium' is not allowed; allowed: coarse_uniform"):
         SearchSpace.from_dict({"granularity": "medium"})
 
 
