@@ -89,20 +89,16 @@ def _counted_flops(stepper, batches) -> tuple[float, bool]:
     return float(counter.get_total_flops()), any("scaled_dot_product" in op for op in ops)
 
 
-def _attention_flops_per_token(cfg, seq_length: int) -> float:
-    """The core-attention part of ``forward_flops_per_token`` (QK^T and PV over the full sequence)."""
-    return float(cfg.num_layers * 2 * 2 * seq_length * cfg.num_attention_heads * cfg.kv_channels)
-
-
 def run(ctx, rec) -> None:
     from harness import time_calls_ms
 
     from nemo_subnet.checkpointing import load_model, read_model_config
     from nemo_subnet.models import ModelConfig
+    from nemo_subnet.models.counting import attention_flops_per_token, forward_flops_per_token
     from nemo_subnet.runtime import init_runtime
     from nemo_subnet.training.config import TrainConfig
     from nemo_subnet.training.loop import _build_student, _dtype, _Step
-    from nemo_subnet.training.metrics import forward_flops_per_token, peak_flops
+    from nemo_subnet.training.metrics import peak_flops
     from nemo_subnet.training.output_layer import logits_output
     from nemo_subnet.training.teacher import StudentWithTeacher
 
@@ -170,8 +166,8 @@ def run(ctx, rec) -> None:
                                                                                                    t["seq_length"])
     compared = formula
     if not with_attention:  # torch has no FLOP formula for the CPU's fused SDPA kernel: compare the matmuls only
-        compared -= (3 * _attention_flops_per_token(student_cfg, t["seq_length"])
-                     + _attention_flops_per_token(teacher_cfg, t["seq_length"]))
+        compared -= (3 * attention_flops_per_token(student_cfg, t["seq_length"])
+                     + attention_flops_per_token(teacher_cfg, t["seq_length"]))
     rec.number("flops_per_token", {"counted": counted, "formula": formula, "counted_attention": with_attention,
                                    "ratio": counted / compared})
     rec.check("FLOPs counted in a KD step ~ the MFU formula's", 0.9 <= counted / compared <= 1.3,

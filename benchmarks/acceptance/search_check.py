@@ -80,7 +80,8 @@ def _throughput_target(ctx, rec, p: dict, tokens_per_s: float) -> None:
     import torch
 
     from nemo_subnet.checkpointing import read_model_config
-    from nemo_subnet.training.metrics import forward_flops_per_token, peak_flops
+    from nemo_subnet.models.counting import forward_flops_per_token
+    from nemo_subnet.training.metrics import peak_flops
 
     cfg = read_model_config(ctx.artifacts["setup.teacher"])
     peak = peak_flops(ctx.peak_flops, cfg.torch_dtype)
