@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nemo_subnet.importance.scores import Aggregation
+from nemo_subnet.importance.scores import Aggregation, LayerMetric
 
 
 def register(subparsers) -> None:
@@ -21,9 +21,13 @@ def register(subparsers) -> None:
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--aggregation", choices=[a.value for a in Aggregation], default=Aggregation.L2.value,
                    help="default aggregation stored with the scores (all stay computable)")
-    p.add_argument("--no-layer-drop", action="store_true", help="skip the per-layer drop perplexities (L evaluations)")
+    p.add_argument("--layer-metric", choices=[m.value for m in LayerMetric], default=LayerMetric.COSINE.value,
+                   help="the layer metric the search will use (its --layer-metric): cosine (default) comes from the "
+                        "calibration pass; perplexity adds 1 + L layer-drop evaluations")
     p.add_argument("--layer-drop-batches", type=int, default=None,
-                   help="validation micro-batches for layer-drop perplexity (default: --batches, valid split)")
+                   help="validation micro-batches per layer-drop evaluation (--layer-metric perplexity; default: "
+                        "--batches, valid split)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--seed", type=int, default=1234, help="seed of the dataset shuffles")
@@ -45,13 +49,13 @@ def _importance(args: argparse.Namespace) -> int:
             cfg, model = load_supernet(args.ckpt)
             common = dict(seq_length=args.seq_length, micro_batch_size=args.micro_batch_size, seed=args.seed)
             data = load_batches(args.data, cfg, split=args.split, num_batches=args.batches, **common)
+            metric = LayerMetric(args.layer_metric)
             drop_data = None
-            if not args.no_layer_drop:
+            if metric is LayerMetric.PERPLEXITY:
                 drop_data = load_batches(args.data, cfg, split="valid",
                                          num_batches=args.layer_drop_batches or args.batches, **common)
-            scores = compute_importance(model, cfg, data, ImportanceConfig(Aggregation(args.aggregation),
-                                                                           layer_drop=not args.no_layer_drop),
-                                        layer_drop_data=drop_data)
+            config = ImportanceConfig(Aggregation(args.aggregation), layer_metric=metric, progress=not args.no_progress)
+            scores = compute_importance(model, cfg, data, config, layer_drop_data=drop_data)
             scores.meta["checkpoint"] = str(args.ckpt.resolve())
             if runtime.is_main:
                 scores.save(args.out)
@@ -60,5 +64,7 @@ def _importance(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
     if runtime.is_main:
-        print(f"importance of {cfg.num_layers} layers from {scores.tokens:,} tokens -> {args.out}")
+        meta = scores.meta
+        print(f"importance of {cfg.num_layers} layers: {meta['passes']} forward pass(es) ({meta['passes'] - 1} "
+              f"layer-drop), {meta['tokens']:,} tokens, {meta['flops']:.3e} FLOPs -> {args.out}")
     return 0

@@ -33,6 +33,11 @@ def flops_per_token(cfg: ModelConfig, subnet: SubnetConfig, seq_length: int) -> 
     return 6 * matmul + 6 * attention
 
 
+def forward_flops(cfg: ModelConfig, subnet: SubnetConfig, seq_length: int) -> float:
+    """Forward (evaluation) FLOPs per token of the sub-network: a third of ``flops_per_token``."""
+    return flops_per_token(cfg, subnet, seq_length) / 3
+
+
 @dataclass
 class SupernetPerplexity:
     """Validation perplexity of the masked super-network (collective: every rank calls it in step)."""

@@ -29,10 +29,37 @@ def scores(ckpt, data_dir, tmp_path_factory, megatron_runtime):
     return out
 
 
-def test_importance_cli_writes_scores(scores):
+def test_importance_cli_writes_scores(scores, ckpt):
+    """Default: the layer metric the default search reads (cosine), so one forward pass and no layer drops."""
+    from nemo_subnet.checkpointing import read_model_config
+    from nemo_subnet.search.objective import forward_flops
+
     loaded = ImportanceScores.load(scores)
-    assert loaded.tokens == 2 * 2 * 32 and loaded.has_layer_drop
-    assert loaded.model["num_layers"] == 4 and torch.isfinite(loaded.layers("perplexity")).all()
+    assert loaded.tokens == 2 * 2 * 32 and not loaded.has_layer_drop
+    assert loaded.model["num_layers"] == 4 and torch.isfinite(loaded.layers("cosine")).all()
+    teacher = forward_flops(read_model_config(ckpt), SubnetConfig(), 32)
+    assert loaded.meta["passes"] == 1 and loaded.meta["tokens"] == 128
+    assert loaded.meta["flops"] == pytest.approx(128 * teacher)
+
+
+def test_importance_layer_drop_runs_for_perplexity_metric(ckpt, data_dir, tmp_path, capsys, megatron_runtime):
+    """--layer-metric perplexity: 1 calibration + 1 base + L layer-drop passes, shown and charged pass by pass."""
+    from nemo_subnet.checkpointing import read_model_config
+    from nemo_subnet.search.objective import forward_flops
+
+    out = tmp_path / "scores.safetensors"
+    capsys.readouterr()
+    assert main(["importance", "--ckpt", str(ckpt), "--data", str(data_dir), "--out", str(out), "--batches", "2",
+                 "--seq-length", "32", "--micro-batch-size", "2", "--layer-metric", "perplexity"]) == 0
+    captured = capsys.readouterr()
+    assert "importance pass 6/6" in captured.err and "tok/s" in captured.err  # tqdm's bar
+    assert "6 forward pass(es) (5 layer-drop), 768 tokens" in captured.out
+    loaded = ImportanceScores.load(out)
+    assert loaded.has_layer_drop and torch.isfinite(loaded.layers("perplexity")).all()
+    cfg = read_model_config(ckpt)
+    full = forward_flops(cfg, SubnetConfig(), 32)
+    drops = sum(forward_flops(cfg, SubnetConfig(layers=[j for j in range(4) if j != i]), 32) for i in range(4))
+    assert loaded.meta["passes"] == 6 and loaded.meta["flops"] == pytest.approx(128 * (2 * full + drops))
 
 
 def test_search_cli_run_dir_and_resume(ckpt, data_dir, scores, tmp_path, capsys):
