@@ -67,7 +67,8 @@ def test_search_cli_run_dir_and_resume(ckpt, data_dir, scores, tmp_path, capsys)
 
     out = tmp_path / "run"
     args = ["search", "--ckpt", str(ckpt), "--data", str(data_dir), "--space", str(_space(tmp_path)), "--budget", "0.6",
-            "--tolerance", "0.1", "--scores", str(scores), "--out", str(out), "--population", "3", "--no-progress", *CLI_EVAL]
+            "--tolerance", "0.1", "--scores", str(scores), "--out", str(out), "--population", "3", "--no-progress",
+            "--rungs", "1", *CLI_EVAL]  # multi-fidelity off: one evaluation per candidate, as before it existed
     assert main([*args, "--evaluations", "5"]) == 0
     for name in ("search.json", CANDIDATES, "candidates.csv", "best.yaml", "pareto.csv", "progress.png", "pareto.png",
                  "summary.json"):
@@ -83,24 +84,47 @@ def test_search_cli_run_dir_and_resume(ckpt, data_dir, scores, tmp_path, capsys)
     assert isinstance(best.hidden, list)  # importance-ordered: index lists
     capsys.readouterr()
     assert main([*args, "--evaluations", "7"]) == 0  # continues: only 2 new evaluations
-    assert "(2 evaluated now)" in capsys.readouterr().out
+    assert "7 candidates, 7 evaluations (2 run now)" in capsys.readouterr().out
     again = [json.loads(line) for line in (out / CANDIDATES).read_text().splitlines()]
     assert again[:5] == records and len(again) == 7
 
 
 @pytest.mark.distributed
-def test_search_dp2_equals_dp1(ckpt, data_dir, tmp_path, megatron_runtime):
-    space = _space(tmp_path, "granularity: coarse_uniform\nordering: first_k\n")
+def test_search_objective_same_at_every_layout_and_forward(ckpt, data_dir, tmp_path, megatron_runtime):
+    """The objective of every candidate: masked == compact at TP=1, and compact at DP=2, TP=2, PP=2 (uneven and
+    empty local shards included: the space keeps 1 of 2 query groups), and the best equals the perplexity of
+    the extracted student."""
+    from nemo_subnet.checkpointing import load_model
+    from nemo_subnet.importance.evaluation import evaluate_loss, load_batches, perplexity
+    from nemo_subnet.subnet.extract import extract_checkpoint
+
+    space = _space(tmp_path, "granularity: coarse_uniform\nordering: first_k\nquery_groups: [1, 2]\n")
     common = ["search", "--ckpt", str(ckpt), "--data", str(data_dir), "--space", str(space), "--budget", "0.5",
-              "--tolerance", "0.2", "--strategy", "random", "--evaluations", "3", "--no-progress", "--no-plots", *CLI_EVAL]
-    assert main([*common, "--out", str(tmp_path / "dp1")]) == 0
+              "--tolerance", "0.2", "--strategy", "random", "--evaluations", "4", "--rungs", "1", "--no-progress",
+              "--no-plots", *CLI_EVAL]
+    assert main([*common, "--forward", "masked", "--out", str(tmp_path / "masked")]) == 0
+    assert main([*common, "--out", str(tmp_path / "compact")]) == 0
     cli = str(__import__("nemo_subnet.cli", fromlist=["x"]).__file__)
-    run_torchrun(cli, 2, *common, "--out", str(tmp_path / "dp2"), timeout=300)
-    one = [json.loads(x) for x in (tmp_path / "dp1" / CANDIDATES).read_text().splitlines()]
-    two = [json.loads(x) for x in (tmp_path / "dp2" / CANDIDATES).read_text().splitlines()]
-    assert [r["key"] for r in one] == [r["key"] for r in two]
-    for a, b in zip(one, two):
-        assert b["objective"] == pytest.approx(a["objective"], rel=1e-5)
+    for name, layout in (("dp2", []), ("tp2", ["--tp", "2"]), ("pp2", ["--pp", "2"])):
+        run_torchrun(cli, 2, *common, *layout, "--out", str(tmp_path / name), timeout=300)
+    runs = {name: [json.loads(x) for x in (tmp_path / name / CANDIDATES).read_text().splitlines()]
+            for name in ("masked", "compact", "dp2", "tp2", "pp2")}
+    reference = runs.pop("masked")
+    assert any(r["subnet"]["layer"]["query_groups"] == 1 for r in reference)
+    for name, records in runs.items():
+        assert [r["key"] for r in records] == [r["key"] for r in reference], name
+        for a, b in zip(reference, records):
+            assert b["objective"] == pytest.approx(a["objective"], rel=1e-5), (name, a["subnet"])
+        # compact runs the sub-network, masked the kept layers at full width
+        assert all(b["flops"] <= a["flops"] for a, b in zip(reference, records)), name
+        assert sum(b["flops"] for b in records) < sum(a["flops"] for a in reference), name
+
+    best = SubnetConfig.load(tmp_path / "compact" / "best.yaml")
+    extract_checkpoint(ckpt, best, tmp_path / "student")
+    cfg, student = load_model(tmp_path / "student")
+    data = load_batches(data_dir, cfg, split="valid", num_batches=2, seq_length=32, micro_batch_size=2, seed=1234)
+    summary = json.loads((tmp_path / "compact" / "summary.json").read_text())
+    assert perplexity(evaluate_loss(student, cfg, data)) == pytest.approx(summary["best"]["objective"], rel=1e-5)
 
 
 @pytest.mark.parametrize("extra, message", [
