@@ -111,10 +111,33 @@ def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> No
 
 
 def _candidates(search_dir: Path) -> list[dict]:
+    """One record per candidate, at the highest fidelity rung it reached."""
+    from nemo_subnet.search.results import merge_evaluations
+
     path = search_dir / "candidates.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return merge_evaluations([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+
+
+def _compute_line(out: Path) -> list[str]:
+    """Importance and search FLOPs as the two stages recorded them."""
+    parts = []
+    scores = out / "importance" / "scores.safetensors"
+    if scores.is_file():
+        from nemo_subnet.importance.scores import ImportanceScores
+
+        meta = ImportanceScores.load(scores).meta
+        if "flops" in meta:
+            parts.append(f"importance {meta['flops']:.3e} FLOPs ({meta['passes']} forward pass(es), "
+                         f"{meta['tokens']:,} tokens)")
+    summary = out / "search" / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        if "flops" in s:
+            rungs = ", ".join(f"rung {r['rung']}: {r['evaluations']} x {r['batches']} batches" for r in s["rungs"])
+            parts.append(f"search {s['flops']:.3e} FLOPs ({s['evaluations']} evaluations, {s['tokens']:,} tokens; {rungs})")
+    return [f"Compute: {'; '.join(parts)}.", ""] if parts else []
 
 
 def _params(ckpt: Path) -> int | None:
@@ -177,7 +200,9 @@ def write_report(out: Path, report_dir: Path, config=None) -> dict:
                      f"{search['strategy']} search over a {search['space']['granularity']} space, "
                      f"{len(candidates)} sub-networks evaluated by the perplexity of the masked teacher on the search "
                      "split (held out from training, validation and test).", ""]
-        best = sorted(candidates, key=lambda c: c["objective"])[:5]
+        sections += _compute_line(out)
+        top = max(c["rung"] for c in candidates)  # full-fidelity values are the comparable ones
+        best = sorted((c for c in candidates if c["rung"] == top), key=lambda c: c["objective"])[:5]
         sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl (masked teacher)", "sub-network"],
                             [[i + 1, c["params"], c["params"] / teacher_params if teacher_params else None,
                               c["objective"], _describe(c["subnet"])] for i, c in enumerate(best)]), ""]

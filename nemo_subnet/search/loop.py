@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from nemo_subnet.importance.scores import LayerMetric
 from nemo_subnet.search.fidelity import Ladder
 from nemo_subnet.search.objective import flops_per_token
-from nemo_subnet.search.results import RunDir
+from nemo_subnet.search.results import RunDir, merge_evaluations
 from nemo_subnet.search.space import Budget, ResolvedSpace, SearchSpaceError
 from nemo_subnet.search.strategies import Strategy
 from nemo_subnet.subnet.config import SubnetConfig
@@ -54,7 +54,8 @@ class _Session:
         self.ladder = Ladder(len(self.rungs or [None]), reduction, len(strategy.bins))
         self.cost: Callable | None = getattr(objective, "cost", None)
         self.seq_length = seq_length
-        self.candidates: list[dict] = []
+        self.first: list[dict] = []
+        """Each candidate's rung-0 record, by index."""
         self.genomes: list = []
         self.events: list[dict] = []
         self.evaluated = 0
@@ -81,20 +82,12 @@ class _Session:
         key = self.rspace.key(genome)
         record = self.done.get((key, rung))
         if record is None:
-            subnet = SubnetConfig.from_dict(fields["subnet"] if rung == 0 else self.candidates[index]["subnet"])
+            subnet = SubnetConfig.from_dict(fields["subnet"] if rung == 0 else self.first[index]["subnet"])
             record = {"index": index, "key": list(key), **self._run(subnet, rung), **(fields or {})}
             self.run_dir.append(record)
         self.events.append(record)
         if rung == 0:
-            self.candidates.append(dict(record, rung=0, objectives=[record["objective"]]))
-        else:
-            merged = self.candidates[index]
-            merged["objectives"].append(record["objective"])
-            merged.update(rung=rung, objective=record["objective"],
-                          **{k: record[k] for k in ("batches", "tokens") if k in record})
-            for k in ("flops", "eval_seconds"):
-                if k in record:
-                    merged[k] = merged.get(k, 0) + record[k]
+            self.first.append(record)
         self.ladder.add(self.strategy.bin_of[key], rung, index, record["objective"])
         self.strategy.tell(genome, record["objective"])
 
@@ -103,9 +96,11 @@ class _Session:
             _, rung, index = step
             self.evaluate(index, rung + 1)
 
-    def best(self, bin_index: int) -> dict | None:
-        top = self.ladder.top(bin_index)
-        pool = [c for c in self.candidates if self.strategy.bin_of[tuple(c["key"])] == bin_index and c["rung"] == top]
+    def best(self, records: list[dict], bin_index: int | None = None) -> dict | None:
+        """Lowest objective among the merged ``records`` at the highest rung reached (in ``bin_index``)."""
+        pool = [r for r in records if bin_index is None or self.strategy.bin_of[tuple(r["key"])] == bin_index]
+        top = max((r["rung"] for r in pool), default=0)
+        pool = [r for r in pool if r["rung"] == top]
         return min(pool, key=lambda r: (r["objective"], r["index"])) if pool else None
 
 
@@ -120,7 +115,7 @@ def search_loop(rspace: ResolvedSpace, strategy: Strategy, objective: Callable[.
     bar = _progress_bar(evaluations, progress and run_dir.writer)
     targets = [b.target for b in budgets] if budgets else None
     try:
-        while len(session.candidates) < evaluations:
+        while len(session.first) < evaluations:
             genome = strategy.ask()
             if genome is None:
                 break
@@ -130,7 +125,7 @@ def search_loop(rspace: ResolvedSpace, strategy: Strategy, objective: Callable[.
             if targets and len(targets) > 1:
                 fields["budget"] = targets[strategy.bin_of[rspace.key(genome)]]
             session.genomes.append(genome)
-            session.evaluate(len(session.candidates), 0, fields)
+            session.evaluate(len(session.first), 0, fields)
             session.promote()
             if bar is not None:
                 bar.set_postfix_str(_postfix(session), refresh=False)
@@ -140,24 +135,23 @@ def search_loop(rspace: ResolvedSpace, strategy: Strategy, objective: Callable[.
         if bar is not None:
             bar.close()
         run_dir.close()
-    if not session.candidates:
+    if not session.first:
         raise SearchSpaceError("the strategy proposed no candidate")
     return _finish(session, run_dir, targets, plots)
 
 
 def _postfix(session: _Session) -> str:
-    top = max(c["rung"] for c in session.candidates)
-    best = min((c for c in session.candidates if c["rung"] == top), key=lambda r: r["objective"])
-    rung = f" (rung {top})" if session.rungs and len(session.rungs) > 1 else ""
+    best = session.best(merge_evaluations(session.events))
+    rung = f" (rung {best['rung']})" if session.rungs and len(session.rungs) > 1 else ""
     return f"best ppl {best['objective']:.3f}{rung} @ {best['params']:,} params"
 
 
 def _finish(session: _Session, run_dir: RunDir, targets, plots: bool) -> SearchResult:
-    strategy, records = session.strategy, session.candidates
+    strategy, records = session.strategy, merge_evaluations(session.events)
     family = targets is not None and len(targets) > 1
     budgets, files = [], {}
     for b, bounds in enumerate(strategy.bins):
-        best = session.best(b)
+        best = session.best(records, b)
         if best is None:
             continue
         name = f"best_{targets[b]:g}.yaml" if family else "best.yaml"

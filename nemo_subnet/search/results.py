@@ -96,6 +96,25 @@ class RunDir:
             plot(records, front, self.path)
 
 
+def merge_evaluations(evaluations: list[dict]) -> list[dict]:
+    """One record per candidate from candidates.jsonl's lines: its first line, with ``objective``, ``rung``,
+    ``batches`` and ``tokens`` of the highest rung it reached, ``objectives`` (one per rung) and
+    ``flops`` / ``eval_seconds`` summed over its evaluations. In the order candidates were first asked."""
+    merged: dict[int, dict] = {}
+    for record in sorted(evaluations, key=lambda r: r.get("rung", 0)):
+        if record.get("rung", 0) == 0:
+            merged[record["index"]] = dict(record, rung=0, objectives=[record["objective"]])
+            continue
+        candidate = merged[record["index"]]
+        candidate["objectives"].append(record["objective"])
+        candidate.update(rung=record["rung"], objective=record["objective"],
+                         **{k: record[k] for k in ("batches", "tokens") if k in record})
+        for k in ("flops", "eval_seconds"):
+            if k in record:
+                candidate[k] = candidate.get(k, 0) + record[k]
+    return [merged[i] for i in sorted(merged)]
+
+
 def pareto_front(records: list[dict]) -> list[dict]:
     """Records no other record beats in both parameters and objective (ties kept once), by parameters."""
     front, best = [], float("inf")

@@ -13,9 +13,10 @@ FLOPs (all per token x tokens; counted separately, summed only for compute-to-ta
 - student fwd+bwd: ``search.objective.flops_per_token`` of the student's sub-network of the teacher (6 x
   matmul + attention; per-layer sizes of layer-wise students counted);
 - teacher forward during KD: a third of the same count for the full teacher;
-- importance: the calibration pass plus (L + 1) layer-drop evaluations, each a teacher forward;
-- search: one teacher forward per evaluated candidate over its evaluation tokens (a masked super-network
-  runs at the teacher's shapes: masks do not skip compute).
+- importance: what the importance stage recorded in its scores (``meta["flops"]``: the calibration pass,
+  plus the layer-drop passes only when the layer metric needs them);
+- search: what the search recorded in its summary.json (``flops``: every evaluation's executed forward
+  FLOPs over its tokens, every fidelity rung, at the candidate's own size when evaluated compact).
 """
 
 from __future__ import annotations
@@ -66,8 +67,14 @@ class Study:
         return flops_per_token(self.teacher_cfg, SubnetConfig(), seq_length) / 3
 
     def importance_flops(self) -> float:
-        s = self.base.search
-        seq = self.base.teacher_train.seq_length
+        """As the importance stage recorded it (scores written before it recorded FLOPs: the calibration pass
+        plus 1 + L layer-drop passes, what that stage ran then)."""
+        from nemo_subnet.importance.scores import ImportanceScores
+
+        meta = ImportanceScores.load(self.out / "base" / "importance" / "scores.safetensors").meta
+        if "flops" in meta:
+            return float(meta["flops"])
+        s, seq = self.base.search, self.base.teacher_train.seq_length
         tokens = s.calibration_batches * MICRO * seq
         return (1 + self.teacher_cfg.num_layers + 1) * tokens * self.teacher_forward_flops(seq)
 
@@ -117,11 +124,9 @@ class Study:
             strategy_config=StrategyConfig(population=s.population),
             eval=EvalConfig(batches=s.eval_batches, seq_length=seq, micro_batch_size=MICRO), progress=False,
             plots=False, overwrite=True))
-        best = json.loads((out / "summary.json").read_text())["best"]
-        candidates = [line for line in (out / "candidates.jsonl").read_text().splitlines() if line.strip()]
-        tokens = s.eval_batches * MICRO * seq
-        return best["subnet"], {"importance_flops": self.importance_flops(), "evaluations": len(candidates),
-                                "search_flops": len(candidates) * tokens * self.teacher_forward_flops(seq)}
+        summary = json.loads((out / "summary.json").read_text())
+        return summary["best"]["subnet"], {"importance_flops": self.importance_flops(),
+                                           "evaluations": summary["candidates"], "search_flops": summary["flops"]}
 
     # --- runs -----------------------------------------------------------------------------------------
     def run_seed(self, row: Row, init: dict, seed: int) -> dict:

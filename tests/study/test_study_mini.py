@@ -3,7 +3,8 @@
 FLOPs are checked against independent counts: the student's fwd+bwd per token against 3 x
 ``training.metrics.forward_flops_per_token`` of the extracted model.yaml (another implementation than the
 search's per-sub-network count the study uses), the teacher's forward against the same function of the
-teacher, importance and search against their definitions (counts of batches, layers and candidates).
+teacher, importance against its definition (one calibration pass: the default layer metric needs no layer
+drops) and search against every recorded evaluation (its tokens, its rung, the sub-network's forward).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def test_every_row_and_file(study):
 
 def test_flop_accounting_matches_independent_counts(study):
     from nemo_subnet.models.config import ModelConfig
+    from nemo_subnet.subnet.config import SubnetConfig, resolve
+    from nemo_subnet.subnet.extract import extract_model_config
     from nemo_subnet.training.metrics import forward_flops_per_token
 
     config, rows, summary, out = study
@@ -63,7 +66,7 @@ def test_flop_accounting_matches_independent_counts(study):
     teacher_fwd = forward_flops_per_token(teacher, seq)
     s = config.base.search
     tokens = s.calibration_batches * 4 * config.base.teacher_train.seq_length
-    importance = (teacher.num_layers + 2) * tokens * forward_flops_per_token(teacher, config.base.teacher_train.seq_length)
+    importance = tokens * forward_flops_per_token(teacher, config.base.teacher_train.seq_length)
     by_name = {e["row"]: e for e in summary["rows"]}
     for row in rows:
         init = json.loads((root / "inits" / row["init"] / "init.json").read_text())
@@ -77,11 +80,18 @@ def test_flop_accounting_matches_independent_counts(study):
         searched = row["init"].startswith(("evolutionary", "random_search", "minitron"))
         assert row["importance_flops"] == (pytest.approx(importance) if searched else 0.0)
         if searched:
-            candidates = (root / "inits" / row["init"] / "search" / "candidates.jsonl").read_text().split("\n")
-            n = sum(1 for line in candidates if line.strip())
-            assert n == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
-            per_candidate = s.eval_batches * 4 * config.base.teacher_train.seq_length * teacher_fwd
-            assert row["search_flops"] == pytest.approx(n * per_candidate)
+            lines = (root / "inits" / row["init"] / "search" / "candidates.jsonl").read_text().split("\n")
+            evaluations = [json.loads(line) for line in lines if line.strip()]
+            first = {r["index"]: r for r in evaluations if r["rung"] == 0}
+            assert len(first) == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
+            seq_search = config.base.teacher_train.seq_length
+            assert max(r["batches"] for r in evaluations) == s.eval_batches
+            for r in evaluations:  # compact evaluation: the sub-network's own forward over the rung's tokens
+                assert r["tokens"] == r["batches"] * 4 * seq_search
+                if "layerwise" not in row["granularity"]:
+                    sub = extract_model_config(teacher, resolve(teacher, SubnetConfig.from_dict(first[r["index"]]["subnet"])))
+                    assert r["flops"] == pytest.approx(r["tokens"] * forward_flops_per_token(sub, seq_search))
+            assert row["search_flops"] == pytest.approx(sum(r["flops"] for r in evaluations))
         else:
             assert row["search_flops"] == 0.0
         entry = by_name[row["row"]]
