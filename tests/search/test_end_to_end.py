@@ -89,6 +89,30 @@ def test_search_cli_run_dir_and_resume(ckpt, data_dir, scores, tmp_path, capsys)
     assert again[:5] == records and len(again) == 7
 
 
+def test_family_of_budgets_cli(ckpt, data_dir, tmp_path, capsys, megatron_runtime):
+    """--budgets: one search, one line and one best_<budget>.yaml per budget, every candidate in its band."""
+    from nemo_subnet.checkpointing import read_model_config
+
+    out = tmp_path / "family"
+    capsys.readouterr()
+    assert main(["search", "--ckpt", str(ckpt), "--data", str(data_dir), "--space",
+                 str(_space(tmp_path, "granularity: fine_uniform\nordering: first_k\n")), "--budgets", "0.3,0.6",
+                 "--tolerance", "0.1", "--evaluations", "8", "--population", "2", "--out", str(out), "--no-progress",
+                 "--no-plots", *CLI_EVAL]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("8 candidates, ") and len(lines) == 3
+    total = count_parameters(read_model_config(ckpt))
+    summary = json.loads((out / "summary.json").read_text())
+    for line, target, entry in zip(lines[1:], (0.3, 0.6), summary["budgets"]):
+        assert line.startswith(f"budget {target:g}: best of 4 candidates: perplexity ") and f"best_{target:g}.yaml" in line
+        best = SubnetConfig.load(out / f"best_{target:g}.yaml")
+        assert 0.9 * target * total - 1 <= subnet_parameters(read_model_config(ckpt), best) <= 1.1 * target * total + 1
+        assert entry["best"]["rung"] == len(summary["rungs"]) - 1  # chosen at full fidelity
+    for record in (json.loads(x) for x in (out / CANDIDATES).read_text().splitlines()):
+        if record["rung"] == 0:
+            assert abs(record["params"] / total - record["budget"]) <= 0.1 * record["budget"] + 1e-6
+
+
 @pytest.mark.distributed
 def test_search_objective_same_at_every_layout_and_forward(ckpt, data_dir, tmp_path, megatron_runtime):
     """The objective of every candidate: masked == compact at TP=1, and compact at DP=2, TP=2, PP=2 (uneven and
