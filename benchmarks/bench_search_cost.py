@@ -13,9 +13,11 @@ Sections (``--sections``, each cached in --work, results under --out):
    the compact copy's bytes: where masked evaluation is the better trade.
 4. ``demo``: FLOPs of importance + search in the demo's setting (nemo_subnet/demo.py) against its student
    training, from the FLOP counter (search/objective.py) and the search loop's own rung counts.
-5. ``family``: ``nemo-subnet search --budgets 0.25,0.33,0.5`` on the real teacher; its output lines.
+5. ``defaults``: the same 12 random candidates searched before (masked, all batches) and with the defaults
+   (compact, the default rungs): tokens, FLOPs and the searches' own seconds.
+6. ``family``: ``nemo-subnet search --budgets 0.25,0.33,0.5`` on the real teacher; its output lines.
 
-Writes ``search_cost.csv``, ``search_cost.md``, ``search_cost.png`` (and ``search_fidelity.png``).
+Writes ``search_cost.csv``, ``search_cost.md`` and ``search_cost.png`` (cost per candidate, fidelity correlation).
 The machine is shared: timings are paired (masked and compact of one candidate back to back) and both wall
 and process CPU seconds are reported.
 """
@@ -50,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seq-length", type=int, default=128)
     p.add_argument("--micro-batch-size", type=int, default=4)
     p.add_argument("--family-evaluations", type=int, default=18)
-    p.add_argument("--sections", default="speed,fidelity,break_even,demo,family")
+    p.add_argument("--sections", default="speed,fidelity,break_even,demo,defaults,family")
     return p.parse_args(argv)
 
 
@@ -197,7 +199,7 @@ def section_demo() -> list[dict]:
     from nemo_subnet.demo import demo_config
     from nemo_subnet.models.config import ModelConfig
     from nemo_subnet.search import Budget, SearchSpace, check_budget, make_strategy, resolve_space, search_loop
-    from nemo_subnet.search.fidelity import rung_batches
+    from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, DEFAULT_RUNGS, rung_batches
     from nemo_subnet.search.objective import flops_per_token, forward_flops
     from nemo_subnet.search.results import RunDir
     from nemo_subnet.subnet.config import SubnetConfig
@@ -232,12 +234,13 @@ def section_demo() -> list[dict]:
 
     rows, student = [], None
     for forward in ("masked", "compact"):
-        for rungs in (1, 3):
-            schedule = rung_batches(s.eval_batches, rungs, 3)
+        for rungs in (1, DEFAULT_RUNGS):
+            schedule = rung_batches(s.eval_batches, rungs, DEFAULT_REDUCTION)
             work = Path(f"/tmp/nemo_subnet_bench_demo_{forward}_{rungs}")
             RunDir(work).start({}, overwrite=True)
             result = search_loop(rspace, make_strategy(s.strategy, rspace, bounds, s.seed), Counted(forward),
-                                 RunDir(work), s.evaluations, rungs=schedule, seq_length=seq, progress=False,
+                                 RunDir(work), s.evaluations, rungs=schedule, reduction=DEFAULT_REDUCTION,
+                                 seq_length=seq, progress=False,
                                  plots=False)
             summary = json.loads((work / "summary.json").read_text())
             student = student or result.best
@@ -253,20 +256,42 @@ def section_demo() -> list[dict]:
     return rows
 
 
-def section_family(args) -> list[dict]:
-    out = args.work / "family"
+def _search_cli(args, name: str, *extra: str) -> tuple[list[str], list[str], dict]:
+    """(command, output lines, summary.json) of ``nemo-subnet search`` on the real teacher into work/name."""
+    (args.work / "space.yaml").write_text("granularity: fine_uniform\nordering: importance\nround_to: 8\n")
     cmd = [sys.executable, "-m", "nemo_subnet.cli", "search", "--ckpt", str(args.ckpt), "--data", str(args.data),
            "--space", str(args.work / "space.yaml"), "--scores", str(args.work / "scores.safetensors"),
-           "--budgets", "0.25,0.33,0.5", "--evaluations", str(args.family_evaluations), "--population", "4",
-           "--out", str(out), "--no-progress", "--val-batches", str(args.val_batches),
-           "--seq-length", str(args.seq_length), "--micro-batch-size", str(args.micro_batch_size)]
-    (args.work / "space.yaml").write_text("granularity: fine_uniform\nordering: importance\nround_to: 8\n")
-    t0 = time.perf_counter()
+           "--out", str(args.work / name), "--overwrite", "--no-progress", "--val-batches", str(args.val_batches),
+           "--seq-length", str(args.seq_length), "--micro-batch-size", str(args.micro_batch_size), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     lines = [x for x in proc.stdout.splitlines() if x.strip()]
     print("\n".join(lines))
-    return [{"section": "family", "command": " ".join(["nemo-subnet", *cmd[3:]]), "output": json.dumps(lines),
-             "seconds": round(time.perf_counter() - t0, 1)}]
+    return ["nemo-subnet", *cmd[3:]], lines, json.loads((args.work / name / "summary.json").read_text())
+
+
+def section_family(args) -> list[dict]:
+    cmd, lines, summary = _search_cli(args, "family", "--budgets", "0.25,0.33,0.5", "--evaluations",
+                                      str(args.family_evaluations), "--population", "4")
+    return [{"section": "family", "command": " ".join(cmd), "output": json.dumps(lines), "seconds": summary["seconds"]}]
+
+
+def section_defaults(args) -> list[dict]:
+    """Before (masked, every candidate on all batches) vs the defaults (compact, default rungs): the same 12 random
+    candidates, whole searches; wall seconds are the searches' own (summary.json, model loading excluded), CPU
+    seconds the whole process's (loading included; steadier than wall on a shared machine)."""
+    import resource
+
+    rows = []
+    for name, extra in (("before", ["--forward", "masked", "--rungs", "1"]), ("after", [])):
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        _, _, summary = _search_cli(args, name, "--budget", str(args.budget), "--strategy", "random",
+                                    "--evaluations", "12", *extra)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+        rows.append({"section": "defaults", "run": name, **{k: summary[k] for k in (
+            "candidates", "evaluations", "tokens", "flops", "seconds")}, "process_cpu_seconds": round(cpu, 1),
+            "best_objective": summary["best"]["objective"]})
+    return rows
 
 
 def _cached(args, name: str, fn) -> list[dict]:
@@ -293,7 +318,7 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def summarize(args, results: dict, commit: str) -> list[str]:
     from nemo_subnet.search.fidelity import rung_batches
-    from nemo_subnet.search.runner import DEFAULT_RUNGS
+    from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, DEFAULT_RUNGS
 
     md = [f"# Search cost on SmolLM2-135M (CPU, 2 shared cores; commit {commit})", "",
           f"Budget {args.budget} (fine-uniform, importance-ordered, round_to 8), {args.val_batches} x "
@@ -317,13 +342,17 @@ def summarize(args, results: dict, commit: str) -> list[str]:
         prefixes = [json.loads(r["prefix_ppl"]) for r in results["fidelity"]]
         full = [p[-1] for p in prefixes]
         rho = [spearman([p[k] for p in prefixes], full) for k in range(len(full and prefixes[0]))]
-        lowest = rung_batches(args.val_batches, DEFAULT_RUNGS, 3)[0]
+        schedule = rung_batches(args.val_batches, DEFAULT_RUNGS, DEFAULT_REDUCTION)
+        lowest = schedule[0]
         md += ["## Rank correlation of a fidelity with the full evaluation", "",
                "| batches | tokens | Spearman vs full |", "|---|---|---|"]
         md += [f"| {k + 1}{' (default lowest rung)' if k + 1 == lowest else ''} | "
                f"{(k + 1) * args.micro_batch_size * args.seq_length} | {r:.3f} |" for k, r in enumerate(rho)]
-        md += ["", f"{len(prefixes)} candidates at the budget; default schedule {rung_batches(args.val_batches, DEFAULT_RUNGS, 3)}"
-               " batches.", ""]
+        best = sorted(range(len(full)), key=lambda i: full[i])[: len(full) // 2]
+        rho_best = [spearman([prefixes[i][k] for i in best], [full[i] for i in best]) for k in range(len(rho))]
+        md += ["", f"{len(prefixes)} candidates at the budget; default schedule {schedule}"
+               f" batches. Among the better half only (closer values, what promotions decide between): "
+               f"{', '.join(f'{k + 1} batch(es) {r:.2f}' for k, r in enumerate(rho_best[:3]))}.", ""]
         results["_rho"] = rho
     if "break_even" in results:
         rows = results["break_even"]
@@ -339,7 +368,24 @@ def summarize(args, results: dict, commit: str) -> list[str]:
         md += [f"| {r['forward']} | {r['rungs']} | {r['importance']} | {r['evaluations']} | {r['importance_flops']:.2e} | "
                f"{r['search_flops']:.2e} | {r['share_of_training']:.1%} | {r['share_with_kd_teacher']:.1%} |"
                for r in results["demo"]]
-        md.append("")
+        compact = next(r for r in results["demo"] if r["forward"] == "compact" and r["rungs"] == json.dumps([4]))
+        per_candidate = compact["search_flops"] / compact["evaluations"]
+        room = 0.1 * compact["student_train_flops"] - compact["importance_flops"]
+        md += ["", f"Per candidate (compact, all {json.loads(compact['rungs'])[0]} batches): {per_candidate:.2e} FLOPs; "
+               f"10% of the student's training ({compact['student_train_flops']:.2e}) leaves {room:.2e} after importance: "
+               f"{max(room, 0) / per_candidate:.0f} full evaluations (2x that many candidates under the default "
+               "rungs, whose lowest rung costs a quarter and promotes a quarter).", ""]
+    if "defaults" in results:
+        before, after = results["defaults"]
+        md += ["## Default settings: compact + successive halving vs before (masked, all batches)", "",
+               "| run | candidates | evaluations | tokens | FLOPs | search wall s | process CPU s | best ppl |",
+               "|---|---|---|---|---|---|---|---|"]
+        md += [f"| {r['run']} | {r['candidates']} | {r['evaluations']} | {r['tokens']:,} | {r['flops']:.3e} | "
+               f"{r['seconds']:.1f} | {r['process_cpu_seconds']:.1f} | {r['best_objective']:.4f} |" for r in (before, after)]
+        md += ["", f"Candidates/s at the defaults: **{before['process_cpu_seconds'] / after['process_cpu_seconds']:.2f}x** "
+               f"by process CPU (model loading included), {before['seconds'] / after['seconds']:.2f}x by search wall "
+               f"time (noisy: shared machine); FLOPs {before['flops'] / after['flops']:.2f}x less (the same 12 random "
+               "candidates and the same best).", ""]
     if "family" in results:
         fam = results["family"][0]
         md += ["## A family of budgets in one search", "", f"`{fam['command']}` ({fam['seconds']} s):", "", "```",
@@ -384,7 +430,7 @@ def main(argv=None) -> int:
     bench = Bench(args) if {"speed", "fidelity", "break_even"} & set(sections) else None
     makers = {"speed": lambda: section_speed(bench), "fidelity": lambda: section_fidelity(bench),
               "break_even": lambda: section_break_even(bench), "demo": section_demo,
-              "family": lambda: section_family(args)}
+              "family": lambda: section_family(args), "defaults": lambda: section_defaults(args)}
     results = {name: _cached(args, name, makers[name]) for name in sections}
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "search_cost.csv", [r for name in sections for r in results[name]])

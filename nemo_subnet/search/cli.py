@@ -20,7 +20,7 @@ def _fractions(text: str) -> list[float]:
 
 def register(subparsers) -> None:
     from nemo_subnet.search.objective import EvalForward
-    from nemo_subnet.search.runner import DEFAULT_RUNGS
+    from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, DEFAULT_RUNGS
     from nemo_subnet.search.strategies import StrategyName
 
     p = subparsers.add_parser("search", help="search the best sub-network under a parameter budget",
@@ -50,8 +50,9 @@ def register(subparsers) -> None:
     p.add_argument("--rungs", type=int, default=DEFAULT_RUNGS,
                    help=f"successive-halving rungs over evaluation tokens; 1 = off, every candidate on all "
                         f"--val-batches (default {DEFAULT_RUNGS})")
-    p.add_argument("--reduction", type=int, default=3,
-                   help="tokens ratio between rungs; the best 1/reduction of a rung are promoted (default 3)")
+    p.add_argument("--reduction", type=int, default=DEFAULT_REDUCTION,
+                   help=f"tokens ratio between rungs; the best 1/reduction of a rung are promoted "
+                        f"(default {DEFAULT_REDUCTION})")
     p.add_argument("--forward", choices=[f.value for f in EvalForward], default=None,
                    help="compact: each candidate at its own size (default); masked: the masked super-network "
                         "(default with --compile)")

@@ -19,6 +19,11 @@ are a prefix of the full ones), so the strategy is told the value of the highest
 
 from __future__ import annotations
 
+# 8 batches -> rungs of 2 and 8: the lowest rung ranks candidates like the full evaluation (Spearman 0.98 over 24
+# SmolLM2 candidates at 1/3, 0.90 over the better half); 1 batch ranked the better half at 0.73 only
+# (benchmarks/results/search_cost.md)
+DEFAULT_RUNGS, DEFAULT_REDUCTION = 2, 4
+
 
 def rung_batches(batches: int, rungs: int, reduction: int, dp_size: int = 1) -> list[int]:
     """Global micro-batches per rung, fewest first, the last ``batches``; each a multiple of ``dp_size``.

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from nemo_subnet.importance.scores import LayerMetric
-from nemo_subnet.search.fidelity import Ladder
+from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, Ladder
 from nemo_subnet.search.objective import flops_per_token
 from nemo_subnet.search.results import RunDir, merge_evaluations
 from nemo_subnet.search.space import Budget, ResolvedSpace, SearchSpaceError
@@ -107,7 +107,7 @@ class _Session:
 def search_loop(rspace: ResolvedSpace, strategy: Strategy, objective: Callable[..., float],
                 run_dir: RunDir, evaluations: int, *, previous: list[dict] = (), scores=None,
                 layer_metric: LayerMetric = LayerMetric.COSINE, seq_length: int = 128,
-                rungs: Sequence[int] | None = None, reduction: int = 3, budgets: Sequence[Budget] | None = None,
+                rungs: Sequence[int] | None = None, reduction: int = DEFAULT_REDUCTION, budgets: Sequence[Budget] | None = None,
                 progress: bool = True, plots: bool = True) -> SearchResult:
     """``evaluations`` distinct candidates; ``rungs`` the global micro-batches of each fidelity (fewest first,
     None: the objective's own single fidelity); ``budgets`` label the strategy's bins."""

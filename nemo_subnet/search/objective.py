@@ -66,6 +66,9 @@ class SupernetPerplexity:
     """This rank's EvalData (evaluation.load_batches): the full-fidelity batches."""
     forward: EvalForward = EvalForward.COMPACT
 
+    def __post_init__(self):
+        self.forward = EvalForward(self.forward)
+
     def _data(self, batches: int | None):
         """The first ``batches`` global micro-batches (each DP rank's first batches / dp: a global prefix)."""
         if batches is None or batches == self.data.global_batches:
@@ -100,7 +103,7 @@ class SupernetPerplexity:
         import torch.distributed as dist
 
         data = self._data(batches)
-        if EvalForward(self.forward) is EvalForward.COMPACT:
+        if self.forward is EvalForward.COMPACT:
             from nemo_subnet.subnet.compact import compact_subnet
 
             value = perplexity(evaluate_loss(compact_subnet(self.model, subnet), self.cfg, data))

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nemo_subnet.importance.scores import LayerMetric
-from nemo_subnet.search.objective import EvalForward
+from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, DEFAULT_RUNGS
 from nemo_subnet.search.loop import SearchResult, search_loop
+from nemo_subnet.search.objective import EvalForward
 from nemo_subnet.search.results import RunDir
 from nemo_subnet.search.space import Budget, ResolvedSpace, SearchSpace, SearchSpaceError, check_budget, resolve_space
 from nemo_subnet.search.strategies import Strategy, StrategyConfig, StrategyName, make_strategy
 
 
-DEFAULT_RUNGS = 3  # see EvalConfig.rungs (benchmarks/bench_search_cost.py measures the lowest rung's ranking)
 
 
 @dataclass
@@ -47,7 +47,7 @@ class EvalConfig:
     """Successive-halving rungs over evaluation tokens (search/fidelity.py): every candidate is evaluated on
     ``batches / reduction**(rungs-1)`` micro-batches, the best ``1/reduction`` of each rung are promoted to
     ``reduction`` x more, the last rung is the full ``batches``. 1 = off (every candidate on all batches)."""
-    reduction: int = 3
+    reduction: int = DEFAULT_REDUCTION
     """Tokens ratio between consecutive rungs, and the inverse of the share promoted."""
 
     def __post_init__(self):
