@@ -47,13 +47,12 @@ class SearchResult:
 class _Session:
     """The state one search_loop call walks through: candidates, the ladder, what is replayed or run."""
 
-    def __init__(self, rspace, strategy, objective, run_dir, previous, rungs, reduction, seq_length):
+    def __init__(self, rspace, strategy, objective, run_dir, previous, rungs, reduction):
         self.rspace, self.strategy, self.objective, self.run_dir = rspace, strategy, objective, run_dir
         self.done = {(tuple(r["key"]), r.get("rung", 0)): r for r in previous}
         self.rungs = list(rungs) if rungs else None
         self.ladder = Ladder(len(self.rungs or [None]), reduction, len(strategy.bins))
         self.cost: Callable | None = getattr(objective, "cost", None)
-        self.seq_length = seq_length
         self.first: list[dict] = []
         """Each candidate's rung-0 record, by index."""
         self.genomes: list = []
@@ -107,11 +106,11 @@ class _Session:
 def search_loop(rspace: ResolvedSpace, strategy: Strategy, objective: Callable[..., float],
                 run_dir: RunDir, evaluations: int, *, previous: list[dict] = (), scores=None,
                 layer_metric: LayerMetric = LayerMetric.COSINE, seq_length: int = 128,
-                rungs: Sequence[int] | None = None, reduction: int = DEFAULT_REDUCTION, budgets: Sequence[Budget] | None = None,
-                progress: bool = True, plots: bool = True) -> SearchResult:
+                rungs: Sequence[int] | None = None, reduction: int = DEFAULT_REDUCTION,
+                budgets: Sequence[Budget] | None = None, progress: bool = True, plots: bool = True) -> SearchResult:
     """``evaluations`` distinct candidates; ``rungs`` the global micro-batches of each fidelity (fewest first,
     None: the objective's own single fidelity); ``budgets`` label the strategy's bins."""
-    session = _Session(rspace, strategy, objective, run_dir, previous, rungs, reduction, seq_length)
+    session = _Session(rspace, strategy, objective, run_dir, previous, rungs, reduction)
     bar = _progress_bar(evaluations, progress and run_dir.writer)
     targets = [b.target for b in budgets] if budgets else None
     try:
