@@ -15,7 +15,7 @@ Sections (``--sections``, each cached in --work, results under --out):
    training, from the FLOP counter (search/objective.py) and the search loop's own rung counts.
 5. ``defaults``: the same 12 random candidates searched before (masked, all batches) and with the defaults
    (compact, the default rungs): tokens, FLOPs and the searches' own seconds.
-6. ``family``: ``nemo-subnet search --budgets 0.25,0.33,0.5`` on the real teacher; its output lines.
+6. ``family``: ``nemo-subnet search --budgets 0.25 0.33 0.5`` on the real teacher; its output lines.
 
 Writes ``search_cost.csv``, ``search_cost.md`` and ``search_cost.png`` (cost per candidate, fidelity correlation).
 The machine is shared: timings are paired (masked and compact of one candidate back to back) and both wall
@@ -198,7 +198,7 @@ def section_demo() -> list[dict]:
     """Importance + search FLOPs of the demo's setting vs its student training, every evaluation mode."""
     from nemo_subnet.demo import demo_config
     from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.search import Budget, SearchSpace, check_budget, make_strategy, resolve_space, search_loop
+    from nemo_subnet.search import SearchSpace, check_budget, make_strategy, resolve_space, search_loop
     from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, DEFAULT_RUNGS, rung_batches
     from nemo_subnet.search.objective import flops_per_token, forward_flops
     from nemo_subnet.search.results import RunDir
@@ -206,19 +206,21 @@ def section_demo() -> list[dict]:
 
     pc = demo_config("/tmp/unused")
     t, s = pc.teacher, pc.search
-    seq, micro = pc.teacher_train.seq_length, 4
+    imp, ev = pc.importance, s.eval
     cfg = ModelConfig(family="llama", vocab_size=pc.data.vocab_size, hidden_size=t.hidden_size, num_layers=t.num_layers,
                       num_attention_heads=t.num_attention_heads, num_query_groups=t.num_query_groups,
                       ffn_hidden_size=t.ffn_hidden_size, kv_channels=t.hidden_size // t.num_attention_heads,
                       max_position_embeddings=t.max_position_embeddings, normalization="RMSNorm", norm_eps=1e-5,
                       activation="silu", gated_mlp=True, add_bias_linear=False, add_qkv_bias=False)
-    rspace = resolve_space(SearchSpace(granularity=s.granularity, ordering="first_k", round_to=s.round_to), cfg)
-    bounds = check_budget(rspace, Budget(s.param_fraction, s.tolerance))
-    teacher_fwd = forward_flops(cfg, SubnetConfig(), seq)
-    calib_tokens = s.calibration_batches * micro * seq
+    rspace = resolve_space(SearchSpace(granularity=s.space.granularity, ordering="first_k",
+                                       round_to=s.space.round_to), cfg)
+    bounds = check_budget(rspace, s.budget)
+    seq, micro = ev.seq_length, ev.micro_batch_size
+    calib_tokens, calib_seq = imp.batches * imp.micro_batch_size * imp.seq_length, imp.seq_length
+    teacher_fwd = forward_flops(cfg, SubnetConfig(), calib_seq)
     importance = {"cosine (now)": calib_tokens * teacher_fwd,
                   "layer drop (before)": calib_tokens * (2 * teacher_fwd + sum(
-                      forward_flops(cfg, SubnetConfig(layers=[j for j in range(cfg.num_layers) if j != i]), seq)
+                      forward_flops(cfg, SubnetConfig(layers=[j for j in range(cfg.num_layers) if j != i]), calib_seq)
                       for i in range(cfg.num_layers)))}
 
     class Counted:  # the objective's accounting without a model: values are a seeded draw, costs the counter's
@@ -235,7 +237,7 @@ def section_demo() -> list[dict]:
     rows, student = [], None
     for forward in ("masked", "compact"):
         for rungs in (1, DEFAULT_RUNGS):
-            schedule = rung_batches(s.eval_batches, rungs, DEFAULT_REDUCTION)
+            schedule = rung_batches(ev.batches, rungs, DEFAULT_REDUCTION)
             work = Path(f"/tmp/nemo_subnet_bench_demo_{forward}_{rungs}")
             RunDir(work).start({}, overwrite=True)
             result = search_loop(rspace, make_strategy(s.strategy, rspace, bounds, s.seed), Counted(forward),
@@ -244,9 +246,10 @@ def section_demo() -> list[dict]:
                                  plots=False)
             summary = json.loads((work / "summary.json").read_text())
             student = student or result.best
-            train_tokens = pc.student_train.steps * pc.student_train.global_batch_size * pc.student_train.seq_length
-            train = flops_per_token(cfg, student, seq) * train_tokens
-            kd_teacher = teacher_fwd * train_tokens
+            st = pc.student_train
+            train_tokens = st.schedule.train_steps * st.data.global_batch_size * st.data.seq_length
+            train = flops_per_token(cfg, student, st.data.seq_length) * train_tokens
+            kd_teacher = forward_flops(cfg, SubnetConfig(), st.data.seq_length) * train_tokens
             for name, imp in importance.items():
                 rows.append({"section": "demo", "forward": forward, "rungs": json.dumps(schedule), "importance": name,
                              "evaluations": summary["evaluations"], "importance_flops": imp,
@@ -270,7 +273,7 @@ def _search_cli(args, name: str, *extra: str) -> tuple[list[str], list[str], dic
 
 
 def section_family(args) -> list[dict]:
-    cmd, lines, summary = _search_cli(args, "family", "--budgets", "0.25,0.33,0.5", "--evaluations",
+    cmd, lines, summary = _search_cli(args, "family", "--budgets", "0.25", "0.33", "0.5", "--evaluations",
                                       str(args.family_evaluations), "--population", "4")
     return [{"section": "family", "command": " ".join(cmd), "output": json.dumps(lines), "seconds": summary["seconds"]}]
 

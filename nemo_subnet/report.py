@@ -102,22 +102,12 @@ def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> No
     if budget:
         ax.axvline(budget, color="gray", linestyle=":", label="parameter budget")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("validation perplexity (masked teacher)")
+    ax.set_ylabel("search-split perplexity (sub-network)")
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _candidates(search_dir: Path) -> list[dict]:
-    """One record per candidate, at the highest fidelity rung it reached."""
-    from nemo_subnet.search.results import merge_evaluations
-
-    path = search_dir / "candidates.jsonl"
-    if not path.is_file():
-        return []
-    return merge_evaluations([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
 
 
 def _compute_line(out: Path) -> list[str]:
@@ -142,7 +132,7 @@ def _compute_line(out: Path) -> list[str]:
 
 def _params(ckpt: Path) -> int | None:
     from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     path = ckpt / "model.yaml"
     return count_parameters(ModelConfig.load(path)) if path.is_file() else None
@@ -173,7 +163,9 @@ def student_comparison(out: Path) -> dict:
     return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach, "test": test}
 
 
-def write_report(out: Path, report_dir: Path, config=None) -> dict:
+def write_report(out: Path, report_dir: Path) -> dict:
+    from nemo_subnet.search.results import merge_evaluations, read_candidates
+
     out, report_dir = Path(out), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     sections = ["# nemo-subnet: search-then-pretrain report", ""]
@@ -189,21 +181,22 @@ def write_report(out: Path, report_dir: Path, config=None) -> dict:
     # teacher and search
     teacher = _marker(out, "teacher").get("summary", {})
     extract = _marker(out, "extract").get("summary", {})
-    candidates = _candidates(out / "search")
+    candidates = merge_evaluations(read_candidates(out / "search"))  # each at the highest rung it reached
     teacher_params = _params(out / "teacher" / "model")
     sections += ["## Sub-network search", ""]
     if candidates:
         search = json.loads((out / "search" / "search.json").read_text())
-        lo, hi = search["bounds"]
+        bounds = search["bounds"]
+        lo, hi = bounds[0] if isinstance(bounds[0], list) else bounds  # a family: the first budget's (the student's)
         sections += [f"Teacher: {_fmt(teacher_params)} parameters, final validation perplexity "
                      f"{_fmt(teacher.get('valid_ppl'))}. Budget: {_fmt(lo)}–{_fmt(hi)} parameters; "
                      f"{search['strategy']} search over a {search['space']['granularity']} space, "
-                     f"{len(candidates)} sub-networks evaluated by the perplexity of the masked teacher on the search "
-                     "split (held out from training, validation and test).", ""]
+                     f"{len(candidates)} sub-networks evaluated by their perplexity on the search split (held out "
+                     "from training, validation and test; the extracted student's number).", ""]
         sections += _compute_line(out)
         top = max(c["rung"] for c in candidates)  # full-fidelity values are the comparable ones
         best = sorted((c for c in candidates if c["rung"] == top), key=lambda c: c["objective"])[:5]
-        sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl (masked teacher)", "sub-network"],
+        sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl", "sub-network"],
                             [[i + 1, c["params"], c["params"] / teacher_params if teacher_params else None,
                               c["objective"], _describe(c["subnet"])] for i, c in enumerate(best)]), ""]
         _plot_search(candidates, (lo + hi) / 2, report_dir / "search.png")

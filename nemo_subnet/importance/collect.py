@@ -17,19 +17,22 @@ Layer-drop perplexity (only for ``layer_metric: perplexity``, the one consumer: 
 comes from the calibration pass itself, so the stage is one forward pass over the calibration tokens.
 
 The stage shows its progress on the main rank (pass k of n, tokens/s, time left) and records what it
-computed in ``scores.meta``: passes, tokens and forward FLOPs (search/objective.py's counter; a
-layer-drop pass is charged for the layers it runs).
+computed in ``scores.meta``: passes, tokens and forward FLOPs (models/counting.py's counter, through
+search/objective.py's ``forward_flops``; a layer-drop pass is charged for the layers it runs).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from nemo_subnet.config import PositiveInt
 from nemo_subnet.importance.evaluation import EvalData, evaluate_loss
 from nemo_subnet.importance.scores import STATS, Aggregation, ImportanceScores, LayerMetric, shape_of
 from nemo_subnet.models.config import ModelConfig
@@ -39,6 +42,9 @@ from nemo_subnet.runtime import compute_device
 
 @dataclass
 class ImportanceConfig:
+    """One importance run: ``nemo-subnet importance``'s flags, its ``--config`` file and the pipeline's
+    ``importance`` section are this dataclass (the pipeline fills in ckpt, data and out)."""
+
     aggregation: Aggregation = Aggregation.L2
     """Default aggregation stored with the scores (every aggregation stays computable from the file)."""
     layer_metric: LayerMetric = LayerMetric.COSINE
@@ -47,6 +53,25 @@ class ImportanceConfig:
     when the search uses ``layer_metric: perplexity``."""
     progress: bool = True
     """Show a progress bar on the main rank: pass k of n, tokens/s, time left."""
+    ckpt: Path | None = None
+    """Model checkpoint directory (required)."""
+    data: Path | None = None
+    """Directory made by ``nemo-subnet data prepare`` (required)."""
+    out: Path | None = None
+    """Scores file to write, ``.safetensors`` (required)."""
+    batches: PositiveInt = 8
+    """Calibration micro-batches (global, split over data-parallel ranks)."""
+    split: Literal["train", "valid"] = "train"
+    """Calibration split."""
+    seq_length: PositiveInt = 128
+    micro_batch_size: PositiveInt = 4
+    layer_drop_batches: PositiveInt | None = None
+    """Validation micro-batches of each layer-drop perplexity (``layer_metric: perplexity`` only; valid split;
+    default: ``batches``)."""
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    seed: int = 1234
+    """Seed of the dataset shuffles."""
 
 
 class _Progress:

@@ -8,13 +8,13 @@ over evaluation tokens (fidelity.py) and a family of budgets in one run. See doc
 from nemo_subnet.search.loop import SearchResult, search_loop
 from nemo_subnet.search.objective import EvalForward
 from nemo_subnet.search.runner import EvalConfig, SearchConfig, run_search
-from nemo_subnet.search.space import (Budget, Granularity, Ordering, ResolvedSpace, SearchSpace, SearchSpaceError,
+from nemo_subnet.search.space import (Budget, BudgetFamily, Granularity, Ordering, ResolvedSpace, SearchSpace, SearchSpaceError,
                                       check_budget, resolve_space)
 from nemo_subnet.search.strategies import (EvolutionarySearch, ProxySearch, RandomSearch, Strategy, StrategyConfig,
                                            StrategyName, make_strategy)
 
 __all__ = [
-    "Budget", "EvalConfig", "EvalForward", "EvolutionarySearch", "Granularity", "Ordering", "ProxySearch", "RandomSearch",
-    "ResolvedSpace", "SearchConfig", "SearchResult", "SearchSpace", "SearchSpaceError", "Strategy", "StrategyConfig",
+    "Budget", "BudgetFamily", "EvalConfig", "EvalForward", "EvolutionarySearch", "Granularity", "Ordering", "ProxySearch",
+    "RandomSearch", "ResolvedSpace", "SearchConfig", "SearchResult", "SearchSpace", "SearchSpaceError", "Strategy", "StrategyConfig",
     "StrategyName", "check_budget", "make_strategy", "resolve_space", "run_search", "search_loop",
 ]

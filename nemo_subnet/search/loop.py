@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 from nemo_subnet.importance.scores import LayerMetric
 from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, Ladder
 from nemo_subnet.search.objective import flops_per_token
-from nemo_subnet.search.results import RunDir, merge_evaluations
+from nemo_subnet.search.results import RunDir, best_file, merge_evaluations
 from nemo_subnet.search.space import Budget, ResolvedSpace, SearchSpaceError
 from nemo_subnet.search.strategies import Strategy
 from nemo_subnet.subnet.config import SubnetConfig
@@ -153,7 +153,7 @@ def _finish(session: _Session, run_dir: RunDir, targets, plots: bool) -> SearchR
         best = session.best(records, b)
         if best is None:
             continue
-        name = f"best_{targets[b]:g}.yaml" if family else "best.yaml"
+        name = best_file(targets, b)
         files[name] = best
         budgets.append({"target": targets[b] if targets else None, "bounds": list(bounds), "file": name,
                         "candidates": sum(strategy.bin_of[tuple(c["key"])] == b for c in records), "best": best})

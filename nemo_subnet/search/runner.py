@@ -14,62 +14,77 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Annotated, Iterator
+
+from nemo_subnet.config import NonNegativeInt, PositiveInt, Range, check
 from nemo_subnet.importance.scores import LayerMetric
 from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, DEFAULT_RUNGS
 from nemo_subnet.search.loop import SearchResult, search_loop
 from nemo_subnet.search.objective import EvalForward
 from nemo_subnet.search.results import RunDir
-from nemo_subnet.search.space import Budget, ResolvedSpace, SearchSpace, SearchSpaceError, check_budget, resolve_space
+from nemo_subnet.search.space import (Budget, BudgetFamily, ResolvedSpace, SearchSpace, SearchSpaceError, check_budget,
+                                      resolve_space)
 from nemo_subnet.search.strategies import Strategy, StrategyConfig, StrategyName, make_strategy
-
-
 
 
 @dataclass
 class EvalConfig:
-    batches: int = 8
+    batches: PositiveInt = 8
     """Validation micro-batches per candidate at full fidelity (global; split over data-parallel ranks)."""
-    seq_length: int = 128
-    micro_batch_size: int = 4
-    skip_batches: int = 0
+    seq_length: PositiveInt = 128
+    micro_batch_size: PositiveInt = 4
+    skip_batches: NonNegativeInt = 0
     """Validation micro-batches skipped first (keep them for a final, unbiased test of the winner)."""
     seed: int = 1234
     """Seed of the dataset's sample shuffle."""
-    forward: EvalForward = EvalForward.COMPACT
+    forward: EvalForward | None = None
     """``compact``: each candidate runs at its own size, built from the resident weights (a 1/3 candidate costs
     about 1/3 of a teacher forward); ``masked``: the super-network with masks (no weight copy; the choice for
-    ``compile`` and for evaluations too short to pay for a candidate's build). Same perplexities."""
+    ``compile`` and for evaluations too short to pay for a candidate's build). Same perplexities. Unset:
+    compact, or masked with ``compile``."""
     compile: bool = False
     """Evaluate with the super-network's static-graph mode compiled once (``compile_supernet``): no
-    recompilation per candidate, skipped layers still computed. Needs ``forward: masked``. Pays off on GPU
-    for many candidates."""
-    rungs: int = DEFAULT_RUNGS
+    recompilation per candidate, skipped layers still computed. Evaluates masked. Pays off on GPU for many
+    candidates."""
+    rungs: PositiveInt = DEFAULT_RUNGS
     """Successive-halving rungs over evaluation tokens (search/fidelity.py): every candidate is evaluated on
     ``batches / reduction**(rungs-1)`` micro-batches, the best ``1/reduction`` of each rung are promoted to
     ``reduction`` x more, the last rung is the full ``batches``. 1 = off (every candidate on all batches)."""
-    reduction: int = DEFAULT_REDUCTION
-    """Tokens ratio between consecutive rungs, and the inverse of the share promoted."""
+    reduction: Annotated[int, Range(ge=2)] = DEFAULT_REDUCTION
+    """Tokens ratio between consecutive rungs, and the inverse of the share promoted (with ``rungs`` > 1)."""
 
     def __post_init__(self):
-        self.forward = EvalForward(self.forward)
+        self.forward = None if self.forward is None else EvalForward(self.forward)
+
+    @property
+    def executed_forward(self) -> EvalForward:
+        """``forward``, or its default: compact, masked with ``compile``."""
+        return self.forward or (EvalForward.MASKED if self.compile else EvalForward.COMPACT)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.compile and self.forward is EvalForward.COMPACT:
+            yield "forward", ("compact runs each candidate outside the compiled super-network: with compile use "
+                              "forward masked (or leave forward unset)")
 
 
 @dataclass
 class SearchConfig:
-    ckpt: Path
-    """Super-network checkpoint."""
-    data: Path
-    """Directory made by ``nemo-subnet data prepare`` (its valid split is the held-out set)."""
-    out: Path
-    """Run directory."""
+    """Everything one search run reads: ``nemo-subnet search``'s flags, its ``--config`` file and the pipeline's
+    ``search`` section are this dataclass (the pipeline fills in ckpt, data, out and scores)."""
+
+    ckpt: Path | None = None
+    """Super-network checkpoint (required)."""
+    data: Path | None = None
+    """Directory made by ``nemo-subnet data prepare`` (its valid split is the held-out set; required)."""
+    out: Path | None = None
+    """Run directory (required)."""
     space: SearchSpace | Path = field(default_factory=SearchSpace)
     budget: Budget | None = None
     """Overrides the space's budget."""
-    budgets: list[Budget] | None = None
-    """A family of budgets searched at once (one importance pass, one run, the best sub-network per budget);
-    overrides ``budget``. Their bands must not overlap."""
+    budgets: BudgetFamily | None = None
+    """A family of budgets searched at once instead of ``budget`` (``budgets.targets``, ``budgets.tolerance``)."""
     strategy: StrategyName = StrategyName.EVOLUTIONARY
-    evaluations: int = 100
+    evaluations: PositiveInt = 100
     """Distinct candidates evaluated (replayed ones from a resumed run count), over all budgets."""
     seed: int = 0
     scores: Path | None = None
@@ -77,11 +92,15 @@ class SearchConfig:
     layer_metric: LayerMetric = LayerMetric.COSINE
     strategy_config: StrategyConfig = field(default_factory=StrategyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tp: int = 1
-    pp: int = 1
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
     overwrite: bool = False
     progress: bool = True
     plots: bool = True
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.budget is not None and self.budgets is not None:
+            yield "budgets", "give budget (one target) or budgets (a family), not both"
 
 
 @dataclass
@@ -97,9 +116,10 @@ class Prepared:
 
 
 def _budgets(config: SearchConfig, space: SearchSpace, rspace: ResolvedSpace) -> tuple[list[Budget], list]:
-    budgets = list(config.budgets or [config.budget or space.budget])
+    budgets = config.budgets.budgets() if config.budgets else [config.budget or space.budget]
     if budgets[0] is None:
-        raise SearchSpaceError("no parameter budget: give --budget (fraction of the model or a count) or budget: in the space")
+        raise SearchSpaceError("no parameter budget: give --budget (fraction of the model or a count), --budgets "
+                               "(a family) or budget: in the space")
     bounds = [check_budget(rspace, budget) for budget in budgets]
     order = sorted(range(len(bounds)), key=lambda i: bounds[i])
     for a, b in zip(order, order[1:]):
@@ -111,15 +131,12 @@ def _budgets(config: SearchConfig, space: SearchSpace, rspace: ResolvedSpace) ->
 
 
 def prepare(config: SearchConfig, cfg) -> Prepared:
-    space = config.space if isinstance(config.space, SearchSpace) else SearchSpace.load(config.space)
-    if config.evaluations < 1:
-        raise SearchSpaceError(f"evaluations must be at least 1, got {config.evaluations}")
+    missing = [name for name in ("ckpt", "data", "out") if getattr(config, name) is None]
+    if missing:
+        raise SearchSpaceError(f"a search needs {', '.join(missing)} (--{' --'.join(missing)})")
+    check(config)  # a config built in Python gets the checks of a loaded one (ranges, rules between fields)
     ev = config.eval
-    if ev.compile and EvalForward(ev.forward) is not EvalForward.MASKED:
-        raise SearchSpaceError("compile evaluates the masked super-network's static graph: use it with forward masked")
-    if ev.rungs < 1 or (ev.rungs > 1 and ev.reduction < 2):
-        raise SearchSpaceError(f"multi-fidelity needs rungs >= 1 (1 = off) and reduction >= 2, got rungs={ev.rungs} "
-                               f"reduction={ev.reduction}")
+    space = config.space if isinstance(config.space, SearchSpace) else SearchSpace.load(config.space)
     rspace = resolve_space(space, cfg)
     budgets, bounds = _budgets(config, space, rspace)
     scores = None
@@ -184,7 +201,7 @@ def run_search(config: SearchConfig) -> SearchResult:
             compile_supernet(model)
         data = load_batches(config.data, cfg, split="valid", num_batches=ev.batches, seq_length=ev.seq_length,
                             micro_batch_size=ev.micro_batch_size, seed=ev.seed, skip_batches=ev.skip_batches)
-        objective = SupernetPerplexity(model, cfg, data, forward=ev.forward)
+        objective = SupernetPerplexity(model, cfg, data, forward=ev.executed_forward)
         return search_loop(prepared.rspace, prepared.strategy, objective, run_dir, config.evaluations,
                            previous=state[1], scores=prepared.scores, layer_metric=config.layer_metric,
                            seq_length=ev.seq_length, rungs=rungs, reduction=ev.reduction, budgets=prepared.budgets,

@@ -33,7 +33,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nemo_subnet.checkpointing import load_model, read_model_config
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 from nemo_subnet.data import GPTDataConfig, MicroBatchIterator, build_gpt_datasets, hf_tokenizer_dir, read_metadata, validate_data
 from nemo_subnet.models import ModelConfig, build_gpt_model
 from nemo_subnet.runtime import compute_device, init_runtime
@@ -42,7 +42,8 @@ from nemo_subnet.training.config import CONFIG_FILE, TrainConfig
 from nemo_subnet.training.distill import LMOutput, describe_fused_output, fused_output_enabled, lm_loss, teacher_topk
 from nemo_subnet.training.output_layer import defer_logits, output_weight
 from nemo_subnet.training.teacher import StudentWithTeacher
-from nemo_subnet.training.metrics import MetricsLogger, forward_flops_per_token, peak_flops
+from nemo_subnet.models.counting import forward_flops_per_token
+from nemo_subnet.training.metrics import MetricsLogger, peak_flops
 
 
 class TrainingError(RuntimeError):

@@ -96,8 +96,8 @@ def test_family_of_budgets_cli(ckpt, data_dir, tmp_path, capsys, megatron_runtim
     out = tmp_path / "family"
     capsys.readouterr()
     assert main(["search", "--ckpt", str(ckpt), "--data", str(data_dir), "--space",
-                 str(_space(tmp_path, "granularity: fine_uniform\nordering: first_k\n")), "--budgets", "0.3,0.6",
-                 "--tolerance", "0.1", "--evaluations", "8", "--population", "2", "--out", str(out), "--no-progress",
+                 str(_space(tmp_path, "granularity: fine_uniform\nordering: first_k\n")), "--budgets", "0.3", "0.6",
+                 "--budgets.tolerance", "0.1", "--evaluations", "8", "--population", "2", "--out", str(out), "--no-progress",
                  "--no-plots", *CLI_EVAL]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("8 candidates, ") and len(lines) == 3
@@ -153,7 +153,8 @@ def test_search_objective_same_at_every_layout_and_forward(ckpt, data_dir, tmp_p
 
 @pytest.mark.parametrize("extra, message", [
     (["--budget", "0.02"], "budget unreachable"),
-    (["--budget", "0.5", "--strategy", "annealing"], "unknown strategy"),
+    (["--budget", "0.5", "--strategy", "annealing"], "strategy: 'annealing' is not allowed; allowed: random, evolutionary, proxy"),
+    (["--budget", "0.5", "--population", "0"], "strategy_config.population: 0 is out of range; allowed: >= 1"),
     (["--budget", "0.5", "--strategy", "proxy", "--space", "SPACE_FIRST_K"], "needs importance scores"),
     (["--budget", "0.5", "--space", "SPACE_BIG"], "exceed the model"),
     (["--budget", "0.5", "--space", "SPACE_NO_SCORES"], "no scores were given"),

@@ -138,12 +138,24 @@ def test_one_bin_is_the_plain_search(tmp_path):
 
 
 def test_overlapping_budgets_and_bad_fidelity_are_refused(tmp_path):
+    from nemo_subnet.config import ConfigError, from_dict
     from nemo_subnet.search.runner import EvalConfig
+    from nemo_subnet.search.space import BudgetFamily
+    from nemo_subnet.search.objective import EvalForward
 
     common = dict(ckpt=tmp_path, data=tmp_path, out=tmp_path / "run", space=space().space)
     with pytest.raises(SearchSpaceError, match="budgets 0.33 and 0.35 overlap"):
-        prepare(SearchConfig(**common, budgets=[Budget(0.33, 0.05), Budget(0.35, 0.05)]), CFG)
-    with pytest.raises(SearchSpaceError, match="reduction >= 2"):
+        prepare(SearchConfig(**common, budgets=BudgetFamily([0.33, 0.35], 0.05)), CFG)
+    with pytest.raises(ConfigError, match="eval.reduction: 1 is out of range; allowed: >= 2"):
         prepare(SearchConfig(**common, budget=Budget(0.5), eval=EvalConfig(rungs=3, reduction=1)), CFG)
-    with pytest.raises(SearchSpaceError, match="compile evaluates the masked"):
-        prepare(SearchConfig(**common, budget=Budget(0.5), eval=EvalConfig(compile=True)), CFG)
+    with pytest.raises(ConfigError, match="eval.forward: compact runs each candidate outside the compiled"):
+        prepare(SearchConfig(**common, budget=Budget(0.5), eval=EvalConfig(compile=True, forward="compact")), CFG)
+    # every problem at once, each named by its dotted key, also from YAML / overrides
+    with pytest.raises(ConfigError) as err:
+        from_dict(SearchConfig, {"budget": {"target": 0.5}, "budgets": {"targets": [0.3, 0.3]}, "eval": {"rungs": 0}})
+    assert sorted(err.value.problems) == ["budgets.targets: [0.3, 0.3] repeats a target; give each once",
+                                          "budgets: give budget (one target) or budgets (a family), not both",
+                                          "eval.rungs: 0 is out of range; allowed: >= 1"]
+    # compile alone evaluates masked (the compiled graph); forward alone is what it says
+    assert from_dict(SearchConfig, {"eval": {"compile": True}}).eval.executed_forward is EvalForward.MASKED
+    assert from_dict(SearchConfig, {}).eval.executed_forward is EvalForward.COMPACT

@@ -1,10 +1,11 @@
 """The miniature study end to end: every row, 2 seeds; the report's structure and arithmetic; resume per row.
 
-FLOPs are checked against independent counts: the student's fwd+bwd per token against 3 x
-``training.metrics.forward_flops_per_token`` of the extracted model.yaml (another implementation than the
-search's per-sub-network count the study uses), the teacher's forward against the same function of the
-teacher, importance against its definition (one calibration pass: the default layer metric needs no layer
-drops) and search against every recorded evaluation (its tokens, its rung, the sub-network's forward).
+FLOPs are checked against their definitions: the student's fwd+bwd per token against 3 x the one counter
+(``models.counting.forward_flops_per_token``, itself checked against a built model's weights in
+tests/models/test_counting.py) of the extracted model.yaml, i.e. the study counts the student it trained; the
+teacher's forward against the same function of the teacher; importance against its definition (one calibration
+pass: the default layer metric needs no layer drops) and search against every recorded evaluation (its tokens,
+its rung, the sub-network's own forward).
 """
 
 from __future__ import annotations
@@ -49,32 +50,32 @@ def test_every_row_and_file(study):
         for seed in row["seeds"]:
             assert seed["curve"][0][0] == 0  # every curve starts with the init itself
             assert seed["test_ppl"] is not None and seed["test_ppl"] > 1
-            steps = config.base.student_train.steps * (config.long_factor if row["row"] == "random_ce_long" else 1)
-            assert seed["tokens"] == steps * config.base.student_train.global_batch_size * config.base.student_train.seq_length
+            student = config.base.student_train
+            steps = student.schedule.train_steps * (config.long_factor if row["row"] == "random_ce_long" else 1)
+            assert seed["tokens"] == steps * student.data.global_batch_size * student.data.seq_length
 
 
 def test_flop_accounting_matches_independent_counts(study):
     from nemo_subnet.models.config import ModelConfig
+    from nemo_subnet.models.counting import forward_flops_per_token
     from nemo_subnet.subnet.config import SubnetConfig, resolve
     from nemo_subnet.subnet.extract import extract_model_config
-    from nemo_subnet.training.metrics import forward_flops_per_token
 
     config, rows, summary, out = study
     root = out / "study"
     teacher = ModelConfig.load(root / "base" / "teacher" / "model" / "model.yaml")
-    seq = config.base.student_train.seq_length
+    seq = config.base.student_train.data.seq_length
     teacher_fwd = forward_flops_per_token(teacher, seq)
-    s = config.base.search
-    tokens = s.calibration_batches * 4 * config.base.teacher_train.seq_length
-    importance = tokens * forward_flops_per_token(teacher, config.base.teacher_train.seq_length)
+    s, imp = config.base.search, config.base.importance
+    tokens = imp.batches * imp.micro_batch_size * imp.seq_length
+    importance = tokens * forward_flops_per_token(teacher, imp.seq_length)
     by_name = {e["row"]: e for e in summary["rows"]}
     for row in rows:
         init = json.loads((root / "inits" / row["init"] / "init.json").read_text())
         model_yaml = init.get("model_yaml") or f"{init['checkpoint']}/model.yaml"
         student = ModelConfig.load(model_yaml)
-        if "layerwise" not in row["granularity"]:  # forward_flops_per_token has no per-layer sizes
-            for seed in row["seeds"]:
-                assert seed["student_train_flops_per_token"] == pytest.approx(3 * forward_flops_per_token(student, seq))
+        for seed in row["seeds"]:  # the extracted student's own (per-layer) sizes
+            assert seed["student_train_flops_per_token"] == pytest.approx(3 * forward_flops_per_token(student, seq))
         for seed in row["seeds"]:
             assert seed["teacher_forward_flops_per_token"] == (pytest.approx(teacher_fwd) if row["kd"] else 0.0)
         searched = row["init"].startswith(("evolutionary", "random_search", "minitron"))
@@ -84,13 +85,12 @@ def test_flop_accounting_matches_independent_counts(study):
             evaluations = [json.loads(line) for line in lines if line.strip()]
             first = {r["index"]: r for r in evaluations if r["rung"] == 0}
             assert len(first) == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
-            seq_search = config.base.teacher_train.seq_length
-            assert max(r["batches"] for r in evaluations) == s.eval_batches
+            ev = s.eval
+            assert max(r["batches"] for r in evaluations) == ev.batches
             for r in evaluations:  # compact evaluation: the sub-network's own forward over the rung's tokens
-                assert r["tokens"] == r["batches"] * 4 * seq_search
-                if "layerwise" not in row["granularity"]:
-                    sub = extract_model_config(teacher, resolve(teacher, SubnetConfig.from_dict(first[r["index"]]["subnet"])))
-                    assert r["flops"] == pytest.approx(r["tokens"] * forward_flops_per_token(sub, seq_search))
+                assert r["tokens"] == r["batches"] * ev.micro_batch_size * ev.seq_length
+                sub = extract_model_config(teacher, resolve(teacher, SubnetConfig.from_dict(first[r["index"]]["subnet"])))
+                assert r["flops"] == pytest.approx(r["tokens"] * forward_flops_per_token(sub, ev.seq_length))
             assert row["search_flops"] == pytest.approx(sum(r["flops"] for r in evaluations))
         else:
             assert row["search_flops"] == 0.0
