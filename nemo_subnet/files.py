@@ -1,6 +1,6 @@
 """Files a kill never leaves half-written, and append-only JSON-lines logs read back after one.
 
-- ``write_text_atomic``: a temporary file beside the target, renamed over it once complete (``os.replace``
+- ``write_text_atomic`` / ``write_bytes_atomic``: a temporary file beside the target, renamed over it once complete (``os.replace``
   is atomic on POSIX file systems): readers see the old file or the new one, never a prefix. The temporary
   name is per process, so several ranks may write the same file at once.
 - ``read_jsonl``: the records of an append-only ``.jsonl`` log (metrics, search candidates). A writer
@@ -17,10 +17,14 @@ from pathlib import Path
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
+    return write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

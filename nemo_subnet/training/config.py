@@ -106,6 +106,13 @@ class DistillConfig:
     forms logits chunk by chunk from them and this rank's output-weight shard, never [b, s, V/tp] at once
     (CE, KD, top-k and validation alike); off: full logits. auto: on where that saves memory, i.e. when a
     micro-batch's b * s tokens exceed one chunk of the fused op (about 2^27 / (V/tp) tokens)."""
+    teacher_source: Literal["online", "cache"] = "online"
+    """online: the teacher runs inside every micro-batch. cache: the loss reads the teacher's stored sparse
+    distribution from ``cache`` (built once by ``nemo-subnet teacher-cache``) and no teacher is built or loaded;
+    ``teacher`` still names it, to check the cache was built from it. Needs forward_kl and the fused output."""
+    cache: Path | None = None
+    """The teacher cache directory (teacher_source cache): its teacher, data, seed, seq_length, vocabulary and
+    temperature must be this run's, and it must cover train_steps * global_batch_size samples."""
 
 
 @dataclass
@@ -202,6 +209,10 @@ class TrainConfig:
             if self.distill.divergence is Divergence.REVERSE_KL or (
                     self.distill.divergence is Divergence.JSD and self.distill.beta_jsd == 1.0):
                 raise UserError("distill.top_k needs forward_kl or jsd with beta_jsd < 1 (reverse KL is infinite off the top-k)")
+        if self.distill.teacher_source == "cache":
+            self._check_cache_settings()
+        elif self.distill.cache is not None:
+            raise UserError("distill.cache is read only with distill.teacher_source: cache (it is online)")
         if self.distill.fused_output not in ("auto", "on", "off"):
             raise UserError(f"distill.fused_output {self.distill.fused_output!r} is not one of auto, on, off")
         if self.parallel.collective_timeout_minutes < 1:
@@ -217,6 +228,19 @@ class TrainConfig:
             raise UserError("optimizer.max_skipped_steps must be at least 0")
         if self.checkpoint.keep_last < 1:
             raise UserError("checkpoint.keep_last must be at least 1")
+
+    def _check_cache_settings(self) -> None:
+        d = self.distill
+        if d.teacher is None or d.cache is None:
+            raise UserError("distill.teacher_source: cache needs distill.cache (the cache directory) and distill.teacher "
+                            "(the checkpoint it was built from, checked, not loaded)")
+        if d.divergence is not Divergence.FORWARD_KL:
+            raise UserError(f"distill.teacher_source: cache estimates forward KL only, not {d.divergence.value}")
+        if d.top_k is not None:
+            raise UserError("distill.top_k does not apply to a cache: the cache's own method (sample or topk) decides")
+        if d.fused_output == "off":
+            raise UserError("distill.teacher_source: cache computes its loss from hidden states: distill.fused_output "
+                            "must be auto or on, not off")
 
     def global_batch_size_error(self, dp: int = 1) -> str | None:
         per_step = self.data.micro_batch_size * dp
