@@ -35,9 +35,10 @@ def _row_max(x: torch.Tensor, group) -> torch.Tensor:
     return m
 
 
-def _sample_chunk(x: torch.Tensor, u: torch.Tensor, vocab_start: int, group) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draws for one chunk: x = t / T over this shard's valid columns [c, nv] (fp32, overwritten), u [c, k] →
-    (ids, probs)."""
+def _sample_chunk(t: torch.Tensor, n_valid: int, temperature: float, u: torch.Tensor, vocab_start: int,
+                  group) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws for one chunk of teacher logits t [c, V_local] (valid columns [0, n_valid)), u [c, k] → (ids, probs)."""
+    x = t[:, :n_valid].float() / temperature  # [c, nv], becomes the CDF in place
     c, nv = x.shape
     m = _row_max(x, group)  # [c], finite: every row has a valid column somewhere
     cdf = x.sub_(m[:, None]).exp_().cumsum_(dim=1) if nv else x.new_zeros(c, 1)  # [c, nv]: running sum of e
@@ -59,7 +60,7 @@ def _sample_chunk(x: torch.Tensor, u: torch.Tensor, vocab_start: int, group) -> 
     if nv:
         local = target - (ends[:, rank] - mass)[:, None]  # [c, k] position inside this shard
         col = torch.searchsorted(cdf, local.contiguous(), right=True).clamp_(max=nv - 1)  # [c, k]
-        e = cdf.gather(1, col) - torch.where(col > 0, cdf.gather(1, (col - 1).clamp_(min=0)), 0.0)  # [c, k]
+        e = (t.gather(1, col).float() / temperature - m[:, None]).exp()  # [c, k]: exact, not a CDF difference
         ids = torch.where(mine, col + vocab_start, 0)
         probs = torch.where(mine, e / ends[:, -1:], 0.0)
     else:
@@ -120,10 +121,11 @@ def vocab_parallel_sample(
     for start in range(0, n_tokens, chunk):
         end = min(start + chunk, n_tokens)
         t_c = rows[start:end] if from_logits else rows[start:end] @ weight.t()  # [c, v_local]
-        x = t_c[:, :n_valid].float() / temperature  # [c, nv]
         if method == "sample":
-            out_ids[start:end], out_probs[start:end] = _sample_chunk(x, uniforms[start:end], vocab_start_index, group)
+            out_ids[start:end], out_probs[start:end] = _sample_chunk(t_c, n_valid, temperature, uniforms[start:end],
+                                                                     vocab_start_index, group)
             continue
+        x = t_c[:, :n_valid].float() / temperature  # [c, nv]
         out_probs[start:end], out_ids[start:end] = _local_topk(x, k_local, n_valid, vocab_start_index)
         m = x.amax(dim=-1) if n_valid else x.new_full((end - start,), float("-inf"))
         m_ref = torch.where(torch.isfinite(m), m, 0.0)
