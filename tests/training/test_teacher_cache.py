@@ -1,0 +1,167 @@
+"""Teacher cache: the build covers exactly the training stream (checksums, the teacher's own draws), does not
+depend on the build's DP / micro-batch (per-sample draws) and barely on its TP, resumes after a kill, and every
+mismatch between a cache and a run (or a second build) is refused up front by name."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLI, TINY, run_config, write_yaml
+from torchrun_utils import run_torchrun
+
+from nemo_subnet.cli import UserError
+from nemo_subnet.models import ModelConfig
+from nemo_subnet.teacher_cache import store
+from nemo_subnet.teacher_cache.build import build_teacher_cache, sample_uniforms
+from nemo_subnet.teacher_cache.config import TeacherCacheConfig
+from nemo_subnet.teacher_cache.training import open_for_training
+from nemo_subnet.training.config import TrainConfig
+
+SAMPLES, SEQ, K, T = 24, 64, 12, 2.0
+
+
+def _config(out, data_dir, teacher_ckpt, **kw) -> TeacherCacheConfig:
+    base = dict(out=str(out), teacher=str(teacher_ckpt), samples=SAMPLES, k=K, temperature=T, segment_microbatches=2,
+                progress=False, data={"path": str(data_dir), "seq_length": SEQ, "micro_batch_size": 2})
+    return TeacherCacheConfig.load(None, [f"{key}={value}" for key, value in {**base, **kw}.items()])
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, data_dir, teacher_ckpt) -> Path:
+    out = tmp_path_factory.mktemp("cache") / "k12"
+    result = build_teacher_cache(_config(out, data_dir, teacher_ckpt))
+    assert (result.covered, result.built_now, result.bytes_per_token) == (SAMPLES, SAMPLES, 2 * K)
+    return out
+
+
+def _all_rows(root) -> np.ndarray:
+    c = store.TeacherCache(root)
+    return c.rows(0, SAMPLES)[0]
+
+
+def test_cache_holds_the_teachers_draws_on_the_training_stream(cache, data_dir, teacher_ckpt, megatron_runtime):
+    """Sample i's checksum is the training stream's sample i, and its ids are the teacher's draws from its own
+    (seed, i) uniforms: recomputed here from full logits."""
+    from nemo_subnet.checkpointing import load_model
+    from nemo_subnet.data import GPTDataConfig, build_gpt_datasets
+    from nemo_subnet.kernels import vocab_parallel_sample
+    from nemo_subnet.models.inference import forward_logits
+
+    c = store.TeacherCache(cache)
+    assert c.layout.covered == SAMPLES and c.provenance.dataset_samples == SAMPLES
+    train = build_gpt_datasets(GPTDataConfig(data_dir=data_dir, seq_length=SEQ), SAMPLES).train
+    ids, probs, sums = c.rows(0, SAMPLES)
+    assert probs is None and ids.shape == (SAMPLES, SEQ, K) and int(ids.max()) < TINY["vocab_size"]
+    for i in (0, 5, SAMPLES - 1):
+        assert sums[i] == store.sample_checksum(train[i]["tokens"], train[i]["labels"])
+    cfg, model = load_model(teacher_ckpt)
+    for i in (0, 13):
+        logits = forward_logits(model, cfg, train[i]["tokens"][None])[0]  # [s, vocab]
+        want, _ = vocab_parallel_sample(logits, k=K, uniforms=sample_uniforms(1234, i, 1, SEQ, K, logits.device)[0],
+                                        temperature=T)
+        assert (torch.from_numpy(ids[i]).long() == want.cpu()).float().mean() > 0.999  # fp32 rounding at CDF edges
+
+
+@pytest.mark.distributed
+def test_build_does_not_depend_on_dp_and_barely_on_tp(cache, tmp_path, data_dir, teacher_ckpt):
+    for name, parallel, mbs in (("dp2", {"tp": 1}, 3), ("tp2", {"tp": 2}, 2)):
+        config = _config(tmp_path / name, data_dir, teacher_ckpt, **{"data.micro_batch_size": mbs})
+        config.parallel = dataclasses.replace(config.parallel, **parallel)
+        config.save(tmp_path / f"{name}.yaml")
+        run_torchrun(str(CLI), 2, "teacher-cache", "--config", str(tmp_path / f"{name}.yaml"), env={"PYTHONWARNINGS": "ignore"})
+        got, want = _all_rows(tmp_path / name), _all_rows(cache)
+        if name == "dp2":  # each DP rank wrote its own segment files; the rows are the same draws
+            assert sorted(p.name for p in (tmp_path / name / store.SEGMENTS).iterdir())[:2] == [
+                "000000-dp000.ids.npy", "000000-dp000.sums.npy"]
+            assert np.array_equal(got, want)
+        else:  # the shards' CDFs differ from one device's by fp32 rounding: at most a few draws move
+            assert (got == want).mean() > 0.999
+
+
+def test_killed_build_resumes_to_the_same_cache(cache, tmp_path, data_dir, teacher_ckpt):
+    killed = tmp_path / "killed"
+    shutil.copytree(cache, killed)
+    # what a kill during segment 4 (of 6) leaves: no manifest, segment 4's ids renamed but not its checksums,
+    # segment 5 absent, a temporary file of the writer
+    (killed / store.MANIFEST_FILE).unlink()
+    for kind in ("sums",):
+        store.part_path(killed, 4, 0, kind).unlink()
+    for kind in ("ids", "sums"):
+        store.part_path(killed, 5, 0, kind).unlink()
+    (killed / store.SEGMENTS / ".000004-dp000.sums.npy.123.tmp").write_bytes(b"cut")
+    config = _config(killed, data_dir, teacher_ckpt)
+    with pytest.raises(UserError, match=r"is partial: 16 of 24 samples built \(4 of 6 segments\); finish it .*--resume"):
+        store.TeacherCache(killed)
+    with pytest.raises(UserError, match=r"partial build of this cache \(4 of 6 segments\): pass --resume"):
+        build_teacher_cache(config)
+    result = build_teacher_cache(config, resume=True)
+    assert result.built_now == SAMPLES - 4 * 4
+    assert np.array_equal(_all_rows(killed), _all_rows(cache))
+    assert build_teacher_cache(config, resume=True).built_now == 0  # complete: nothing to do
+
+
+def test_another_build_into_the_same_directory_is_refused(cache, data_dir, teacher_ckpt, student_ckpt):
+    with pytest.raises(UserError, match=r"another teacher cache build: k: the cache has 12, this one 4"):
+        build_teacher_cache(_config(cache, data_dir, teacher_ckpt, k=4))
+    with pytest.raises(UserError, match=r"teacher_fingerprint"):
+        build_teacher_cache(_config(cache, data_dir, student_ckpt))
+
+
+def _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache_dir, **distill) -> TrainConfig:
+    raw = run_config(tmp_path, tmp_path / "run", data_dir, {"from_checkpoint": str(student_ckpt)},
+                     schedule={"train_steps": 6, "warmup_steps": 1},
+                     distill={"teacher": str(teacher_ckpt), "teacher_source": "cache", "cache": str(cache_dir),
+                              "temperature": T, **distill})
+    return TrainConfig.from_dict(raw)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"distill.temperature": 1.0}, r"distill.temperature: the cache has 2.0, this run 1.0"),
+    ({"data.seed": 7}, r"data.seed: the cache has 1234, this run 7"),
+    ({"data.seq_length": 32}, r"data.seq_length: the cache has 64, this run 32"),
+    ({"schedule.train_steps": 7}, r"it covers 24 samples, this run reads 28 .* samples >= 28"),
+])
+def test_mismatched_runs_are_refused_by_name(change, match, tmp_path, data_dir, student_ckpt, teacher_ckpt, cache):
+    config = _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache)
+    for key, value in change.items():
+        section, name = key.split(".")
+        setattr(getattr(config, section), name, value)
+    config.validate()
+    with pytest.raises(UserError, match=match):
+        open_for_training(config, ModelConfig(**TINY))
+
+
+def test_cache_of_another_teacher_or_vocabulary_is_refused(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache):
+    config = _run(tmp_path, data_dir, student_ckpt, student_ckpt, cache)
+    with pytest.raises(UserError, match=r"built from teacher .*teacher \(fingerprint .*\), this run names .*student"):
+        open_for_training(config, ModelConfig(**TINY))
+    config = _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache)
+    with pytest.raises(UserError, match=r"vocab_size \(student\): the cache has 500, this run 400"):
+        open_for_training(config, ModelConfig(**{**TINY, "vocab_size": 400}))
+
+
+@pytest.mark.parametrize("distill,match", [
+    ({"divergence": "jsd"}, "forward KL only"),
+    ({"top_k": 4}, "top_k does not apply"),
+    ({"fused_output": "off"}, "fused_output must be auto or on"),
+    ({"cache": None}, "needs distill.cache"),
+])
+def test_settings_that_cannot_read_a_cache_are_refused(distill, match, tmp_path, data_dir, student_ckpt, teacher_ckpt,
+                                                       cache):
+    with pytest.raises(UserError, match=match):
+        _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache, **distill).validate()
+    online = _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache, teacher_source="online")
+    with pytest.raises(UserError, match="read only with distill.teacher_source: cache"):
+        online.validate()
+
+
+def test_build_settings_are_checked():
+    with pytest.raises(UserError, match="needs out, teacher and data.path"):
+        TeacherCacheConfig(samples=4).validate()
+    with pytest.raises(UserError, match="is not one of"):
+        TeacherCacheConfig.load(None, ["method=nucleus"])
