@@ -37,16 +37,18 @@ import harness
 RESULTS = Path(__file__).parent / "results"
 
 
-def _timed(fn, iters: int) -> float:
+def _timed(fn, iters: int) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) per call. On a shared CPU the wall time mostly measures the other
+    jobs; the CPU time (all threads) is the work done, so the ratios use it there (wall time on a GPU)."""
     fn()  # warm-up
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(iters):
         fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
+    return (time.perf_counter() - wall) / iters, (time.process_time() - cpu) / iters
 
 
 def build_caches(args, work: Path) -> dict[int, tuple[Path, float]]:
@@ -144,17 +146,24 @@ def main() -> None:
         return step
 
     names = list(steppers)
-    rounds = {name: [] for name in names}
+    walls, cpus = {name: [] for name in names}, {name: [] for name in names}
     for r in range(args.rounds):
         for name in names:
-            rounds[name].append(_timed(provider(name), args.iters))
-        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {rounds[n][-1]:.2f} s" for n in names), flush=True)
+            wall, cpu = _timed(provider(name), args.iters)
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {walls[n][-1]:.2f} s ({cpus[n][-1]:.2f} s CPU)"
+                                                           for n in names), flush=True)
+    rounds = walls if torch.cuda.is_available() else cpus  # what the ratios are of
     seconds = {name: statistics.median(t) for name, t in rounds.items()}
+    wall_seconds = {name: statistics.median(t) for name, t in walls.items()}
     ratios = {name: statistics.median(t / c for t, c in zip(rounds[name], rounds["ce"])) for name in names}
-    report(args, runtime.device, teacher_cfg, student_cfg, seconds, ratios, caches, bytes_per_token, id_dtype_for)
+    report(args, runtime.device, teacher_cfg, student_cfg, seconds, wall_seconds, ratios, caches, bytes_per_token,
+           id_dtype_for)
 
 
-def report(args, device, teacher_cfg, student_cfg, seconds, ratios, caches, bytes_per_token, id_dtype_for) -> None:
+def report(args, device, teacher_cfg, student_cfg, seconds, wall_seconds, ratios, caches, bytes_per_token,
+           id_dtype_for) -> None:
     from nemo_subnet.subnet.params import count_parameters
 
     commit, dev = harness.git_commit(), harness.device_name(device)
@@ -162,13 +171,15 @@ def report(args, device, teacher_cfg, student_cfg, seconds, ratios, caches, byte
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"teacher_cache_{dev}"
     id_dtype = id_dtype_for(teacher_cfg.padded_vocab_size)
-    rows = [dict(kind="step", name=n, k=args.k if n == "cache_kd" else "", seconds=f"{s:.4f}",
-                 tokens_per_s=f"{tokens / s:.0f}", ratio_to_ce=f"{ratios[n]:.3f}") for n, s in seconds.items()]
+    clock = "wall" if torch.cuda.is_available() else "cpu"
+    rows = [dict(kind="step", name=n, k=args.k if n == "cache_kd" else "", clock=clock, seconds=f"{s:.4f}",
+                 wall_seconds=f"{wall_seconds[n]:.4f}", tokens_per_s=f"{tokens / s:.0f}", ratio_to_ce=f"{ratios[n]:.3f}")
+            for n, s in seconds.items()]
     rows += [dict(kind="cache", name=method, k=k, bytes_per_token=bytes_per_token(method, k, id_dtype),
                   disk_bytes_per_token=f"{_disk(path, args):.2f}", build_tokens_per_s=f"{rate:.0f}")
              for (method, k), (path, rate) in sorted(caches.items())]
-    fields = ["date", "device", "commit", "student_params", "seq", "tokens_per_step", "kind", "name", "k", "seconds",
-              "tokens_per_s", "ratio_to_ce", "bytes_per_token", "disk_bytes_per_token", "build_tokens_per_s"]
+    fields = ["date", "device", "commit", "student_params", "seq", "tokens_per_step", "kind", "name", "k", "clock",
+              "seconds", "wall_seconds", "tokens_per_s", "ratio_to_ce", "bytes_per_token", "disk_bytes_per_token", "build_tokens_per_s"]
     new = not stem.with_suffix(".csv").exists()
     with stem.with_suffix(".csv").open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -181,10 +192,11 @@ def report(args, device, teacher_cfg, student_cfg, seconds, ratios, caches, byte
              f"Teacher {args.teacher} ({count_parameters(teacher_cfg) / 1e6:.1f}M), student: its uniform sub-network at "
              f"{args.budget:g} ({count_parameters(student_cfg) / 1e6:.1f}M, random weights), seq {args.seq}, "
              f"{args.nmb} x {args.mbs} samples per step ({tokens} tokens), median of {args.rounds} interleaved rounds of "
-             f"{args.iters} steps; {torch.get_num_threads()} threads on a shared machine.", "",
-             "| step | s / step | tokens/s | / ce |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['name']}{' K=' + str(r['k']) if r['k'] else ''} | {r['seconds']} | {r['tokens_per_s']} | "
-              f"{r['ratio_to_ce']} |" for r in rows if r["kind"] == "step"]
+             f"{args.iters} steps; {torch.get_num_threads()} threads on a shared machine: s / step, tokens/s and the "
+             f"ratio are {clock} time (CPU: the process's CPU seconds, all threads; wall time beside).", "",
+             f"| step | s / step ({clock}) | wall s / step | tokens/s | / ce |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['name']}{' K=' + str(r['k']) if r['k'] else ''} | {r['seconds']} | {r['wall_seconds']} | "
+              f"{r['tokens_per_s']} | {r['ratio_to_ce']} |" for r in rows if r["kind"] == "step"]
     lines += ["", "| cache | K | bytes / token | on disk | build tokens/s |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {r['name']} | {r['k']} | {r['bytes_per_token']} | {r['disk_bytes_per_token']} | "
               f"{r['build_tokens_per_s']} |" for r in rows if r["kind"] == "cache"]
@@ -208,7 +220,7 @@ def _plot(path: Path, seconds: dict, ratios: dict, rows: list[dict], dev: str) -
     left.axhline(1.1 * seconds["ce"], color="red", linestyle="--", linewidth=1, label="target: 1.10 x ce")
     for i, n in enumerate(names):
         left.text(i, seconds[n], f"{ratios[n]:.2f}x", ha="center", va="bottom", fontsize=8)
-    left.set_ylabel("s / step")
+    left.set_ylabel("s / step (CPU time)" if not torch.cuda.is_available() else "s / step")
     left.legend(fontsize=8)
     cache = [r for r in rows if r["kind"] == "cache"]
     right.bar([f"{r['name']}\nK={r['k']}" for r in cache], [r["bytes_per_token"] for r in cache], color="tab:green")

@@ -68,16 +68,18 @@ def test_cache_holds_the_teachers_draws_on_the_training_stream(cache, data_dir, 
 
 
 @pytest.mark.distributed
-def test_build_does_not_depend_on_dp_and_barely_on_tp(cache, tmp_path, data_dir, teacher_ckpt):
-    for name, parallel, mbs in (("dp2", {"tp": 1}, 3), ("tp2", {"tp": 2}, 2)):
+def test_build_does_not_depend_on_dp_or_pp_and_barely_on_tp(cache, tmp_path, data_dir, teacher_ckpt):
+    for name, parallel, mbs in (("dp2", {"tp": 1}, 3), ("pp2", {"pp": 2}, 2), ("tp2", {"tp": 2}, 2)):
         config = _config(tmp_path / name, data_dir, teacher_ckpt, **{"data.micro_batch_size": mbs})
         config.parallel = dataclasses.replace(config.parallel, **parallel)
         config.save(tmp_path / f"{name}.yaml")
         run_torchrun(str(CLI), 2, "teacher-cache", "--config", str(tmp_path / f"{name}.yaml"), env={"PYTHONWARNINGS": "ignore"})
         got, want = _all_rows(tmp_path / name), _all_rows(cache)
         if name == "dp2":  # each DP rank wrote its own segment files; the rows are the same draws
-            assert sorted(p.name for p in (tmp_path / name / store.SEGMENTS).iterdir())[:2] == [
-                "000000-dp000.ids.npy", "000000-dp000.sums.npy"]
+            assert sorted(p.name for p in (tmp_path / name / store.SEGMENTS).iterdir())[:4] == [
+                "000000-dp000.ids.npy", "000000-dp000.sums.npy", "000000-dp001.ids.npy", "000000-dp001.sums.npy"]
+            assert np.array_equal(got, want)
+        elif name == "pp2":  # the last stage samples and writes: the same draws
             assert np.array_equal(got, want)
         else:  # the shards' CDFs differ from one device's by fp32 rounding: at most a few draws move
             assert (got == want).mean() > 0.999
@@ -187,7 +189,8 @@ def _train(root, name, data_dir, student_ckpt, teacher_ckpt, cache_dir, parallel
 def test_training_from_the_cache_resumes_exactly_and_reads_the_same_rows_at_any_layout(
         tmp_path, data_dir, student_ckpt, teacher_ckpt, cache):
     """A run from the cache: resumed after a kill (step-3 checkpoint) it repeats the uninterrupted run bit for bit;
-    at DP=2 (other rows per rank) and TP=2 (ids split over vocab shards) it follows the same curve."""
+    at DP=2 (other rows per rank), TP=2 (ids split over vocab shards) and PP=2 (rows read on the last stage) it
+    follows the same curve."""
     from conftest import metrics
 
     from nemo_subnet.training import checkpoint as ckpt
@@ -201,7 +204,7 @@ def test_training_from_the_cache_resumes_exactly_and_reads_the_same_rows_at_any_
     _train(tmp_path, "killed", data_dir, student_ckpt, teacher_ckpt, cache, {"tp": 1}, 1, "--resume")
     assert [r["loss"] for r in metrics(killed)] == [r["loss"] for r in metrics(base)]
     assert torch.equal(curve(killed), curve(base))
-    for name, parallel in (("dp2", {"tp": 1}), ("tp2", {"tp": 2})):
+    for name, parallel in (("dp2", {"tp": 1}), ("tp2", {"tp": 2}), ("pp2", {"pp": 2})):
         run = _train(tmp_path, name, data_dir, student_ckpt, teacher_ckpt, cache, parallel, 2)
         torch.testing.assert_close(curve(run), curve(base), rtol=2e-5, atol=2e-5)
     assert all("kd" in r for r in metrics(base))
