@@ -108,7 +108,8 @@ def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None,
             f"vocab mismatch: teacher vocab_size {teacher_cfg.vocab_size} (padded {teacher_cfg.padded_vocab_size}) != "
             f"student vocab_size {student_cfg.vocab_size} (padded {student_cfg.padded_vocab_size}); "
             "distillation needs the same tokenizer")
-    for name, cfg in (("student", student_cfg), ("teacher", teacher_cfg)):
+    built_teacher = teacher_cfg if config.distill.teacher_source == "online" else None  # a cache builds none
+    for name, cfg in (("student", student_cfg), ("teacher", built_teacher)):
         if cfg is None:
             continue
         try:
