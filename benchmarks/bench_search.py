@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     from nemo_subnet.runtime import init_runtime
     from nemo_subnet.search import Budget, EvalConfig, SearchConfig, SearchSpace, StrategyConfig, run_search
     from nemo_subnet.search.space import check_budget, resolve_space
-    from nemo_subnet.subnet.params import count_parameters, subnet_parameters
+    from nemo_subnet.models.counting import count_parameters
+    from nemo_subnet.subnet.params import subnet_parameters
 
     init_runtime(tp=1, pp=1)
     scores_path = stage_importance(args, ckpt, data)

@@ -53,6 +53,7 @@ def _timed(fn, iters: int) -> tuple[float, float]:
 
 def build_caches(args, work: Path) -> dict[int, tuple[Path, float]]:
     """K -> (cache dir, build tokens/s); the method sample, and top-k at K/2 (the same bytes) for the table."""
+    from nemo_subnet import config as configs
     from nemo_subnet.teacher_cache.build import build_teacher_cache
     from nemo_subnet.teacher_cache.config import TeacherCacheConfig
 
@@ -61,10 +62,10 @@ def build_caches(args, work: Path) -> dict[int, tuple[Path, float]]:
     for k in args.ks:
         for method in ("sample", "topk"):
             kk = k if method == "sample" else max(1, k // 2)
-            config = TeacherCacheConfig.load(None, [
-                f"out={work / f'{method}{kk}'}", f"teacher={args.teacher}", f"data.path={args.data}",
-                f"data.seq_length={args.seq}", f"data.micro_batch_size={args.mbs}", f"samples={samples}", f"k={kk}",
-                f"method={method}", "progress=false"])
+            config = configs.updated(TeacherCacheConfig(), {
+                "out": work / f"{method}{kk}", "teacher": args.teacher, "data.path": args.data,
+                "data.seq_length": args.seq, "data.micro_batch_size": args.mbs, "samples": samples, "k": kk,
+                "method": method, "progress": False})
             result = build_teacher_cache(config)
             caches[(method, kk)] = (config.out, samples * args.seq / result.seconds)
     return caches
@@ -92,11 +93,11 @@ def main() -> None:
     from nemo_subnet.data import MicroBatchIterator
     from nemo_subnet.plan.models import uniform_subnet
     from nemo_subnet.runtime import init_runtime
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
     from nemo_subnet.teacher_cache.store import TeacherCache, bytes_per_token, id_dtype_for
     from nemo_subnet.teacher_cache.training import CachedTeacherIterator
     from nemo_subnet.training.config import TrainConfig
-    from nemo_subnet.training.loop import _build_student, _data_config, _dtype, _Step
+    from nemo_subnet.training.loop import _build_student, _data_config, _Step
     from nemo_subnet.training.output_layer import logits_output
     from nemo_subnet.training.teacher import StudentWithTeacher
 
@@ -116,7 +117,7 @@ def main() -> None:
         "cache_kd": TrainConfig.from_dict({**base, "distill": {**kd, "teacher_source": "cache",
                                                               "cache": str(caches[("sample", args.k)][0])}}),
     }
-    dtype = _dtype(configs["ce"])
+    dtype = configs["ce"].parallel.params_dtype()
     model, ddp, optimizer, _ = _build_student(configs["ce"], student_cfg, dtype)
     _, teacher = load_model(args.teacher, params_dtype=dtype)
     cache = TeacherCache(configs["cache_kd"].distill.cache)
@@ -164,7 +165,7 @@ def main() -> None:
 
 def report(args, device, teacher_cfg, student_cfg, seconds, wall_seconds, ratios, caches, bytes_per_token,
            id_dtype_for) -> None:
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     commit, dev = harness.git_commit(), harness.device_name(device)
     tokens = args.mbs * args.nmb * args.seq

@@ -17,7 +17,6 @@ import enum
 import os
 import statistics
 import subprocess
-import tempfile
 import time
 import weakref
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from nemo_subnet.files import atomic_write, write_csv_atomic, write_text_atomic
 
 
 class Mode(str, enum.Enum):
@@ -159,8 +160,6 @@ FIELDS = ["timestamp", "device", "commit", "op", "provider", "mode", "N", "H", "
 
 def write_markdown(path, lines: list[str]) -> None:
     """Write a results table atomically (temporary file beside it, then rename) and print it."""
-    from nemo_subnet.files import write_text_atomic
-
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -173,15 +172,8 @@ def append_rows(csv_path: str, rows: list[dict]) -> None:
     if os.path.exists(csv_path):
         with open(csv_path, newline="") as f:
             existing = list(csv.DictReader(f))
-    folder = os.path.dirname(os.path.abspath(csv_path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".csv.tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        for row in existing + rows:
-            writer.writerow({k: row.get(k, "") for k in FIELDS})
-    os.replace(tmp, csv_path)
+    os.makedirs(os.path.dirname(os.path.abspath(csv_path)), exist_ok=True)
+    write_csv_atomic(csv_path, FIELDS, ({k: row.get(k, "") for k in FIELDS} for row in existing + rows))
 
 
 def row(device: torch.device, commit: str, op: str, provider: str, mode: Mode, case: dict, result: Result) -> dict:
@@ -231,10 +223,7 @@ def plot(csv_path: str, png_path: str, title: str) -> bool:
         axes[0][col].legend(fontsize=7)
     fig.suptitle(f"{title} ({rows[0]['device']}, {latest})")
     fig.tight_layout()
-    folder = os.path.dirname(os.path.abspath(png_path))
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-    os.close(fd)
-    fig.savefig(tmp, format="png", dpi=110)
+    with atomic_write(png_path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, png_path)
     return True

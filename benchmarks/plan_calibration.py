@@ -16,7 +16,6 @@ Writes benchmarks/results/plan_calibration.csv and .md (rows appended as they fi
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from nemo_subnet.files import write_csv_atomic
 
 import harness  # benchmarks/ is on sys.path when this runs as a script or is imported by bench_kd_memory
 
@@ -180,12 +181,7 @@ FIELDS = ["date", "commit", "models", "row", "seq", "micro_batch", "micro_batche
 
 
 def write_outputs(rows: list[dict], csv_path: Path, md_path: Path, note: str) -> None:
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, csv_path)
+    write_csv_atomic(csv_path, FIELDS, rows)
     lines = [f"# plan vs measured peak memory (CPU, {rows[0]['date'] if rows else ''}, commit {rows[0]['commit'] if rows else ''})",
              "", note, "",
              "| row | seq | micro-batch | micro-batches | options | plan MiB | measured MiB | error | plan's peak phase |",

@@ -61,7 +61,7 @@ def main() -> None:
 
     from nemo_subnet.checkpointing import read_model_config
     from nemo_subnet.plan.models import uniform_subnet
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     work = args.work.absolute()
     work.mkdir(parents=True, exist_ok=True)
@@ -113,7 +113,7 @@ def main() -> None:
 
 def report(args, student, rows: list[dict]) -> None:
     from nemo_subnet.files import write_text_atomic
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     commit = harness.git_commit()
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ Run it without TRITON_INTERPRET=1 (the interpreter replaces the kernels that are
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import time
@@ -28,25 +27,11 @@ sys.path.insert(0, str(HERE.parent / "tests" / "kernels"))  # the AOT helper sha
 import triton_aot  # noqa: E402
 from harness import git_commit  # noqa: E402
 
+from nemo_subnet.files import write_csv_atomic, write_text_atomic  # noqa: E402
+
 RESULTS = HERE / "results"
 COLUMNS = ["variant", "kernel", "arch", "dtype", "n_cols", "n_valid_mod16", "num_warps", "block_v", "registers",
            "spill_stores", "spill_loads", "stack", "shared", "compile_s", "cached", "uses", "triton", "commit"]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _csv_text(rows: list[dict]) -> str:
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
 
 
 def _summary(rows: list[dict]) -> str:
@@ -131,9 +116,9 @@ def main(argv=None) -> int:
         r.update(triton=meta["triton"], commit=meta["commit"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "triton_compile.csv", _csv_text(rows))
+    write_csv_atomic(out / "triton_compile.csv", COLUMNS, rows)
     if not failed:
-        _write_atomic(out / "triton_compile.md", _markdown(rows, meta))
+        write_text_atomic(out / "triton_compile.md", _markdown(rows, meta))
     print(_summary(rows) if not failed else "")
     print(f"{len(rows)} rows -> {out / 'triton_compile.csv'} ({meta['wall_s']:.0f} s, {len(failed)} errors)")
     return 1 if failed else 0

@@ -1,8 +1,10 @@
 """`nemo-subnet` command line: one sub-command per stage, each registered by its own module.
 
-A stage module exposes ``register(subparsers)`` which adds its parser and sets ``func`` to a callable
-taking the parsed namespace and returning an exit code. Modules are imported lazily so that
-``nemo-subnet --help`` stays fast and a broken optional stage cannot take the others down.
+A command module exposes ``register(subparsers)`` which adds its parser and sets ``func`` to a callable taking
+the parsed namespace and returning an exit code. Every module below is part of the package: one that fails to
+import is a broken install, reported as an error naming the module, never a sub-command silently missing from
+``--help``. ``nemo_subnet.recipes.cli`` (``run``) is named here by string only: this list is where the
+application is assembled, and no library module imports the recipes.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ import argparse
 import importlib
 import sys
 
+from nemo_subnet.errors import UserError
+
+__all__ = ["COMMAND_MODULES", "UserError", "build_parser", "main"]
+
 # sub-command module paths, in the order they appear in --help
-STAGE_MODULES = (
+COMMAND_MODULES = (
     "nemo_subnet.conversion.cli",
     "nemo_subnet.data.cli",
     "nemo_subnet.training.cli",
@@ -20,39 +26,39 @@ STAGE_MODULES = (
     "nemo_subnet.subnet.cli",
     "nemo_subnet.importance.cli",
     "nemo_subnet.search.cli",
-    "nemo_subnet.recipe_cli",
+    "nemo_subnet.recipes.cli",
     "nemo_subnet.plan.cli",
     "nemo_subnet.study.cli",
 )
 
 
-class UserError(Exception):
-    """A bad input the user can fix; printed as one line without a traceback."""
+class BrokenInstall(RuntimeError):
+    """A command module of this package failed to import (a missing dependency or a partial install)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nemo-subnet", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_path in STAGE_MODULES:
+    for module_path in COMMAND_MODULES:
         try:
             module = importlib.import_module(module_path)
-        except ModuleNotFoundError as err:
-            if err.name and module_path.startswith(err.name):
-                continue  # stage not present in this build
-            raise
+        except ImportError as err:
+            raise BrokenInstall(f"nemo-subnet: command module {module_path} failed to import ({err}); the "
+                                "installation is incomplete: reinstall the package") from err
         module.register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Run as a script (``python nemo_subnet/cli.py``, torchrun), this file is ``__main__`` and its
-    # UserError is a different class from the ``nemo_subnet.cli.UserError`` that stages raise.
-    from nemo_subnet.cli import UserError as StageUserError
-
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except BrokenInstall as err:
+        print(err, file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except StageUserError as err:
+    except UserError as err:
         print(f"nemo-subnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

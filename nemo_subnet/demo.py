@@ -29,27 +29,29 @@ import torch
 
 def demo_config(out: str):
     """The embedded default, sized from measured CPU speeds (2 threads: 1.45M params ~ 4000 tokens/s)."""
-    from nemo_subnet.pipeline.config import (DataSpec, DistillSpec, PipelineConfig, SearchSpec, TeacherModel,
-                                             TrainSpec)
+    from nemo_subnet.config import updated
+    from nemo_subnet.pipeline.config import PipelineConfig, TeacherModel, default_train
 
-    return PipelineConfig(
-        out_dir=out,
-        teacher=TeacherModel(family="llama", hidden_size=192, num_layers=6, num_attention_heads=6, num_query_groups=3,
-                             ffn_hidden_size=512, max_position_embeddings=256),
+    return updated(PipelineConfig(), {
+        "out_dir": out,
+        "teacher": TeacherModel(family="llama", hidden_size=192, num_layers=6, num_attention_heads=6,
+                                num_query_groups=3, ffn_hidden_size=512, max_position_embeddings=256),
         # three disjoint held-out splits: search (importance + search), valid (the curves), test (reported once)
-        data=DataSpec(inputs=["stdlib"], vocab_size=2048, max_bytes=4_000_000, valid_fraction=0.05,
-                      search_fraction=0.05, test_fraction=0.05),
+        "data.vocab_size": 2048, "data.max_bytes": 4_000_000,
+        "data.valid_fraction": 0.05, "data.search_fraction": 0.05, "data.test_fraction": 0.05,
         # ~410k tokens: a few minutes; the teacher only has to be clearly better than what a student gets
-        teacher_train=TrainSpec(steps=200, seq_length=256, micro_batch_size=4, global_batch_size=8, lr=2e-3,
-                                min_lr=2e-4, warmup_steps=20, eval_every=50, eval_iters=4),
-        search=SearchSpec(param_fraction=0.34, strategy="evolutionary", granularity="fine_uniform", evaluations=40,
-                          population=10, calibration_batches=8, eval_batches=4),
+        "teacher_train": updated(default_train(200, seq_length=256), {
+            "optimizer.lr": 2e-3, "optimizer.min_lr": 2e-4, "schedule.warmup_steps": 20, "logging.eval_every": 50,
+            "logging.eval_iters": 4}),
+        "importance.batches": 8, "importance.seq_length": 256,
+        "search.evaluations": 40, "search.strategy_config.population": 10, "search.eval.batches": 4,
+        "search.eval.seq_length": 256,
         # both students: 120 steps x 2048 tokens, the same samples in the same order
-        student_train=TrainSpec(steps=120, seq_length=256, micro_batch_size=4, global_batch_size=8, lr=2e-3,
-                                min_lr=2e-4, warmup_steps=10, eval_every=20, eval_iters=4, test_iters=8),
-        distill=DistillSpec(alpha_ce=0.0, beta_kd=1.0, temperature=1.0),
-        generate_prompt="def read_config(path):\n",
-    )
+        "student_train": updated(default_train(120, seq_length=256), {
+            "optimizer.lr": 2e-3, "optimizer.min_lr": 2e-4, "schedule.warmup_steps": 10, "logging.eval_every": 20,
+            "logging.eval_iters": 4, "logging.test_iters": 8}),
+        "generate_prompt": "def read_config(path):\n",
+    })
 
 
 def _parity_for(variant: str, out: Path) -> dict:
@@ -117,15 +119,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="remove --out first instead of reusing finished stages")
     parser.add_argument("--skip-parity", action="store_true", help="skip the HF <-> Megatron conversion check")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="pipeline config overrides, e.g. student_train.steps=60 (see nemo_subnet/pipeline/config.py)")
+                        help="pipeline config overrides, e.g. student_train.schedule.train_steps=60 (see "
+                        "nemo_subnet/pipeline/config.py)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
     from rich.console import Console
     from rich.markup import escape
 
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.pipeline import run_pipeline
     from nemo_subnet.pipeline.config import apply_overrides
     from nemo_subnet.pipeline.runner import StageError

@@ -8,5 +8,5 @@ it again with ``--resume`` (the pipeline does) continues from that checkpoint.
 
 OK = 0
 USER_ERROR = 2
-"""Bad input, printed as one line (``nemo_subnet.cli.UserError``)."""
+"""Bad input, printed as one line (``nemo_subnet.errors.UserError``)."""
 PREEMPTED = 75

@@ -110,16 +110,9 @@ def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> No
     plt.close(fig)
 
 
-def _candidates(search_dir: Path) -> list[dict]:
-    path = search_dir / "candidates.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def _params(ckpt: Path) -> int | None:
     from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     path = ckpt / "model.yaml"
     return count_parameters(ModelConfig.load(path)) if path.is_file() else None
@@ -150,7 +143,9 @@ def student_comparison(out: Path) -> dict:
     return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach, "test": test}
 
 
-def write_report(out: Path, report_dir: Path, config=None) -> dict:
+def write_report(out: Path, report_dir: Path) -> dict:
+    from nemo_subnet.search.results import read_candidates
+
     out, report_dir = Path(out), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     sections = ["# nemo-subnet: search-then-pretrain report", ""]
@@ -166,7 +161,7 @@ def write_report(out: Path, report_dir: Path, config=None) -> dict:
     # teacher and search
     teacher = _marker(out, "teacher").get("summary", {})
     extract = _marker(out, "extract").get("summary", {})
-    candidates = _candidates(out / "search")
+    candidates = read_candidates(out / "search")
     teacher_params = _params(out / "teacher" / "model")
     sections += ["## Sub-network search", ""]
     if candidates:

@@ -5,11 +5,12 @@
   multi-rank stages under torchrun with SLURM-derived rendezvous. Submitted from a login node through a
   ``LocalTunnel`` (default) or from elsewhere through an ``SSHTunnel`` (``ssh_host``).
 
-Each stage's kind (``nemo_subnet.pipeline.runner.StageKind``) decides its resources, see ``StageResources``:
-``host`` (data, report) one process, no GPU; ``single`` (extract, export, the HF teacher import) one process
-on one GPU; ``evaluate`` (importance, search) ``eval_ranks`` ranks on one node; ``train`` ``nodes`` x (one rank
-per GPU, or ``nproc_per_node`` CPU ranks). A task that was given GPUs carries ``NEMO_SUBNET_REQUIRE_CUDA`` and
-fails with one line when CUDA is not visible (``nemo_subnet.runtime.gpu_request``) instead of running on CPU.
+Each stage's kind decides its resources through the one mapping of ``nemo_subnet.pipeline.kinds`` (the plain
+sbatch templates use it too): ``host`` (data, report) one process, no GPU; ``single`` (extract, export, the HF
+teacher import) one process on one GPU; ``evaluate`` (importance, search) ``eval_ranks`` ranks on one node;
+``train`` ``nodes`` x (one rank per GPU, or ``nproc_per_node`` CPU ranks). A task that was given GPUs carries
+``NEMO_SUBNET_REQUIRE_CUDA`` and fails with one line when CUDA is not visible
+(``nemo_subnet.runtime.gpu_request``) instead of running on CPU.
 
 SLURM jobs are requeueable and get a warning before their time limit (``slurm_signals.py``): the ranks receive
 SIGTERM, checkpoint and exit 75, and a resumable stage requeues itself and continues from that checkpoint.
@@ -28,10 +29,13 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import nemo_run as run
 
+from nemo_subnet.config import NonNegativeInt, PositiveInt
+from nemo_subnet.pipeline import kinds
+from nemo_subnet.pipeline.kinds import StageResources
 from nemo_subnet.recipes.slurm_signals import signal_setup_lines
 
 REQUIRE_CUDA_VAR = "NEMO_SUBNET_REQUIRE_CUDA"
@@ -41,17 +45,17 @@ REQUIRE_CUDA_VAR = "NEMO_SUBNET_REQUIRE_CUDA"
 @dataclass
 class LaunchConfig:
     executor: Literal["local", "slurm"] = "local"
-    nodes: int = 1
+    nodes: PositiveInt = 1
     """Nodes of the training stages (every other stage runs on one node)."""
-    nproc_per_node: int = 1
+    nproc_per_node: PositiveInt = 1
     """CPU ranks (gloo) per node of the training stages when ``gpus_per_node`` is 0. With GPUs every training
     stage runs one rank per GPU; leave this at 1 (or equal to ``gpus_per_node``)."""
-    gpus_per_node: int = 0
+    gpus_per_node: NonNegativeInt = 0
     """GPUs per node. 0: no stage asks for a GPU (CPU, gloo). > 0: every stage that computes gets GPUs —
     training stages all of them on ``nodes`` nodes, importance and search ``eval_ranks`` on one node,
     extract / export / the HF teacher import one — and fails with one line if CUDA is not visible;
     data and report get none."""
-    eval_ranks: int | None = None
+    eval_ranks: PositiveInt | None = None
     """Ranks (one per GPU, one node) of importance and search: ``search.tp`` x ``search.pp`` per teacher
     replica, data parallel over the evaluation batches across the rest. None: every GPU of a node
     (``gpus_per_node``); 1 on CPU."""
@@ -60,7 +64,7 @@ class LaunchConfig:
     time: str = "04:00:00"
     """SLURM time limit of each stage's job. A resumable stage (training, search) that reaches it checkpoints
     and requeues itself (see ``signal_grace_s``), so it may be shorter than the stage."""
-    signal_grace_s: int = 120
+    signal_grace_s: PositiveInt = 120
     """SLURM: seconds before the time limit at which the job is warned (``--signal=B:USR1@N``): the ranks get
     SIGTERM, finish their current step, save a checkpoint and exit; then the job requeues itself. It must cover
     one training step plus one checkpoint save (a 1B student with its optimizer state writes ~16 GB). Also
@@ -76,45 +80,30 @@ class LaunchConfig:
     env: dict[str, str] = field(default_factory=dict)
     """Extra environment variables of every task."""
 
-
-@dataclass(frozen=True)
-class StageResources:
-    nodes: int
-    ranks_per_node: int
-    gpus_per_node: int
-    """GPUs requested per node (0: none)."""
-
-    @property
-    def launcher(self) -> str | None:
-        return "torchrun" if self.nodes * self.ranks_per_node > 1 else None
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.gpus_per_node and self.nproc_per_node not in (1, self.gpus_per_node):
+            yield "nproc_per_node", (f"{self.nproc_per_node} with gpus_per_node={self.gpus_per_node}: GPU stages run "
+                                     "one rank per GPU; leave nproc_per_node at 1")
+        if self.eval_ranks is not None and self.gpus_per_node and self.eval_ranks > self.gpus_per_node:
+            yield "eval_ranks", (f"{self.eval_ranks}: must be between 1 and gpus_per_node={self.gpus_per_node} "
+                                 "(importance and search run on one node)")
 
 
 def eval_ranks(launch: LaunchConfig) -> int:
-    if launch.eval_ranks is not None:
-        return launch.eval_ranks
-    return launch.gpus_per_node or 1
+    return kinds.eval_ranks(launch.gpus_per_node, launch.eval_ranks)
 
 
 def stage_resources(launch: LaunchConfig, kind: str) -> StageResources:
-    """Nodes, ranks and GPUs of a stage of this kind (``host``, ``single``, ``evaluate``, ``train``)."""
-    gpus = launch.gpus_per_node
-    if kind == "host":
-        return StageResources(1, 1, 0)
-    if kind == "single":
-        return StageResources(1, 1, 1 if gpus else 0)
-    if kind == "evaluate":
-        ranks = eval_ranks(launch)
-        return StageResources(1, ranks, ranks if gpus else 0)
-    if kind == "train":
-        return StageResources(launch.nodes, gpus or launch.nproc_per_node, gpus)
-    raise ValueError(f"unknown stage kind {kind!r}")
+    """Nodes, ranks and GPUs of a stage of this kind on this launch (pipeline/kinds.py)."""
+    return kinds.stage_resources(kind, nodes=launch.nodes, gpus_per_node=launch.gpus_per_node,
+                                 nproc_per_node=launch.nproc_per_node, requested_eval_ranks=launch.eval_ranks)
 
 
 def task_env(launch: LaunchConfig, res: StageResources) -> dict[str, str]:
     """Environment of a task: this interpreter first on PATH (NeMo-Run launches ``python``), one OpenMP thread
     per rank when several CPU ranks share a node, the GPU requirement, torchrun's SIGTERM grace."""
     env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+           "TOKENIZERS_PARALLELISM": "false"}
     if res.gpus_per_node == 0 and res.ranks_per_node > 1:
         env["OMP_NUM_THREADS"] = "1"
     if res.gpus_per_node:
@@ -168,11 +157,7 @@ def slurm_executor(launch: LaunchConfig, res: StageResources, *, requeue_on_time
 
 def make_executor(launch: LaunchConfig, kind: str = "host", *, resumable: bool = False) -> run.Executor:
     """The executor of one stage of this kind; ``resumable`` stages requeue themselves at the SLURM time limit."""
-    from nemo_subnet.cli import UserError
-
     res = stage_resources(launch, kind)
-    if launch.executor == "local":
-        return local_executor(launch, res)
     if launch.executor == "slurm":
         return slurm_executor(launch, res, requeue_on_time_limit=resumable)
-    raise UserError(f"unknown executor {launch.executor!r}; choose local or slurm")
+    return local_executor(launch, res)

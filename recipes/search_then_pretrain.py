@@ -12,6 +12,8 @@ Each task runs ``nemo_subnet.pipeline.run_pipeline_stage(config, stage)``, which
 is already complete, so re-launching an experiment continues where the last one stopped. The task graph is
 the stage graph of ``nemo_subnet.pipeline.stages``; SLURM receives it as ``--dependency=afterok`` chains,
 the local executor runs it level by level. Each task's resources follow its stage's kind (executors.py).
+Before any task is submitted, every stage's config, the files it names, the launch settings and the layouts
+they make together are checked in one pass (``check_inputs``), and all problems are reported at once.
 When stages do not finish, the first failed stage's own one-line error is reported first, its log below.
 """
 
@@ -20,9 +22,11 @@ import dataclasses
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import nemo_run as run
 
+from nemo_subnet import config as configs
 from nemo_subnet.pipeline import run_pipeline_stage
 from nemo_subnet.pipeline.config import PipelineConfig
 from nemo_subnet.recipes.executors import LaunchConfig, eval_ranks, make_executor, slurm_reachable
@@ -32,11 +36,26 @@ NAMESPACE = "subnet"
 ENTRYPOINT = "search-then-pretrain"
 
 
+def _values_as_text() -> None:
+    """NeMo-Run's CLI parses ``config.a.b=VALUE`` by the field's annotation and, strictly, refuses types it does not
+    know: our config dataclasses' annotations are strings (``from __future__ import annotations``), enums and
+    ranges. Let it pass such values on as text; ``configs.typed`` then reads them as declared and reports every
+    problem at once, as for ``nemo-subnet run``."""
+    from nemo_run.cli import cli_parser
+
+    cli_parser.type_parser.strict_mode = False
+
+
+_values_as_text()
+
+
 def to_config(value):
-    """A dataclass instance as a (nested) ``run.Config`` so NeMo-Run can show, serialize and override it."""
+    """A dataclass instance as a (nested) ``run.Config`` so NeMo-Run can show, serialize and override it; leaves
+    as plain data (fiddle cannot serialize paths or enums; ``configs.typed`` reads them back as declared)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return run.Config(type(value), **{f.name: to_config(getattr(value, f.name)) for f in dataclasses.fields(value)})
-    return value
+        return run.Config(type(value), **{f.name: to_config(getattr(value, f.name))
+                                          for f in dataclasses.fields(value) if f.init})
+    return configs.to_dict(value)
 
 
 def as_dataclass(value):
@@ -47,47 +66,47 @@ def as_dataclass(value):
 
 
 def check_inputs(config: PipelineConfig, launch: LaunchConfig, *, dryrun: bool) -> None:
-    """Bad input fails here with one clear line, before any task is submitted."""
-    from nemo_subnet.cli import UserError
-
-    config.validate()
+    """Every problem of the run, one line each and all at once, before any task is submitted: each stage's
+    section (values, allowed choices, ranges, rules between fields), the files they name, the launch settings,
+    the layouts the two make together, and SLURM's reachability."""
+    problems: list[str] = []
+    for obj, prefix, also in ((config, "", config.missing_files()), (launch, "launch.", ())):
+        try:
+            configs.check(obj, also=also)
+        except configs.ConfigError as err:
+            problems += [prefix + p for p in err.problems]
+    if not problems:  # the layouts need valid values
+        problems += [f"{name}: {message}" for name, message in layout_problems(config, launch)]
     if launch.executor == "slurm" and not dryrun:
         reason = slurm_reachable()
         if reason:
-            raise UserError(f"SLURM is not reachable: {reason}. Use launch.executor=local, or run on a login node "
-                            "(or pass launch.ssh_host=...)")
-    if launch.nproc_per_node < 1 or launch.nodes < 1 or launch.gpus_per_node < 0:
-        raise UserError("launch.nodes and launch.nproc_per_node must be at least 1, launch.gpus_per_node at least 0")
-    if launch.gpus_per_node and launch.nproc_per_node not in (1, launch.gpus_per_node):
-        raise UserError(f"launch.nproc_per_node={launch.nproc_per_node} with launch.gpus_per_node="
-                        f"{launch.gpus_per_node}: GPU stages run one rank per GPU; leave nproc_per_node at 1")
-    if launch.signal_grace_s < 1:
-        raise UserError(f"launch.signal_grace_s must be at least 1 second, got {launch.signal_grace_s}")
-    check_eval_layout(config, launch)
+            problems.append(f"launch.executor: SLURM is not reachable: {reason}. Use launch.executor=local, or run "
+                            "on a login node (or pass launch.ssh_host=...)")
+    if problems:
+        raise configs.ConfigError(problems)
+
+
+def layout_problems(config: PipelineConfig, launch: LaunchConfig) -> Iterator[tuple[str, str]]:
+    """Ranks of each stage (launch) against the parallel layout of its section (config)."""
+    ranks = eval_ranks(launch)  # importance / search: ranks = tp x pp x dp, dp splitting their batches evenly
+    for name, section, batches in (("importance", config.importance, ("batches",)),
+                                   ("search", config.search, ("eval.batches",))):
+        if ranks % (section.tp * section.pp):
+            yield f"{name}.tp", (f"{name}.tp x {name}.pp = {section.tp} x {section.pp} must divide the {ranks} ranks "
+                                 "of importance and search (launch.eval_ranks, default: gpus_per_node)")
+            continue
+        dp = ranks // (section.tp * section.pp)
+        for field in batches:
+            value = section.eval.batches if field == "eval.batches" else getattr(section, field)
+            if value % dp:
+                yield f"{name}.{field}", (f"{value} cannot be split over {dp} data-parallel ranks ({ranks} ranks / "
+                                          f"tp {section.tp} / pp {section.pp}); use a multiple of {dp}")
     world = launch.nodes * (launch.gpus_per_node or launch.nproc_per_node)
     for name in ("student_train",) + (() if config.hf_model else ("teacher_train",)):
-        spec = getattr(config, name)
-        if world % (spec.tp * spec.pp):
-            raise UserError(f"{name}.tp x {name}.pp = {spec.tp} x {spec.pp} does not divide the {world} training "
-                            "ranks (launch.nodes x GPUs or nproc_per_node)")
-
-
-def check_eval_layout(config: PipelineConfig, launch: LaunchConfig) -> None:
-    """importance / search: ranks = tp x pp x dp, and dp must split their batches evenly."""
-    from nemo_subnet.cli import UserError
-
-    ranks, s = eval_ranks(launch), config.search
-    if ranks < 1 or (launch.gpus_per_node and ranks > launch.gpus_per_node):
-        raise UserError(f"launch.eval_ranks={ranks}: must be between 1 and launch.gpus_per_node"
-                        f"={launch.gpus_per_node} (importance and search run on one node)")
-    if s.tp < 1 or s.pp < 1 or ranks % (s.tp * s.pp):
-        raise UserError(f"search.tp x search.pp = {s.tp} x {s.pp} must divide the {ranks} ranks of importance and "
-                        "search (launch.eval_ranks, default: gpus_per_node)")
-    dp = ranks // (s.tp * s.pp)
-    for field in ("calibration_batches", "eval_batches"):
-        if getattr(s, field) % dp:
-            raise UserError(f"search.{field}={getattr(s, field)} cannot be split over {dp} data-parallel ranks "
-                            f"({ranks} ranks / tp {s.tp} / pp {s.pp}); use a multiple of {dp}")
+        layout = getattr(config, name).parallel
+        if world % (layout.tp * layout.pp):
+            yield f"{name}.parallel.tp", (f"tp x pp = {layout.tp} x {layout.pp} does not divide the {world} training "
+                                          "ranks (launch.nodes x GPUs or nproc_per_node)")
 
 
 def build_experiment(config: PipelineConfig, launch: LaunchConfig, *, name: str = "search-then-pretrain",
@@ -114,7 +133,7 @@ def launch_experiment(config: PipelineConfig, launch: LaunchConfig, *, dryrun: b
                       name: str = "search-then-pretrain", stages: list[str] | None = None) -> run.Experiment:
     """Check, build and run (or dry-run) the experiment. Not detached: raises UserError when a stage did not
     finish, its first line the failed stage's own error, then the path of its full log."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.pipeline.stages import STAGE_NAMES
     from nemo_subnet.recipes.failures import unfinished_report
 
@@ -138,11 +157,11 @@ def launch_experiment(config: PipelineConfig, launch: LaunchConfig, *, dryrun: b
                     help="importance + search a sub-network of a teacher, extract it, distill it, baseline, export, report")
 def search_then_pretrain(ctx: run.cli.RunContext, config: PipelineConfig = None, launch: LaunchConfig = None):
     """Run (or with --dryrun print) the stages as one NeMo-Run experiment."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
-    config = as_dataclass(config) or PRESETS["tiny"]()
-    launch = as_dataclass(launch) or LaunchConfig()
-    try:
+    try:  # fiddle builds them from command-line strings: read them again as their declared types
+        config = configs.typed(as_dataclass(config) or PRESETS["tiny"]())
+        launch = configs.typed(as_dataclass(launch) or LaunchConfig())
         launch_experiment(config, launch, dryrun=ctx.dryrun, detach=ctx.detach)
     except UserError as err:  # one clear message, not NeMo-Run's traceback around it
         print(f"nemo {NAMESPACE} {ENTRYPOINT}: error: {err}", file=sys.stderr, flush=True)

@@ -20,10 +20,10 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     target = tmp_path / "a.yaml"
     write_text_atomic(target, "old\n")
 
-    def disk_full(self, data):  # the temporary file fails half-way: the target keeps its old text
+    def disk_full(self, text):  # the temporary file fails half-way: the target keeps its old text
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(type(target), "write_bytes", disk_full)  # write_text_atomic writes through write_bytes_atomic
+    monkeypatch.setattr(type(target), "write_text", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_text_atomic(target, "new\n")
     monkeypatch.undo()

@@ -109,7 +109,8 @@ def train_resume(ctx, rec) -> None:
 
     from nemo_subnet.checkpointing import read_model_config
     from nemo_subnet.models import ModelConfig
-    from nemo_subnet.training.metrics import forward_flops_per_token, peak_flops
+    from nemo_subnet.models.counting import forward_flops_per_token
+    from nemo_subnet.training.metrics import peak_flops
 
     profile, t = PROFILES[ctx.profile], PROFILES[ctx.profile].train
     root, logs = ctx.work / "train", ctx.out / "logs"

@@ -8,10 +8,12 @@ _USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueErr
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("import-hf", help="convert a Hugging Face model directory into a nemo-subnet checkpoint",
+    p = subparsers.add_parser("import-hf", help="convert a Hugging Face model directory or a GGUF file into a nemo-subnet "
+                                                "checkpoint",
                               description="Run plainly for a TP=1 conversion, or under torchrun with tp*pp ranks to "
-                                          "convert shard by shard. The checkpoint loads at any TP/PP.")
-    p.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors)")
+                                          "convert shard by shard. The checkpoint loads at any TP/PP. A .gguf file is "
+                                          "dequantized to fp32 by transformers first (its tokenizer is carried too).")
+    p.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors) or a .gguf file")
     p.add_argument("--out", required=True, help="checkpoint directory to create")
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size to validate and convert at")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size to validate and convert at")
@@ -26,7 +28,7 @@ def register(subparsers) -> None:
 
 
 def _user_error(err: Exception):
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
     return UserError(message)

@@ -1,20 +1,20 @@
-"""HF directory -> nemo-subnet checkpoint (Megatron dist checkpoint + model.yaml + tokenizer).
+"""HF directory or GGUF file -> nemo-subnet checkpoint (Megatron dist checkpoint + model.yaml + tokenizer).
 
 Runs on however many ranks the launcher started: a single process converts at TP=1/PP=1; under
 torchrun with tp*pp ranks each rank reads only its shard's tensors and saves it, so a model larger than
 one host's memory can be converted. The checkpoint itself is layout-free: it loads at any TP/PP.
+A GGUF file is dequantized by transformers into memory first (gguf_io.py) and then takes the same path.
 """
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
 from nemo_subnet.checkpointing import atomic_directory, save_model
 from nemo_subnet.conversion.adapters import adapter_for_model_type
 from nemo_subnet.conversion.adapters.base import fuse_tensors
-from nemo_subnet.conversion.hf_io import SafetensorsReader, read_hf_config, tokenizer_files
+from nemo_subnet.conversion.hf_io import open_hf_weights, read_hf_config, save_hf_tokenizer
 from nemo_subnet.conversion.sharding import load_global_state
 from nemo_subnet.models.builder import build_gpt_model
 from nemo_subnet.models.config import ModelConfig
@@ -34,12 +34,12 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, *, tp: int = 1, pp: int =
     cfg, raw = model_config_from_hf(hf_dir)
     cfg.check_parallel(tp, pp)
     adapter = adapter_for_model_type(raw["model_type"])
-    reader = SafetensorsReader(hf_dir, adapter.disk_aliases)
-    cfg.dtype = _stored_dtype(reader, adapter, cfg)
     runtime_layout = (parallel_state.get_tensor_model_parallel_world_size(),
                       parallel_state.get_pipeline_model_parallel_world_size())
     if runtime_layout not in ((1, 1), (tp, pp)):
         raise ValueError(f"runtime layout tp={runtime_layout[0]} pp={runtime_layout[1]} does not match --tp {tp} --pp {pp}")
+    reader = open_hf_weights(hf_dir, adapter.disk_aliases)
+    cfg.dtype = _stored_dtype(reader, adapter, cfg)
 
     model = build_gpt_model(cfg, perform_initialization=False)
     table = adapter.rule_table(cfg)
@@ -56,13 +56,12 @@ def import_hf(hf_dir: str | Path, out_dir: str | Path, *, tp: int = 1, pp: int =
     with tempfile.TemporaryDirectory() as tok_tmp:
         tok_dir = Path(tok_tmp) / "tokenizer"
         tok_dir.mkdir()
-        for path in tokenizer_files(hf_dir):
-            shutil.copy2(path, tok_dir / path.name)
+        save_hf_tokenizer(hf_dir, tok_dir)
         with atomic_directory(out_dir, overwrite=overwrite) as tmp:
             save_model(model, cfg, tmp, hf_config=raw, tokenizer_dir=tok_dir)
     return cfg
 
 
-def _stored_dtype(reader: SafetensorsReader, adapter, cfg: ModelConfig) -> str:
+def _stored_dtype(reader, adapter, cfg: ModelConfig) -> str:
     first = adapter.active_rules(cfg)[0][1][0]
     return str(reader(first).dtype).removeprefix("torch.")

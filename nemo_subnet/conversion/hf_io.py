@@ -1,8 +1,14 @@
-"""Read HF checkpoint directories: config, safetensors weights (lazily), tokenizer files."""
+"""Read HF checkpoints: config, weights, tokenizer; from a directory (safetensors, read lazily) or a GGUF file.
+
+A GGUF file is read by transformers into an HF model in memory (gguf_io.py); ``open_hf_weights`` hands
+either source to the importer as the same kind of reader (``names()``, ``reader(name)``), so both go
+through one conversion path.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Mapping
 
@@ -10,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from nemo_subnet.conversion.adapters import adapter_for_model_type
+from nemo_subnet.conversion.gguf_io import check_gguf, is_gguf, load_gguf_state, load_gguf_tokenizer, read_gguf_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
@@ -19,6 +26,8 @@ def read_hf_config(hf_dir: str | Path):
     """(transformers config, raw config.json dict); errors name the missing piece."""
     from transformers import AutoConfig
 
+    if is_gguf(hf_dir):
+        return read_gguf_config(hf_dir)
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
         raise FileNotFoundError(f"HF model directory {hf_dir} does not exist")
@@ -70,6 +79,39 @@ class SafetensorsReader:
             return self._handles[file].get_tensor(key)
         except (SafetensorError, RuntimeError, ValueError) as err:
             raise ValueError(f"cannot read tensor {key!r} from {file}: corrupt safetensors ({err})") from None
+
+
+class StateDictReader:
+    """Tensors of an HF state dict held in memory (a GGUF file's, dequantized by transformers), by name."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], source: str | Path):
+        self._state = state
+        self._source = source
+
+    def names(self) -> set[str]:
+        return set(self._state)
+
+    def __call__(self, name: str) -> torch.Tensor:
+        if name not in self._state:
+            raise KeyError(f"tensor {name!r} is missing from {self._source}")
+        return self._state[name]
+
+
+def open_hf_weights(path: str | Path, aliases: Mapping[str, str] = {}) -> SafetensorsReader | StateDictReader:
+    """The weights of an HF directory (read lazily) or of a GGUF file (dequantized into memory)."""
+    if is_gguf(path):
+        return StateDictReader(load_gguf_state(path), path)
+    return SafetensorsReader(path, aliases)
+
+
+def save_hf_tokenizer(path: str | Path, out_dir: Path) -> None:
+    """Write the source's tokenizer files into ``out_dir`` (an HF directory's are copied; none: nothing)."""
+    if is_gguf(path):
+        if check_gguf(path).has_tokenizer:
+            load_gguf_tokenizer(path).save_pretrained(str(out_dir))
+        return
+    for file in tokenizer_files(path):
+        shutil.copy2(file, out_dir / file.name)
 
 
 def tokenizer_files(hf_dir: str | Path) -> list[Path]:

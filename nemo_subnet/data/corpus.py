@@ -27,7 +27,7 @@ from typing import Literal
 
 import datasets
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 
 STDLIB = "stdlib"
 

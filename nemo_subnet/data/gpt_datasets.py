@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 from nemo_subnet.data.prepare import SPLITS, read_metadata, split_path
 
 

@@ -37,13 +37,15 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Iterator, Literal
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nemo_subnet.cli import UserError
+from nemo_subnet import config as configs
+from nemo_subnet.config import Fraction, PositiveInt, Range
+from nemo_subnet.errors import UserError
 from nemo_subnet.files import write_text_atomic
 from nemo_subnet.data.corpus import Source, load_corpus, resolve_source
 from nemo_subnet.data.tokenizer import HFTokenizer, SentencePieceTokenizer, TextTokenizer, train_sentencepiece
@@ -64,40 +66,60 @@ def split_prefix(split: str) -> str:
     return f"{split}_text_document"
 
 
+HeldOut = Annotated[float, Range(ge=0, lt=1)]
+
+
 @dataclass
 class PrepareConfig:
-    """Inputs of :func:`prepare_dataset`; the CLI flags map one to one."""
+    """Inputs of :func:`prepare_dataset`; ``nemo-subnet data prepare``'s flags are generated from it, and the
+    pipeline's ``data`` section is one."""
 
     inputs: list[str]
     """Files, directories, ``["stdlib"]`` or ``[hub_name]``."""
-    out: Path
-    """Output directory; replaced atomically when ``overwrite``."""
+    out: Path | None = None
+    """Output directory; replaced atomically when ``overwrite`` (required to run; the pipeline sets it)."""
     tokenizer: str | None = None
-    """A local Hugging Face tokenizer directory."""
+    """A local Hugging Face tokenizer directory, or a .gguf file (its embedded tokenizer)."""
     sentencepiece: str | None = None
     """A sentencepiece ``.model`` file."""
     train_tokenizer: Literal["sentencepiece"] | None = None
     """Train a tokenizer on the train split instead of loading one."""
-    vocab_size: int | None = None
+    vocab_size: PositiveInt | None = None
     """Vocabulary size of the trained tokenizer."""
-    tokenizer_train_bytes: int = 32_000_000
+    tokenizer_train_bytes: PositiveInt = 32_000_000
     """Train the tokenizer on at most this much text (the first train documents); plenty for 32k vocabs."""
     text_key: str = "text"
     """Field / column holding the text in JSON and parquet inputs."""
     txt_per_line: bool = False
     """One document per line of .txt files instead of one per file."""
-    max_docs: int | None = None
-    max_bytes: int | None = None
-    valid_fraction: float = 0.05
-    search_fraction: float = 0.0
+    max_docs: PositiveInt | None = None
+    """Keep only the first N documents."""
+    max_bytes: PositiveInt | None = None
+    """Keep only the first documents up to about this many bytes (``4M``)."""
+    valid_fraction: Fraction = 0.05
+    """Share of documents for the ``valid`` split (the training curves)."""
+    search_fraction: HeldOut = 0.0
     """Share of documents for the ``search`` split (calibration and sub-network search); 0: no such split."""
-    test_fraction: float = 0.0
+    test_fraction: HeldOut = 0.0
     """Share of documents for the ``test`` split (the final, once-reported number); 0: no such split."""
     seed: int = 1234
-    batch_docs: int = 256
+    batch_docs: PositiveInt = 256
     """Documents per tokenizer call (both backends parallelize inside a call)."""
     overwrite: bool = False
     progress: bool = True
+
+    def problems(self) -> Iterator[tuple[str | None, str]]:
+        chosen = [name for name in ("tokenizer", "sentencepiece", "train_tokenizer") if getattr(self, name)]
+        if len(chosen) > 1:
+            yield None, f"give one of tokenizer, sentencepiece, train_tokenizer, not {' and '.join(chosen)}"
+        if self.train_tokenizer is not None and self.vocab_size is None:
+            yield "vocab_size", "required with train_tokenizer (the size of the tokenizer to train)"
+        if self.train_tokenizer is None and self.vocab_size is not None:
+            yield "vocab_size", "only applies with train_tokenizer; a loaded tokenizer has its own"
+        held_out = self.valid_fraction + self.search_fraction + self.test_fraction
+        if held_out >= 1.0:
+            yield None, (f"valid_fraction + search_fraction + test_fraction = {held_out:g} leaves no train "
+                         "documents: the three must sum to less than 1")
 
 
 @dataclass
@@ -136,7 +158,10 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def prepare_dataset(config: PrepareConfig) -> PreparedDataset:
     """Tokenize a corpus into train/valid Megatron indexed datasets under ``config.out``."""
-    _check_config(config)
+    configs.check(config)
+    if config.out is None or not any(getattr(config, n) for n in ("tokenizer", "sentencepiece", "train_tokenizer")):
+        raise UserError("preparing data needs out and one of tokenizer, sentencepiece, train_tokenizer "
+                        "(--out, --tokenizer / --sentencepiece / --train-tokenizer)")
     source = resolve_source(config.inputs)
     out = Path(config.out).absolute()
     if out.exists() and not config.overwrite:
@@ -151,28 +176,6 @@ def prepare_dataset(config: PrepareConfig) -> PreparedDataset:
         raise
     prepared.out = out
     return prepared
-
-
-def _check_config(config: PrepareConfig) -> None:
-    chosen = [flag for flag, value in (("--tokenizer", config.tokenizer), ("--sentencepiece", config.sentencepiece),
-                                       ("--train-tokenizer", config.train_tokenizer)) if value]
-    if len(chosen) != 1:
-        raise UserError(f"pass exactly one of --tokenizer, --sentencepiece, --train-tokenizer (got {chosen or 'none'})")
-    if config.train_tokenizer is not None and config.vocab_size is None:
-        raise UserError("--train-tokenizer needs --vocab-size N")
-    if config.train_tokenizer is None and config.vocab_size is not None:
-        raise UserError("--vocab-size only applies with --train-tokenizer; a loaded tokenizer has its own")
-    if not 0.0 < config.valid_fraction < 1.0:
-        raise UserError(f"--valid-fraction must be in (0, 1), got {config.valid_fraction}")
-    for name in ("search_fraction", "test_fraction"):
-        if not 0.0 <= getattr(config, name) < 1.0:
-            raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(config, name)}")
-    held_out = config.valid_fraction + config.search_fraction + config.test_fraction
-    if held_out >= 1.0:
-        raise UserError(f"--valid-fraction + --search-fraction + --test-fraction = {held_out:g} leaves no train "
-                        "documents: the three must sum to less than 1")
-    if config.batch_docs < 1:
-        raise UserError(f"batch size must be at least 1, got {config.batch_docs}")
 
 
 def _prepare_into(config: PrepareConfig, source: Source, tmp: Path) -> PreparedDataset:

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Protocol
 
 import sentencepiece as spm
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -62,17 +62,22 @@ class TextTokenizer(Protocol):
 
 
 class HFTokenizer:
-    """A local Hugging Face tokenizer directory, loaded with ``AutoTokenizer`` (offline)."""
+    """A local Hugging Face tokenizer directory, loaded with ``AutoTokenizer`` (offline), or the tokenizer
+    embedded in a GGUF file (rebuilt by transformers, as ``import-hf`` carries it into the checkpoint)."""
 
     kind = "hf"
 
     def __init__(self, path: str | Path):
         from transformers import AutoTokenizer
 
-        if not Path(path).is_dir():
-            raise UserError(f"--tokenizer {path} is not a directory: pass a local Hugging Face tokenizer directory")
+        from nemo_subnet.conversion.gguf_io import is_gguf, load_gguf_tokenizer
+
+        gguf = is_gguf(path) and Path(path).is_file()
+        if not gguf and not Path(path).is_dir():
+            raise UserError(f"--tokenizer {path} is not a directory or a .gguf file: pass a local Hugging Face "
+                            "tokenizer directory or a GGUF model file")
         try:
-            self.hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            self.hf = load_gguf_tokenizer(path) if gguf else AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except Exception as err:
             raise UserError(f"could not load a Hugging Face tokenizer from {path}: {' '.join(str(err).split())[:300]}") from err
         self.hf.model_max_length = 1 << 62  # documents are long; silence the "sequence too long" warning

@@ -1,64 +1,58 @@
-"""`nemo-subnet importance`: activation importance scores of a checkpoint from calibration batches."""
+"""`nemo-subnet importance`: activation importance scores of a checkpoint from calibration batches.
+
+Flags generated from ``ImportanceConfig`` (``--no-layer-drop``, ``--batches``, ...); ``--config FILE`` reads the
+same settings from YAML (what the pipeline's importance stage hands it).
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from nemo_subnet.importance.scores import Aggregation
 
 
 def register(subparsers) -> None:
+    from nemo_subnet.config import add_config_arguments
+    from nemo_subnet.importance.collect import ImportanceConfig
+
     p = subparsers.add_parser("importance", help="activation importance of neurons, heads, groups, channels, layers",
                               description="Forward-only calibration pass over the full super-network; writes one "
                                           "safetensors file that `nemo-subnet search --scores` and selection reuse.")
-    p.add_argument("--ckpt", required=True, type=Path, help="model checkpoint directory")
-    p.add_argument("--data", required=True, type=Path, help="directory made by `nemo-subnet data prepare`")
-    p.add_argument("--out", required=True, type=Path, help="scores file to write (.safetensors)")
-    p.add_argument("--batches", type=int, default=8, help="calibration micro-batches (global, over DP ranks)")
-    p.add_argument("--split", choices=["train", "valid"], default="train", help="calibration split (default: train)")
-    p.add_argument("--seq-length", type=int, default=128)
-    p.add_argument("--micro-batch-size", type=int, default=4)
-    p.add_argument("--aggregation", choices=[a.value for a in Aggregation], default=Aggregation.L2.value,
-                   help="default aggregation stored with the scores (all stay computable)")
-    p.add_argument("--no-layer-drop", action="store_true", help="skip the per-layer drop perplexities (L evaluations)")
-    p.add_argument("--layer-drop-batches", type=int, default=None,
-                   help="validation micro-batches for layer-drop perplexity (default: --batches, valid split)")
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--seed", type=int, default=1234, help="seed of the dataset shuffles")
+    add_config_arguments(p, ImportanceConfig)
     p.set_defaults(func=_importance)
 
 
 def _importance(args: argparse.Namespace) -> int:
+    from nemo_subnet.config import config_from_arguments
+    from nemo_subnet.importance.collect import ImportanceConfig
+
+    config = config_from_arguments(ImportanceConfig, args, required=("ckpt", "data", "out"))
+    return run_importance(config)
+
+
+def run_importance(config) -> int:
     import torch.distributed as dist
 
-    from nemo_subnet.cli import UserError
-    from nemo_subnet.importance.collect import ImportanceConfig, compute_importance
+    from nemo_subnet.errors import UserError
+    from nemo_subnet.importance.collect import compute_importance
     from nemo_subnet.importance.evaluation import load_batches, load_supernet
     from nemo_subnet.runtime import runtime_scope
 
-    if args.tp < 1 or args.pp < 1:
-        raise UserError(f"--tp and --pp must be >= 1, got {args.tp} and {args.pp}")
     try:
-        with runtime_scope(tp=args.tp, pp=args.pp, seed=args.seed) as runtime:
-            cfg, model = load_supernet(args.ckpt)
-            common = dict(seq_length=args.seq_length, micro_batch_size=args.micro_batch_size, seed=args.seed)
-            data = load_batches(args.data, cfg, split=args.split, num_batches=args.batches, **common)
+        with runtime_scope(tp=config.tp, pp=config.pp, seed=config.seed) as runtime:
+            cfg, model = load_supernet(config.ckpt)
+            common = dict(seq_length=config.seq_length, micro_batch_size=config.micro_batch_size, seed=config.seed)
+            data = load_batches(config.data, cfg, split=config.split, num_batches=config.batches, **common)
             drop_data = None
-            if not args.no_layer_drop:
-                drop_data = load_batches(args.data, cfg, split="valid",
-                                         num_batches=args.layer_drop_batches or args.batches, **common)
-            scores = compute_importance(model, cfg, data, ImportanceConfig(Aggregation(args.aggregation),
-                                                                           layer_drop=not args.no_layer_drop),
-                                        layer_drop_data=drop_data)
-            scores.meta["checkpoint"] = str(args.ckpt.resolve())
+            if config.layer_drop:
+                drop_data = load_batches(config.data, cfg, split="valid",
+                                         num_batches=config.layer_drop_batches or config.batches, **common)
+            scores = compute_importance(model, cfg, data, config, layer_drop_data=drop_data)
+            scores.meta["checkpoint"] = str(config.ckpt.resolve())
             if runtime.is_main:
-                scores.save(args.out)
+                scores.save(config.out)
             if dist.is_initialized():
                 dist.barrier()
     except (FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
     if runtime.is_main:
-        print(f"importance of {cfg.num_layers} layers from {scores.tokens:,} tokens -> {args.out}")
+        print(f"importance of {cfg.num_layers} layers from {scores.tokens:,} tokens -> {config.out}")
     return 0

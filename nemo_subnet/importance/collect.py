@@ -19,12 +19,15 @@ validation loss of evaluation.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from nemo_subnet.config import PositiveInt
 from nemo_subnet.importance.evaluation import EvalData, evaluate_loss
 from nemo_subnet.importance.scores import STATS, Aggregation, ImportanceScores, shape_of
 from nemo_subnet.models.config import ModelConfig
@@ -34,10 +37,31 @@ from nemo_subnet.runtime import compute_device
 
 @dataclass
 class ImportanceConfig:
+    """One importance run: ``nemo-subnet importance``'s flags, its ``--config`` file and the pipeline's
+    ``importance`` section are this dataclass (the pipeline fills in ckpt, data and out)."""
+
     aggregation: Aggregation = Aggregation.L2
     """Default aggregation stored with the scores (every aggregation stays computable from the file)."""
     layer_drop: bool = True
     """Also measure the perplexity increase of dropping each layer (one extra evaluation per layer)."""
+    ckpt: Path | None = None
+    """Model checkpoint directory (required)."""
+    data: Path | None = None
+    """Directory made by ``nemo-subnet data prepare`` (required)."""
+    out: Path | None = None
+    """Scores file to write, ``.safetensors`` (required)."""
+    batches: PositiveInt = 8
+    """Calibration micro-batches (global, split over data-parallel ranks)."""
+    split: Literal["train", "valid"] = "train"
+    """Calibration split."""
+    seq_length: PositiveInt = 128
+    micro_batch_size: PositiveInt = 4
+    layer_drop_batches: PositiveInt | None = None
+    """Validation micro-batches of the layer-drop perplexities (valid split; default: ``batches``)."""
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
+    seed: int = 1234
+    """Seed of the dataset shuffles."""
 
 
 class _Accumulator:

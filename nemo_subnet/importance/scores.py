@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import enum
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from nemo_subnet.files import atomic_write
 from nemo_subnet.models.config import ModelConfig
 from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig, resolve
 
@@ -133,11 +133,10 @@ class ImportanceScores:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         header = {"format": str(FORMAT_VERSION), "model": json.dumps(self.model), "tokens": str(self.tokens),
                   "aggregation": self.aggregation.value, "meta": json.dumps(self.meta)}
-        save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp), metadata=header)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp), metadata=header)
         return path
 
     @classmethod

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 
 VOCAB = 1001  # odd: not divisible by any TP size, so vocabulary padding is exercised
+TOKENIZER_TOKENS = 297
+"""Tokens of ``make_tokenizer()``'s tokenizer (byte-level BPE: 256 bytes, 1 special, 40 merges)."""
 
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
                intermediate_size=96, max_position_embeddings=128)
@@ -27,6 +29,10 @@ VARIANTS = {
                                         rope_theta=500000.0)),
     "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, tie_word_embeddings=True)),
     "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=24, tie_word_embeddings=False)),
+    # SmolLM2-135M's shape: 9 heads in 3 KV groups (odd: TP=2 cannot split them), head_dim = hidden / 9 as
+    # transformers' LlamaConfig requires, tied embeddings, as many embedding rows as the tokenizer has tokens
+    "smollm2": ("LlamaConfig", dict(vocab_size=TOKENIZER_TOKENS, hidden_size=144, num_attention_heads=9,
+                                    num_key_value_heads=3, tie_word_embeddings=True, rope_theta=100000.0)),
 }
 FAMILY_VARIANTS = ("gpt_neox", "llama", "qwen2", "qwen3")
 

@@ -1,12 +1,12 @@
 """Stage pipeline shared by ``make demo`` and the NeMo-Run recipes: stages with reuse of finished outputs.
 
-``run_pipeline_stage(config, stage)`` is what one NeMo-Run task runs; ``run_all`` what the demo runs.
+``run_pipeline_stage(config, stage)`` is what one NeMo-Run task runs; ``run_pipeline`` what the demo runs.
+The config (config.py) is composed of the stages' own configs; kinds.py says where each stage runs.
 """
 
-from nemo_subnet.pipeline.config import DataSpec, DistillSpec, PipelineConfig, SearchSpec, TeacherModel, TrainSpec
+from nemo_subnet.pipeline.config import PipelineConfig, TeacherModel
 
-__all__ = ["DataSpec", "DistillSpec", "PipelineConfig", "SearchSpec", "TeacherModel", "TrainSpec", "run_pipeline_stage",
-           "run_pipeline"]
+__all__ = ["PipelineConfig", "TeacherModel", "run_pipeline_stage", "run_pipeline"]
 
 
 def run_pipeline_stage(config: PipelineConfig, stage: str) -> dict:
@@ -15,11 +15,11 @@ def run_pipeline_stage(config: PipelineConfig, stage: str) -> dict:
     A stage stopped by SIGTERM ends the task with ``EXIT_PREEMPTED`` (75), not a traceback's 1: the stage is
     not finished, and a requeued or relaunched task resumes it.
     """
+    from nemo_subnet.exit_codes import PREEMPTED as EXIT_PREEMPTED
     from nemo_subnet.pipeline.runner import StageInterrupted, run_stage
     from nemo_subnet.pipeline.stages import build_stages
-    from nemo_subnet.exit_codes import PREEMPTED as EXIT_PREEMPTED
 
-    config.validate()
+    config = config.validate()
     try:
         return run_stage(config, build_stages(), stage)
     except StageInterrupted as err:
@@ -32,5 +32,5 @@ def run_pipeline(config: PipelineConfig, stages: list[str] | None = None, *, log
     from nemo_subnet.pipeline.runner import run_all
     from nemo_subnet.pipeline.stages import build_stages
 
-    config.validate()
+    config = config.validate()
     return run_all(config, build_stages(), stages, log=log)

@@ -1,20 +1,59 @@
-"""What one search-then-pretrain run is: small dataclasses, one per stage concern, YAML in and out.
+"""What one search-then-pretrain run is: the stages' own configs, composed; YAML in and out.
 
-The same ``PipelineConfig`` drives ``make demo`` (stages called in this process), the NeMo-Run recipe
-(one task per stage, the config travels inside each task) and ``nemo-subnet run``. Every field is plain
-data so NeMo-Run / fiddle can override any of them from the command line (``config.search.population=16``).
+``PipelineConfig`` holds each stage's own config dataclass, not a copy of its fields: ``data`` is
+``PrepareConfig`` (``nemo-subnet data prepare``), ``teacher_train`` and ``student_train`` are ``TrainConfig``
+(``nemo-subnet train``; the KD settings are ``student_train.distill``), ``importance`` is ``ImportanceConfig``,
+``search`` is ``SearchConfig``. A setting is declared once, in the stage that reads it: a field added there is
+at once a YAML key, a dotted override (``search.strategy_config.population=16``), a NeMo-Run override and a
+checked value here. Each stage hands its child process its section, serialized (``--config FILE``), with the
+paths that connect the stages filled in (``WIRED``: left unset here, checked).
+
+The same config drives ``make demo`` (stages in this process), the NeMo-Run recipe (one task per stage, the
+config travels inside each task), ``nemo-subnet run`` and ``python -m nemo_subnet.pipeline``. Keys of the older,
+flat layout (``student_train.steps``, ``search.param_fraction``, ``distill.temperature``, ``seed``) are read
+as their new places (``RENAMED``).
 """
 
+from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Iterator, Literal
 
-import yaml
+from nemo_subnet import config as configs
+from nemo_subnet.config import PositiveInt
+from nemo_subnet.data.prepare import PrepareConfig
+from nemo_subnet.importance.collect import ImportanceConfig
+from nemo_subnet.search.runner import EvalConfig, SearchConfig
+from nemo_subnet.search.space import Budget, SearchSpace
+from nemo_subnet.search.strategies import StrategyConfig
+from nemo_subnet.training.config import (CheckpointConfig, DataConfig, LoggingConfig, OptimizerConfig, ScheduleConfig,
+                                         TrainConfig)
 
-from nemo_subnet.files import write_text_atomic
+WIRED = (
+    "data.out", "teacher_train.run_dir", "teacher_train.init.from_checkpoint", "teacher_train.init.random",
+    "teacher_train.data.path", "teacher_train.distill.teacher", "student_train.run_dir",
+    "student_train.init.from_checkpoint", "student_train.init.random", "student_train.data.path",
+    "student_train.distill.teacher", "importance.ckpt", "importance.data", "importance.out", "search.ckpt",
+    "search.data", "search.out", "search.scores",
+)
+"""Fields the stages fill in (where each stage reads its inputs and writes its outputs): leave them unset."""
+
+_TRAIN_RENAMED = {"steps": "schedule.train_steps", "warmup_steps": "schedule.warmup_steps", "lr": "optimizer.lr",
+                  "min_lr": "optimizer.min_lr", "seq_length": "data.seq_length",
+                  "micro_batch_size": "data.micro_batch_size", "global_batch_size": "data.global_batch_size",
+                  "eval_every": "logging.eval_every", "eval_iters": "logging.eval_iters",
+                  "test_iters": "logging.test_iters", "tp": "parallel.tp", "pp": "parallel.pp",
+                  "checkpoint_every": "checkpoint.every_steps", "recompute": "parallel.recompute",
+                  "sequence_parallel": "parallel.sequence_parallel",
+                  "overlap_grad_reduce": "parallel.overlap_grad_reduce",
+                  "overlap_param_gather": "parallel.overlap_param_gather",
+                  "distributed_optimizer": "optimizer.use_distributed_optimizer"}
+_DISTILL_FIELDS = ("alpha_ce", "beta_kd", "temperature", "divergence", "beta_jsd", "top_k", "fused_output",
+                   "teacher_source", "cache")
 
 
 @dataclass
@@ -22,184 +61,174 @@ class TeacherModel:
     """Shape of the teacher pretrained here when no HF model is given (Llama-style; vocab from the data)."""
 
     family: Literal["llama", "gpt_neox", "qwen2", "qwen3"] = "llama"
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_attention_heads: int = 4
-    num_query_groups: int = 2
-    ffn_hidden_size: int = 128
-    max_position_embeddings: int = 256
+    hidden_size: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_attention_heads: PositiveInt = 4
+    num_query_groups: PositiveInt = 2
+    """Key/value heads (GQA); GPT-NeoX has one per attention head."""
+    ffn_hidden_size: PositiveInt = 128
+    max_position_embeddings: PositiveInt = 256
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.hidden_size % self.num_attention_heads:
+            yield "hidden_size", f"{self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+        if self.family != "gpt_neox" and self.num_attention_heads % self.num_query_groups:
+            yield "num_query_groups", (f"{self.num_query_groups} does not divide num_attention_heads "
+                                       f"{self.num_attention_heads}")
 
 
-@dataclass
-class DataSpec:
-    inputs: list[str] = field(default_factory=lambda: ["stdlib"])
-    """Files / directories of text, JSONL or parquet, or the embedded corpus ``stdlib``."""
-    text_key: str = "text"
-    vocab_size: int = 512
-    """Size of the sentencepiece tokenizer trained on the data (ignored with an HF model: its tokenizer is used)."""
-    max_bytes: int | None = 400_000
-    """Keep only a prefix of the corpus of about this many bytes (None: all)."""
-    valid_fraction: float = 0.1
-    """Documents held out for the training curves (``valid``)."""
-    search_fraction: float | None = None
-    """Documents held out for importance calibration and the sub-network search (``search``); None: as
-    valid_fraction. The search chooses on these and never sees valid or test."""
-    test_fraction: float | None = None
-    """Documents held out for the final number, measured once per run (``test``); None: as valid_fraction."""
-
-    def fractions(self) -> tuple[float, float, float]:
-        """(valid, search, test) fractions with the defaults resolved."""
-        return (self.valid_fraction, self.valid_fraction if self.search_fraction is None else self.search_fraction,
-                self.valid_fraction if self.test_fraction is None else self.test_fraction)
+def default_data() -> PrepareConfig:
+    """The embedded corpus, a small sentencepiece tokenizer trained on it, the three held-out splits."""
+    return PrepareConfig(inputs=["stdlib"], train_tokenizer="sentencepiece", vocab_size=512, max_bytes=400_000,
+                         valid_fraction=0.1, search_fraction=0.1, test_fraction=0.1, progress=False)
 
 
-@dataclass
-class TrainSpec:
-    """One training run (teacher pretraining, the KD student, the random-init baseline)."""
-
-    steps: int = 10
-    seq_length: int = 64
-    micro_batch_size: int = 4
-    global_batch_size: int = 8
-    lr: float = 3e-3
-    min_lr: float = 3e-4
-    warmup_steps: int = 2
-    eval_every: int = 5
-    """Validation every N steps: the points of the tokens-to-target curves."""
-    eval_iters: int = 2
-    test_iters: int = 4
-    """Micro-batches of the test split evaluated once when the run ends (the number the report gives)."""
-    tp: int = 1
-    pp: int = 1
-    checkpoint_every: int | None = None
-    """Checkpoint every N steps (None: four times per run). SIGTERM (preemption, requeue, the SLURM time limit)
-    also saves at the step where the run stops, so this only bounds the work a hard kill loses."""
-    recompute: Literal["none", "selective", "full"] = "none"
-    """Activation recompute (docs/training.md, "Memory and throughput options")."""
-    sequence_parallel: bool = False
-    """Sequence parallelism over TP (GPU, tp > 1)."""
-    overlap_grad_reduce: bool = False
-    overlap_param_gather: bool = False
-    distributed_optimizer: bool = True
-    """Optimizer state sharded over DP (megatron's distributed optimizer)."""
+def default_train(steps: int, seq_length: int = 64) -> TrainConfig:
+    """A pipeline training run: curves from step 0 on the valid split, the test split measured once at the end,
+    a checkpoint every quarter of the run (SIGTERM also saves), one kept."""
+    return TrainConfig(
+        data=DataConfig(seq_length=seq_length, micro_batch_size=4, global_batch_size=8),
+        optimizer=OptimizerConfig(lr=3e-3, min_lr=3e-4), schedule=ScheduleConfig(train_steps=steps, warmup_steps=2),
+        checkpoint=CheckpointConfig(every_steps=max(steps // 4, 1), keep_last=1),
+        logging=LoggingConfig(eval_every=5, eval_iters=2, eval_at_start=True, test_iters=4))
 
 
-@dataclass
-class SearchSpec:
-    param_fraction: float = 0.34
-    """Parameter budget of the student as a fraction of the teacher's parameters."""
-    tolerance: float = 0.05
-    """Accepted relative deviation from the budget."""
-    strategy: Literal["evolutionary", "random", "proxy"] = "evolutionary"
-    granularity: Literal["coarse_uniform", "fine_uniform", "coarse_layerwise", "fine_layerwise"] = "fine_uniform"
-    """Uniform students are standard architectures (plain HF export); layer-wise ones search per layer."""
-    evaluations: int = 12
-    """Distinct sub-networks whose validation perplexity is measured."""
-    population: int = 6
-    """Evolutionary: random initial candidates and elite size."""
-    round_to: int = 8
-    """hidden / ffn choices are multiples of this."""
-    calibration_batches: int = 2
-    """Micro-batches (of 4 sequences) used to score importance."""
-    eval_batches: int = 2
-    """Validation micro-batches (of 4 sequences) per candidate."""
-    seed: int = 0
-    tp: int = 1
-    """Tensor-parallel size of the teacher in importance and search (raise it when the teacher does not fit one
-    GPU). Their ranks (``launch.eval_ranks``) must be a multiple of tp x pp; the quotient is data parallelism
-    over the calibration / evaluation batches, which must divide ``calibration_batches`` and ``eval_batches``."""
-    pp: int = 1
-    """Pipeline-parallel size of the teacher in importance and search (see ``tp``)."""
+def default_importance(seq_length: int = 64) -> ImportanceConfig:
+    return ImportanceConfig(batches=2, seq_length=seq_length, micro_batch_size=4)
 
 
-@dataclass
-class DistillSpec:
-    alpha_ce: float = 0.0
-    beta_kd: float = 1.0
-    temperature: float = 1.0
-    baseline_kd: bool = False
-    """Distill the random-init baseline too (isolates the init); default: plain pretraining, as in the paper."""
-    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
-    beta_jsd: float = 0.5
-    """JSD skew (0: forward KL, 1: reverse KL)."""
-    top_k: int | None = None
-    """Distill against the teacher's renormalised top-k only (None: the full distribution)."""
-    fused_output: Literal["auto", "on", "off"] = "auto"
-    """Loss from the final hidden states chunk by chunk, never the full [b, s, V/tp] logits (auto: where it saves memory)."""
+def default_search(seq_length: int = 64) -> SearchConfig:
+    """Evolutionary search for a uniform ~1/3 student (a standard architecture: plain HF export)."""
+    return SearchConfig(space=SearchSpace(granularity="fine_uniform", ordering="importance", round_to=8),
+                        budget=Budget(0.34, 0.05), evaluations=12, strategy_config=StrategyConfig(population=6),
+                        eval=EvalConfig(batches=2, seq_length=seq_length, micro_batch_size=4), progress=False)
 
 
 @dataclass
 class PipelineConfig:
+    RENAMED: ClassVar[dict] = {
+        **{f"{run}.{old}": f"{run}.{new}" for run in ("teacher_train", "student_train")
+           for old, new in _TRAIN_RENAMED.items()},
+        **{f"distill.{name}": f"student_train.distill.{name}" for name in _DISTILL_FIELDS},
+        "distill.baseline_kd": "baseline_kd", "search.param_fraction": "search.budget.target",
+        "search.tolerance": "search.budget.tolerance", "search.granularity": "search.space.granularity",
+        "search.round_to": "search.space.round_to", "search.population": "search.strategy_config.population",
+        "search.eval_batches": "search.eval.batches", "search.calibration_batches": "importance.batches",
+        "seed": ("data.seed", "teacher_train.seed", "student_train.seed", "importance.seed"),
+    }
+    """Keys of the flat layout before the stages' configs were composed, read at their new places."""
+
     out_dir: str = "subnet_out"
     hf_model: str | None = None
-    """A local HF model directory to start from (imported as the teacher; its tokenizer prepares the data).
-    None: pretrain ``teacher`` on the data first (the embedded default)."""
+    """A local HF model directory or .gguf file to start from (imported as the teacher; its tokenizer prepares the
+    data, so ``data.train_tokenizer`` / ``data.vocab_size`` are not used). None: pretrain ``teacher`` on the data
+    first."""
     teacher: TeacherModel = field(default_factory=TeacherModel)
-    data: DataSpec = field(default_factory=DataSpec)
-    teacher_train: TrainSpec = field(default_factory=lambda: TrainSpec(steps=20))
-    search: SearchSpec = field(default_factory=SearchSpec)
-    student_train: TrainSpec = field(default_factory=TrainSpec)
-    """Used for both the KD student and the random-init baseline: same data order, same tokens."""
-    distill: DistillSpec = field(default_factory=DistillSpec)
-    generate_prompt: str = "def main(" 
+    data: PrepareConfig = field(default_factory=default_data)
+    teacher_train: TrainConfig = field(default_factory=lambda: default_train(20))
+    importance: ImportanceConfig = field(default_factory=default_importance)
+    search: SearchConfig = field(default_factory=default_search)
+    student_train: TrainConfig = field(default_factory=lambda: default_train(10))
+    """Both the KD student (``distill``, with ``student_train.distill``) and the random-init baseline: same data
+    order, same tokens."""
+    baseline_kd: bool = False
+    """Distill the random-init baseline too (isolates the init); default: plain pretraining, as in the paper."""
+    generate_prompt: str = "def main("
     """Prompt the exported HF student completes with transformers' generate()."""
-    seed: int = 1234
 
-    def validate(self) -> None:
-        from nemo_subnet.cli import UserError
+    def problems(self) -> Iterator[tuple[str, str]]:
+        """Rules between the sections (checked whenever a config is loaded or built; ``validate`` adds the
+        files it names)."""
+        defaults = PipelineConfig()
+        for path in WIRED:
+            if _lookup(self, path) != _lookup(defaults, path):
+                yield path, "set by the pipeline (the path between two stages); leave it unset"
+        if self.hf_model is not None and (self.data.tokenizer or self.data.sentencepiece):
+            yield "data.tokenizer", "an hf_model brings its own tokenizer; leave data.tokenizer / data.sentencepiece unset"
+        if self.hf_model is None and not (self.data.tokenizer or self.data.sentencepiece or self.data.train_tokenizer):
+            yield "data.train_tokenizer", "the teacher is pretrained here: give a tokenizer (train_tokenizer: sentencepiece)"
+        for split, use in (("search", "importance and the search read only it"),
+                           ("test", "the report's final numbers are measured on it")):
+            if getattr(self.data, f"{split}_fraction") <= 0:
+                yield f"data.{split}_fraction", f"must be > 0: the pipeline needs a {split} split ({use})"
+        if self.search.budget is None and not (isinstance(self.search.space, SearchSpace) and self.search.space.budget):
+            yield "search.budget", "required: the student's parameters, a fraction of the teacher's (0.34) or a count"
+        limit = self.teacher_positions()
+        for name in ("teacher_train.data.seq_length", "student_train.data.seq_length", "importance.seq_length",
+                     "search.eval.seq_length"):
+            if limit is not None and _lookup(self, name) > limit:
+                yield name, f"{_lookup(self, name)} is longer than the teacher's position limit {limit}"
 
-        if self.hf_model is not None and not (Path(self.hf_model) / "config.json").is_file():
-            raise UserError(f"hf_model {self.hf_model}: no such HF model directory (config.json missing)")
-        if not 0 < self.search.param_fraction < 1:
-            raise UserError(f"search.param_fraction must be in (0, 1), got {self.search.param_fraction}")
-        for name in ("teacher_train", "student_train"):
-            spec: TrainSpec = getattr(self, name)
-            if spec.steps < 1 or spec.global_batch_size % spec.micro_batch_size:
-                raise UserError(f"{name}: steps must be >= 1 and global_batch_size a multiple of micro_batch_size")
-            if not 0 <= spec.warmup_steps < spec.steps:
-                raise UserError(f"{name}: warmup_steps {spec.warmup_steps} must be at least 0 and fewer than steps {spec.steps}")
+    def teacher_positions(self) -> int | None:
+        """The teacher's position limit (None: an HF config that does not say)."""
+        if self.hf_model is None:
+            return self.teacher.max_position_embeddings
+        path = Path(self.hf_model)
+        try:
+            if path.suffix == ".gguf":
+                from nemo_subnet.conversion.gguf_io import read_gguf_config
+
+                raw = read_gguf_config(path)[1]
+            else:
+                raw = json.loads((path / "config.json").read_text())
+            return int(raw.get("max_position_embeddings") or 0) or None
+        except (OSError, ValueError, TypeError):
+            return None  # a missing or unreadable model is missing_files' problem
+
+    def missing_files(self) -> Iterator[tuple[str, str]]:
+        hf = None if self.hf_model is None else Path(self.hf_model)
+        if hf is not None and not ((hf / "config.json").is_file() or (hf.suffix == ".gguf" and hf.is_file())):
+            yield "hf_model", f"{self.hf_model}: no such HF model directory (config.json missing) or .gguf file"
+        if isinstance(self.search.space, Path) and not self.search.space.is_file():
+            yield "search.space", f"{self.search.space}: no such search-space file"
+        cache = self.student_train.distill.cache
+        if cache is not None and not Path(cache).is_dir():
+            yield "student_train.distill.cache", f"{cache}: no such teacher-cache directory (nemo-subnet teacher-cache)"
+
+    def validate(self) -> "PipelineConfig":
+        """Raise a UserError listing every problem of every stage's section, and every file it names that is
+        missing, at once: before anything runs. Returns the config read again as its declared types (one that
+        NeMo-Run's fiddle built from command-line strings included)."""
+        configs.check(self, also=self.missing_files())
+        return configs.typed(self)
 
     # --- YAML -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return configs.to_dict(self)
 
     def save(self, path: str | Path) -> None:
-        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        configs.save(self, path)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PipelineConfig":
-        return _from_dict(cls, data, "")
+        return configs.from_dict(cls, data)
 
     @classmethod
     def load(cls, path: str | Path, overrides: typing.Sequence[str] = ()) -> "PipelineConfig":
-        from nemo_subnet.cli import UserError
-        from nemo_subnet.training.config import apply_overrides
-
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"pipeline config {path} does not exist")
-        return cls.from_dict(apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides))
+        return configs.load(cls, path, overrides)
 
 
-def _from_dict(cls, data: dict, where: str):
-    from nemo_subnet.cli import UserError
-
-    if not isinstance(data, dict):
-        raise UserError(f"{where or 'config'} must be a mapping")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserError(f"unknown keys in {where or 'config'}: {unknown} (known: {sorted(names)})")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        kwargs[name] = _from_dict(hint, value, f"{where}{name}.") if dataclasses.is_dataclass(hint) else value
-    return cls(**kwargs)
+def _lookup(config, dotted: str):
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def apply_overrides(config: PipelineConfig, overrides: typing.Sequence[str]) -> PipelineConfig:
-    """``["search.population=16", ...]`` applied to a config (values parsed as YAML)."""
-    from nemo_subnet.training.config import apply_overrides as apply
+    """``["search.evaluations=16", ...]`` applied to a config (values parsed as YAML), checked."""
+    return configs.from_dict(PipelineConfig, configs.apply_overrides(configs.to_dict(config), overrides))
 
-    return PipelineConfig.from_dict(apply(config.to_dict(), overrides))
+
+def section(config, **changes):
+    """``dataclasses.replace`` for a stage's section, with dotted keys for nested fields
+    (``section(train, run_dir=..., **{"data.path": d})``): how a stage fills in its ``WIRED`` paths."""
+    flat = {k: v for k, v in changes.items() if "." not in k}
+    nested: dict[str, dict] = {}
+    for key, value in changes.items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            nested.setdefault(head, {})[rest] = value
+    for head, sub in nested.items():
+        flat[head] = section(flat.get(head, getattr(config, head)), **sub)
+    return dataclasses.replace(config, **flat)

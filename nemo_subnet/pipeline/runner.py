@@ -28,10 +28,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
+from nemo_subnet.config import to_dict
 from nemo_subnet.files import write_text_atomic
 from nemo_subnet.pipeline.config import PipelineConfig
+from nemo_subnet.pipeline.kinds import EVERY_RANK_KINDS, StageKind
 
 MARKERS = ".stages"
 REQUIRE_CUDA_VAR = "NEMO_SUBNET_REQUIRE_CUDA"
@@ -41,13 +43,6 @@ _LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_R
                 "SLURM_LOCALID")
 # (also every TORCHELASTIC_* variable: TORCHELASTIC_USE_AGENT_STORE=True makes a child's init_process_group
 # wait forever for the agent's store instead of starting its own)
-
-
-StageKind = Literal["host", "single", "evaluate", "train"]
-"""Where a stage runs. ``host``: one process, no GPU (data, report). ``single``: one process on one GPU (extract,
-export, the HF teacher import). ``evaluate``: every rank of one node, data parallel over evaluation batches
-(importance, search). ``train``: every rank of every node (teacher pretraining, distill, baseline)."""
-EVERY_RANK_KINDS = ("evaluate", "train")
 
 
 class StageError(RuntimeError):
@@ -72,7 +67,7 @@ class Stage:
     reads: tuple[str, ...] = ()
     """Config fields (dotted) that determine the output."""
     kind: StageKind | Callable[[PipelineConfig], StageKind] = "host"
-    """Where it runs (a function of the config when that decides, e.g. import vs pretrain the teacher)."""
+    """Where it runs (kinds.py; a function of the config when that decides, e.g. import vs pretrain the teacher)."""
     resumable: bool = False
     """Keeps a started directory and resumes it instead of starting over."""
     help: str = ""
@@ -118,7 +113,6 @@ class StageContext:
                     env.pop(var)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2))))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env.setdefault("PYTHONWARNINGS", "ignore")
         cmd = [sys.executable, "-m", module, *map(str, args)]
         result = run_child(cmd, env)
         if result.returncode == 0:
@@ -152,12 +146,7 @@ def _lookup(config: PipelineConfig, dotted: str):
 
 def fingerprint(config: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> str:
     """Hash of what determines a stage's output: the fields it reads and its inputs' fingerprints."""
-    from dataclasses import asdict, is_dataclass
-
-    reads = {}
-    for key in stage.reads:
-        value = _lookup(config, key)
-        reads[key] = asdict(value) if is_dataclass(value) else value
+    reads = {key: to_dict(_lookup(config, key)) for key in stage.reads}
     blob = json.dumps({"stage": stage.name, "reads": reads, "deps": [upstream[d] for d in stage.deps]},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -185,7 +174,7 @@ def _record_failure(out: Path, stage: Stage, err: Exception) -> None:
     """``<stage>.failed.json``: the stage's own one-line error for whoever launched it (rank 0's wins)."""
     if _rank() != 0 and marker_path(out, stage.name, "failed").exists():
         return
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     if not isinstance(err, (StageError, UserError)):
@@ -224,7 +213,7 @@ def run_stage(config: PipelineConfig, stages: dict[str, Stage], name: str, *, lo
     """Run one stage unless its output is complete; returns its marker (summary, seconds, reused). A failure
     (or SIGTERM) raises and leaves ``<stage>.failed.json``, never the done marker."""
     if name not in stages:
-        from nemo_subnet.cli import UserError
+        from nemo_subnet.errors import UserError
 
         raise UserError(f"unknown stage {name!r}; stages: {', '.join(stages)}")
     stage = stages[name]

@@ -10,6 +10,10 @@
 ``teacher`` imports ``hf_model`` when one is given, else pretrains ``config.teacher`` on the data.
 Each stage writes ``<out_dir>/<stage>/``; see runner.py for completion markers and reuse.
 
+A stage hands its command its own section of the pipeline config with the connecting paths filled in
+(``config.WIRED``), serialized to ``<out_dir>/configs/<stage>.yaml`` and passed as ``--config FILE``: the child
+reads exactly the dataclass the user's YAML was checked as, never a re-spelled argument list.
+
 Data splits (disjoint documents, made once by ``data``): students and the teacher train on ``train``; their
 curves are measured on ``valid`` (from step 0, the init itself); importance calibration and the search's
 objective read only ``search`` (through the view ``data/search_view``, whose train and valid are both the
@@ -21,11 +25,24 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import yaml
-
-from nemo_subnet.files import write_text_atomic
-from nemo_subnet.pipeline.config import PipelineConfig, TrainSpec
+from nemo_subnet import config as configs
+from nemo_subnet.pipeline.config import PipelineConfig, section
 from nemo_subnet.pipeline.runner import Stage, StageContext, StageError
+from nemo_subnet.training.config import TrainConfig
+
+SEARCH_VIEW = "search_view"
+"""``data/search_view``: the search split served as a prepared directory's train and valid splits."""
+MODEL = "model"
+"""Every model-producing stage leaves a plain model checkpoint in ``<stage>/model``."""
+
+
+def search_data(out: Path) -> Path:
+    """What importance and search read: only the search split (see the module docstring)."""
+    return Path(out) / "data" / SEARCH_VIEW
+
+
+def teacher_checkpoint(out: Path) -> Path:
+    return Path(out) / "teacher" / MODEL
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -37,58 +54,26 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return found
 
 
-SEARCH_VIEW = "search_view"
-"""``data/search_view``: the search split served as a prepared directory's train and valid splits."""
+def train_run(spec: TrainConfig, run_dir: Path, data_dir: Path, *, init_checkpoint: Path | None = None,
+              init_random: Path | None = None, teacher: Path | None = None) -> TrainConfig:
+    """The ``nemo-subnet train`` config of one training run of a pipeline section (the study builds its runs
+    with it too): the section's settings, this run's directory, data, init and teacher (None: plain CE, which
+    reads no teacher cache either: ``distill.teacher_source`` falls back to online)."""
+    path = lambda p: None if p is None else Path(p)  # noqa: E731
+    no_teacher = {} if teacher is not None else {"distill.teacher_source": "online", "distill.cache": None}
+    return section(spec, run_dir=Path(run_dir), **{"data.path": Path(data_dir), "init.from_checkpoint": path(init_checkpoint),
+                                                   "init.random": path(init_random), "distill.teacher": path(teacher),
+                                                   **no_teacher})
 
 
-def search_data(out: Path) -> Path:
-    """What importance and search read: only the search split (see the module docstring)."""
-    return Path(out) / "data" / SEARCH_VIEW
+def _child_config(ctx: StageContext, name: str, config) -> Path:
+    """The stage's section, filled in, as ``<out>/configs/<name>.yaml`` (every rank writes the same file)."""
+    return configs.save(config, ctx.out / "configs" / f"{name}.yaml")
 
 
-MODEL = "model"
-"""Every model-producing stage leaves a plain model checkpoint in ``<stage>/model``."""
-
-
-def teacher_checkpoint(ctx: StageContext) -> Path:
-    return ctx.path("teacher") / MODEL
-
-
-def _write_yaml(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def train_run(config: PipelineConfig, spec: TrainSpec, run_dir: Path, data_dir: Path, init: dict,
-              teacher: Path | None, *, seed: int | None = None) -> dict:
-    """The ``nemo-subnet train`` run YAML (as a dict) of one pipeline training run; the study builds its runs
-    with it too. Curves start at step 0 (the init) on the valid split; the test split is measured once."""
-    run = {
-        "run_dir": str(run_dir), "init": init, "seed": config.seed if seed is None else seed,
-        "data": {"path": str(data_dir), "seq_length": spec.seq_length,
-                 "micro_batch_size": spec.micro_batch_size, "global_batch_size": spec.global_batch_size},
-        "optimizer": {"lr": spec.lr, "min_lr": spec.min_lr, "use_distributed_optimizer": spec.distributed_optimizer},
-        "schedule": {"train_steps": spec.steps, "warmup_steps": spec.warmup_steps},
-        "checkpoint": {"every_steps": spec.checkpoint_every or max(spec.steps // 4, 1), "keep_last": 1},
-        "logging": {"eval_every": spec.eval_every, "eval_iters": spec.eval_iters, "log_every": 1,
-                    "eval_at_start": True, "test_iters": spec.test_iters},
-        "parallel": {"tp": spec.tp, "pp": spec.pp, "recompute": spec.recompute, "sequence_parallel": spec.sequence_parallel,
-                     "overlap_grad_reduce": spec.overlap_grad_reduce, "overlap_param_gather": spec.overlap_param_gather},
-    }
-    if teacher is not None:
-        d = config.distill
-        run["distill"] = {"teacher": str(teacher), "alpha_ce": d.alpha_ce, "beta_kd": d.beta_kd,
-                          "temperature": d.temperature, "divergence": d.divergence, "beta_jsd": d.beta_jsd,
-                          "top_k": d.top_k, "fused_output": d.fused_output}
-    return run
-
-
-def _train(ctx: StageContext, spec: TrainSpec, init: dict, teacher: Path | None) -> dict:
-    """Write the run YAML for one training run into <out>/configs and run ``nemo-subnet train``."""
-    run = train_run(ctx.config, spec, ctx.dir, ctx.path("data"), init, teacher)
-    path = _write_yaml(ctx.out / "configs" / f"{ctx.stage.name}.yaml", run)
-    ctx.cli("train", "--config", path, *(["--resume"] if ctx.resume else []))
+def _train(ctx: StageContext, run: TrainConfig) -> dict:
+    """Run ``nemo-subnet train --config <out>/configs/<stage>.yaml`` and keep the weights for later stages."""
+    ctx.cli("train", "--config", _child_config(ctx, ctx.stage.name, run), *(["--resume"] if ctx.resume else []))
     if ctx.is_main:  # weights only, for the stages that read this model
         ctx.python("nemo_subnet.pipeline.model_checkpoint", latest_checkpoint(ctx.dir), ctx.dir / MODEL)
     return final_valid(ctx.dir)
@@ -96,9 +81,9 @@ def _train(ctx: StageContext, spec: TrainSpec, init: dict, teacher: Path | None)
 
 def final_valid(run_dir: Path) -> dict:
     """The last validation point and the once-measured test perplexity of a training run."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    valid = [r for r in rows if r.get("kind") == "valid"]
-    test = [r for r in rows if r.get("kind") == "test"]
+    from nemo_subnet.training.metrics import read_metrics
+
+    valid, test = read_metrics(run_dir, "valid"), read_metrics(run_dir, "test")
     out = {"tokens": valid[-1]["tokens"], "valid_ppl": valid[-1]["valid_ppl"]} if valid else {}
     return {**out, "test_ppl": test[-1]["test_ppl"]} if test else out
 
@@ -106,16 +91,10 @@ def final_valid(run_dir: Path) -> dict:
 # --- stages --------------------------------------------------------------------------------------
 def data(ctx: StageContext) -> dict:
     c = ctx.config
-    valid, search_, test = c.data.fractions()
-    args = ["data", "prepare", "--input", *c.data.inputs, "--out", ctx.dir, "--text-key", c.data.text_key,
-            "--valid-fraction", valid, "--search-fraction", search_, "--test-fraction", test, "--seed", c.seed]
-    if c.data.max_bytes:
-        args += ["--max-bytes", c.data.max_bytes]
-    if c.hf_model:
-        args += ["--tokenizer", c.hf_model]
-    else:
-        args += ["--train-tokenizer", "sentencepiece", "--vocab-size", c.data.vocab_size]
-    ctx.cli(*args)
+    prepare = section(c.data, out=ctx.dir)
+    if c.hf_model:  # the HF teacher's tokenizer, not one trained here
+        prepare = section(prepare, tokenizer=c.hf_model, train_tokenizer=None, vocab_size=None)
+    ctx.cli("data", "prepare", "--config", _child_config(ctx, "data", prepare))
     from nemo_subnet.data import make_view
 
     make_view(ctx.dir, search_data(ctx.out), train="search", valid="search")
@@ -141,62 +120,74 @@ def teacher(ctx: StageContext) -> dict:
                  activation="silu" if gated else "gelu", gated_mlp=gated, add_bias_linear=not gated,
                  add_qkv_bias=not gated, parallel_residual=not gated,
                  rotary_percent=1.0 if gated else 0.25)
-    model_yaml = _write_yaml(ctx.out / "configs" / "teacher_model.yaml", model)
-    summary = _train(ctx, c.teacher_train, {"random": str(model_yaml)}, None)
+    model_yaml = configs.save(model, ctx.out / "configs" / "teacher_model.yaml")
+    summary = _train(ctx, train_run(c.teacher_train, ctx.dir, ctx.path("data"), init_random=model_yaml))
     return {**summary, "checkpoint": str(ctx.dir / MODEL)}
 
 
 def importance(ctx: StageContext) -> dict:
-    c, spec = ctx.config, ctx.config.teacher_train
     ctx.dir.mkdir(parents=True, exist_ok=True)
-    micro = 4
-    ctx.cli("importance", "--ckpt", teacher_checkpoint(ctx), "--data", search_data(ctx.out),
-            "--out", ctx.dir / "scores.safetensors", "--batches", c.search.calibration_batches,
-            "--seq-length", spec.seq_length, "--micro-batch-size", micro, "--seed", c.seed,
-            "--tp", c.search.tp, "--pp", c.search.pp)
-    return {"scores": str(ctx.dir / "scores.safetensors")}
+    run = section(ctx.config.importance, ckpt=teacher_checkpoint(ctx.out), data=search_data(ctx.out),
+                  out=ctx.dir / "scores.safetensors")
+    ctx.cli("importance", "--config", _child_config(ctx, "importance", run))
+    return {"scores": str(run.out)}
 
 
 def search(ctx: StageContext) -> dict:
-    from nemo_subnet.pipeline.search_stage import run_search_stage
+    """``best.yaml`` (what ``extract`` slices), ``candidates.jsonl`` (every evaluated sub-network with its
+    parameters and perplexity on the search split, for the report), ``summary.json``, plots. Resumable: the
+    search continues its run directory without re-evaluating finished candidates."""
+    from nemo_subnet.search.results import read_candidates
 
-    return run_search_stage(ctx, teacher_checkpoint(ctx))
+    run = section(ctx.config.search, ckpt=teacher_checkpoint(ctx.out), data=search_data(ctx.out), out=ctx.dir,
+                  scores=ctx.path("importance") / "scores.safetensors")
+    ctx.cli("search", "--config", _child_config(ctx, "search", run))
+    if not ctx.is_main:  # rank 0 wrote the results; the marker records its summary
+        return {}
+    best = json.loads((ctx.dir / "summary.json").read_text())["best"]
+    return {"best_ppl": best["objective"], "best_params": best["params"], "candidates": len(read_candidates(ctx.dir))}
 
 
 def extract(ctx: StageContext) -> dict:
-    ctx.cli("extract", "--ckpt", teacher_checkpoint(ctx), "--subnet", ctx.path("search") / "best.yaml",
-            "--out", ctx.dir)
+    from nemo_subnet.subnet.extract import ExtractConfig
+
+    layout = ctx.config.student_train.parallel  # the student must shard at the layout it trains at
+    run = ExtractConfig(ckpt=teacher_checkpoint(ctx.out), subnet=ctx.path("search") / "best.yaml", out=ctx.dir,
+                        tp=layout.tp, pp=layout.pp)
+    ctx.cli("extract", "--config", _child_config(ctx, "extract", run))
     from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     return {"parameters": count_parameters(ModelConfig.load(ctx.dir / "model.yaml"))}
 
 
 def distill(ctx: StageContext) -> dict:
-    return _train(ctx, ctx.config.student_train, {"from_checkpoint": str(ctx.path("extract"))},
-                  teacher_checkpoint(ctx))
+    return _train(ctx, train_run(ctx.config.student_train, ctx.dir, ctx.path("data"),
+                                 init_checkpoint=ctx.path("extract"), teacher=teacher_checkpoint(ctx.out)))
 
 
 def baseline(ctx: StageContext) -> dict:
     c = ctx.config
-    return _train(ctx, c.student_train, {"random": str(ctx.path("extract") / "model.yaml")},
-                  teacher_checkpoint(ctx) if c.distill.baseline_kd else None)
+    return _train(ctx, train_run(c.student_train, ctx.dir, ctx.path("data"),
+                                 init_random=ctx.path("extract") / "model.yaml",
+                                 teacher=teacher_checkpoint(ctx.out) if c.baseline_kd else None))
 
 
 def export(ctx: StageContext) -> dict:
     hf_dir = ctx.dir / "student_hf"
     ctx.cli("export-hf", "--ckpt", ctx.path("distill") / MODEL, "--out", hf_dir)
+    from nemo_subnet.files import write_text_atomic
     from nemo_subnet.pipeline.generate import generate
 
     text = generate(hf_dir, ctx.config.generate_prompt)
-    (ctx.dir / "generation.txt").write_text(text)
+    write_text_atomic(ctx.dir / "generation.txt", text)
     return {"hf_dir": str(hf_dir), "generation": text}
 
 
 def report(ctx: StageContext) -> dict:
     from nemo_subnet.report import write_report
 
-    return write_report(ctx.out, ctx.dir, ctx.config)
+    return write_report(ctx.out, ctx.dir)
 
 
 def teacher_kind(config: PipelineConfig) -> str:
@@ -206,23 +197,21 @@ def teacher_kind(config: PipelineConfig) -> str:
 
 def build_stages() -> dict[str, Stage]:
     """All stages in run order (a valid topological order of their dependencies); ``kind`` says where each runs
-    (runner.StageKind), which the recipes turn into ranks and GPUs."""
-    train_reads = ("student_train", "distill", "seed")
+    (pipeline/kinds.py), ``reads`` which config sections determine its output (its fingerprint)."""
     stages = [
-        Stage("data", data, reads=("data", "hf_model", "seed"), kind="host",
-              help="tokenize the corpus (train a tokenizer)"),
-        Stage("teacher", teacher, ("data",), ("hf_model", "teacher", "teacher_train", "seed"), kind=teacher_kind,
+        Stage("data", data, reads=("data", "hf_model"), kind="host", help="tokenize the corpus (train a tokenizer)"),
+        Stage("teacher", teacher, ("data",), ("hf_model", "teacher", "teacher_train"), kind=teacher_kind,
               resumable=True, help="import the HF teacher or pretrain it"),
-        Stage("importance", importance, ("teacher",), ("search.calibration_batches", "search.tp", "search.pp",
-                                                       "teacher_train.seq_length"), kind="evaluate",
+        Stage("importance", importance, ("teacher",), ("importance",), kind="evaluate",
               help="activation importance of heads, neurons, channels, layers"),
         # resumable: the search CLI continues a run directory without re-evaluating finished candidates
-        Stage("search", search, ("importance",), ("search", "teacher_train.seq_length"), kind="evaluate",
-              resumable=True, help="search the best sub-network under the parameter budget"),
-        Stage("extract", extract, ("search",), kind="single", help="slice the sub-network into a standalone student"),
-        Stage("distill", distill, ("extract",), train_reads, kind="train", resumable=True,
+        Stage("search", search, ("importance",), ("search",), kind="evaluate", resumable=True,
+              help="search the best sub-network under the parameter budget"),
+        Stage("extract", extract, ("search",), ("student_train.parallel.tp", "student_train.parallel.pp"),
+              kind="single", help="slice the sub-network into a standalone student"),
+        Stage("distill", distill, ("extract",), ("student_train",), kind="train", resumable=True,
               help="pretrain the student from the sub-network with KD"),
-        Stage("baseline", baseline, ("extract",), train_reads, kind="train", resumable=True,
+        Stage("baseline", baseline, ("extract",), ("student_train", "baseline_kd"), kind="train", resumable=True,
               help="pretrain a random-init student on the same tokens"),
         Stage("export", export, ("distill",), ("generate_prompt",), kind="single",
               help="export the student to HF and generate"),

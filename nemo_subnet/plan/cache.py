@@ -22,10 +22,10 @@ import dataclasses
 from dataclasses import dataclass
 
 from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.models.counting import forward_flops_per_token
 from nemo_subnet.plan.hardware import GPU
 from nemo_subnet.plan.memory import DTYPE_BYTES, FP32, PlanOptions, check_options, stage_parameters, teacher_transient_bytes
 from nemo_subnet.teacher_cache.store import bytes_per_token, id_dtype_for
-from nemo_subnet.training.metrics import forward_flops_per_token
 
 
 def cache_bytes_per_token(teacher: ModelConfig, k: int, method: str = "sample") -> int:

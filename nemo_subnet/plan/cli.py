@@ -3,9 +3,11 @@
     nemo-subnet plan --teacher pythia-410m --student pythia-160m --seq-length 2048 --micro-batch-size 4 \\
         --global-batch-size 256 --dp 8 --gpu H100
     nemo-subnet plan --teacher llama-3.1-70b --student llama-3.1-8b --seq-length 4096 --global-batch-size 1024 \\
-        --cluster --gpus 64x8 --gpu H100 --sequence-parallel --fused-output --tokens 100e9
+        --cluster --gpus 64x8 --gpu H100 --sequence-parallel --fused-output --tokens 100B
     nemo-subnet plan --teacher llama-3.1-70b --student llama-3.1-8b ... --teacher-cache 12    # train from a cache
     nemo-subnet plan --teacher llama-3.1-70b --student llama-3.1-8b ... --teacher-cache 12 --cache-build --tp 8
+
+Sizes take suffixes (``--tokens 100B``, ``--student-params 8B``, ``--seq-length 4K``; nemo_subnet.config.parse_count).
 """
 
 from __future__ import annotations
@@ -15,9 +17,17 @@ import dataclasses
 import json
 import sys
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.config import parse_count
+from nemo_subnet.errors import UserError
 
 GIB = 2**30
+
+
+def _count(text: str) -> int:
+    try:
+        return parse_count(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def register(subparsers) -> None:
@@ -30,9 +40,9 @@ def register(subparsers) -> None:
     student = p.add_mutually_exclusive_group(required=True)
     student.add_argument("--student", help="student model")
     student.add_argument("--student-params", help="a parameter budget (e.g. 160M, 8B): a uniform sub-network of the teacher")
-    p.add_argument("--seq-length", type=int, required=True)
-    p.add_argument("--micro-batch-size", type=int, default=1)
-    p.add_argument("--global-batch-size", type=int, required=True)
+    p.add_argument("--seq-length", type=_count, required=True)
+    p.add_argument("--micro-batch-size", type=_count, default=1)
+    p.add_argument("--global-batch-size", type=_count, required=True)
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--dp", type=int, default=1)
@@ -42,7 +52,7 @@ def register(subparsers) -> None:
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--no-distributed-optimizer", action="store_true", help="optimizer state replicated over DP")
     p.add_argument("--fused-output", action="store_true", help="fused linear + KD loss (distill.fused_output)")
-    p.add_argument("--chunk-size", type=int, help="tokens per chunk of the fused output (default: the kernel's)")
+    p.add_argument("--chunk-size", type=_count, help="tokens per chunk of the fused output (default: the kernel's)")
     p.add_argument("--top-k", type=int, help="top-k teacher distribution")
     p.add_argument("--alpha-ce", type=float, default=0.0, help="CE weight in the loss (0: CE for the logs only)")
     p.add_argument("--teacher-cache", type=int, metavar="K", help="train from a teacher cache of K ids per token "
@@ -59,7 +69,7 @@ def register(subparsers) -> None:
     p.add_argument("--mfu", type=float, help="assumed model FLOPs utilisation of the compute (default: the GPU's, 0.40)")
     p.add_argument("--cluster", action="store_true", help="search the fastest layout that fits --gpus")
     p.add_argument("--gpus", default="8", help="with --cluster: NODESxGPUS_PER_NODE, e.g. 64x8 (default 8: one node)")
-    p.add_argument("--tokens", type=float, help="training tokens: also print the days they take")
+    p.add_argument("--tokens", type=_count, help="training tokens (e.g. 100B): also print the days they take")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run_plan)
 
@@ -67,7 +77,7 @@ def register(subparsers) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     from nemo_subnet.plan.hardware import gpu
     from nemo_subnet.plan.memory import PlanOptions, plan_memory
-    from nemo_subnet.plan.models import parse_count, resolve_model, uniform_subnet
+    from nemo_subnet.plan.models import resolve_model, uniform_subnet
     from nemo_subnet.plan.search import best_layout, parse_gpus
     from nemo_subnet.plan.throughput import step_time
 
@@ -80,8 +90,6 @@ def run_plan(args: argparse.Namespace) -> int:
             student = uniform_subnet(teacher, parse_count(args.student_params))
         else:
             student = resolve_model(args.student)
-        if args.tokens is not None and args.tokens <= 0:
-            raise ValueError("--tokens must be positive")
         cache = args.teacher_cache
         if (cache is not None or args.cache_build) and teacher is None:
             raise ValueError("--teacher-cache / --cache-build need --teacher (the model the cache comes from)")
@@ -123,7 +131,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def cache_build_dict(teacher, opts, build, device, tokens) -> dict:
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     report = {"teacher": {"parameters": count_parameters(teacher), "hidden": teacher.hidden_size,
                           "layers": teacher.num_layers, "vocab": teacher.padded_vocab_size},
@@ -157,7 +165,7 @@ def format_cache_build(r: dict) -> str:
 
 
 def to_dict(student, teacher, opts, memory, timing, device, tokens, gpus_per_node) -> dict:
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     world = opts.tp * opts.pp * opts.dp
     report = {

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.models.counting import layer_parameters, norm_parameters
 
 DTYPE_BYTES = {"bf16": 2, "fp32": 4}
 FP32 = 4
@@ -143,22 +144,6 @@ def check_options(opts: PlanOptions, student: ModelConfig, teacher: ModelConfig 
 
 
 # ------------------------------------------------------------------------------------------ parameters
-def _norm_params(cfg: ModelConfig, width: int) -> int:
-    return 2 * width if cfg.normalization == "LayerNorm" else width
-
-
-def layer_parameters(cfg: ModelConfig, layer: int, tp: int) -> int:
-    """Parameters of one layer on one TP rank (norms and row-parallel biases replicated, the rest split)."""
-    h, d = cfg.hidden_size, cfg.kv_channels
-    heads, groups, ffn = cfg.layer_sizes(layer)
-    qkv_rows = (heads + 2 * groups) * d
-    fc1_rows = 2 * ffn if cfg.gated_mlp else ffn
-    sharded = qkv_rows * h + heads * d * h + fc1_rows * h + ffn * h
-    sharded += (qkv_rows if cfg.add_qkv_bias else 0) + (fc1_rows if cfg.add_bias_linear else 0)
-    replicated = 2 * _norm_params(cfg, h) + (2 * h if cfg.add_bias_linear else 0) + (2 * d if cfg.qk_layernorm else 0)
-    return sharded // tp + replicated
-
-
 def stage_layers(cfg: ModelConfig, pp: int, stage: int) -> range:
     per_stage = cfg.num_layers // pp
     return range(stage * per_stage, (stage + 1) * per_stage)
@@ -173,7 +158,7 @@ def stage_parameters(cfg: ModelConfig, tp: int, pp: int, stage: int) -> int:
     if stage == 0:
         total += vocab_shard
     if stage == pp - 1:
-        total += _norm_params(cfg, cfg.hidden_size)
+        total += norm_parameters(cfg, cfg.hidden_size)
         if not cfg.tie_embeddings or pp > 1:
             total += vocab_shard
     return total

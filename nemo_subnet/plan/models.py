@@ -9,7 +9,6 @@ is downloaded.
 from __future__ import annotations
 
 import dataclasses
-import math
 from pathlib import Path
 
 from nemo_subnet.models.config import ModelConfig
@@ -53,11 +52,15 @@ def preset_config(name: str) -> ModelConfig:
 
 
 def resolve_model(spec: str) -> ModelConfig:
-    """A preset name, an HF model directory (config.json), a nemo-subnet checkpoint (model.yaml + weights/)
+    """A preset name, an HF model directory (config.json) or .gguf file, a nemo-subnet checkpoint (model.yaml + weights/)
     or a model.yaml file; errors name what was looked for."""
     if spec in PRESETS:
         return preset_config(spec)
     path = Path(spec)
+    if path.is_file() and path.suffix == ".gguf":
+        from nemo_subnet.conversion.hf_import import model_config_from_hf
+
+        return model_config_from_hf(path)[0]
     if path.is_file():
         return ModelConfig.load(path)
     if path.is_dir():
@@ -76,7 +79,7 @@ def uniform_subnet(teacher: ModelConfig, budget: int, round_to: int = 64) -> Mod
     width and head count scaled by one factor (head dimension and depth kept, widths rounded down to
     ``round_to``, query groups a divisor of the heads). A stand-in for the searched sub-network when only
     a budget is known: same depth and vocabulary, so its memory per parameter is close."""
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     if teacher.is_layerwise:
         raise ValueError("a parameter budget needs a uniform teacher (this one has per-layer sizes)")
@@ -101,16 +104,3 @@ def uniform_subnet(teacher: ModelConfig, budget: int, round_to: int = 64) -> Mod
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if count_parameters(shaped(mid)) <= budget else (lo, mid)
     return shaped(lo)
-
-
-def parse_count(text: str) -> int:
-    """``160e6``, ``8B``, ``410M``, ``7_000_000`` -> an integer."""
-    units = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-    t = text.strip().upper().replace("_", "")
-    try:
-        value = float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a count (e.g. 160e6, 410M, 8B)") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{text!r} must be a positive count")
-    return int(value)

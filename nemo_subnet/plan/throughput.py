@@ -1,6 +1,6 @@
 """Step time and tokens per second of a KD step on a named GPU, from FLOP counts and stated assumptions.
 
-FLOPs per token: the training loop's own count (``training.metrics.forward_flops_per_token``): the student's
+FLOPs per token: the one counter (``models.counting.forward_flops_per_token``, as training's MFU): the student's
 forward x 3 (backward = 2 forwards) + the teacher's forward; full recompute adds one student forward,
 selective recompute one core-attention forward. Compute time = FLOPs per GPU / (peak x MFU), the MFU an
 assumption the plan states (kernel efficiency; communication is added on top). On top:
@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.models.counting import attention_flops_per_token, forward_flops_per_token
 from nemo_subnet.plan.hardware import GPU
 from nemo_subnet.plan.memory import DTYPE_BYTES, FP32, PlanOptions, stage_parameters
-from nemo_subnet.training.metrics import forward_flops_per_token
 
 
 @dataclass
@@ -48,11 +48,6 @@ class StepTime:
     """Model FLOPs per token (3 x student + teacher forward), as MFU counts them."""
     mfu: float
     """The assumed MFU of the compute part (the step's overall MFU is lower by the bubble and exposed comm)."""
-
-
-def attention_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
-    """The core-attention part of ``forward_flops_per_token`` (what selective recompute repeats)."""
-    return float(sum(2 * 2 * seq_length * cfg.layer_sizes(i)[0] * cfg.kv_channels for i in range(cfg.num_layers)))
 
 
 def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptions, device: GPU, *,

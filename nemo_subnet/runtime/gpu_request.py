@@ -18,7 +18,7 @@ REQUIRE_CUDA_VAR = "NEMO_SUBNET_REQUIRE_CUDA"
 
 def requested_gpus(environ: dict | None = None) -> int:
     """GPUs this task requested per node (0: none, CPU is fine)."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     value = (os.environ if environ is None else environ).get(REQUIRE_CUDA_VAR, "").strip()
     if value in ("", "0"):
@@ -33,7 +33,7 @@ def check_requested_gpus(environ: dict | None = None) -> None:
     GPUs (``local_rank % device_count`` would otherwise silently put two ranks on one GPU)."""
     import torch
 
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     env = os.environ if environ is None else environ
     wanted = requested_gpus(env)

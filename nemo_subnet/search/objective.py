@@ -6,10 +6,8 @@ masked super-network's perplexity on held-out tokens (evaluation.py: DP shards t
 runtime is laid out, padded vocabulary excluded), so a candidate costs one forward pass over the
 validation batches and no weight copy.
 
-FLOPs per token (``flops_per_token``), training (forward + backward = 3 x forward), Kaplan et al.'s
-accounting: 6 * N_matmul + 6 * sum over layers of (2 * seq_length * heads * d), where N_matmul counts the
-weights of every matrix multiply (attention, MLP, output layer; not embeddings, norms or biases) and the
-second term is QK^T and attention x V (no causal halving). Forward-only (inference): divide by 3.
+FLOPs per token (``flops_per_token``): training FLOPs (forward + backward) of the model the candidate
+extracts to, counted by ``nemo_subnet.models.counting`` (the counter training's MFU and the planner use).
 """
 
 from __future__ import annotations
@@ -17,20 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nemo_subnet.models.config import ModelConfig
+from nemo_subnet.models.counting import train_flops_per_token
 from nemo_subnet.subnet.config import SubnetConfig, resolve
 from nemo_subnet.subnet.extract import extract_model_config
 
 
-def flops_per_token(cfg: ModelConfig, subnet: SubnetConfig, seq_length: int) -> int:
-    sub = extract_model_config(cfg, resolve(cfg, subnet))
-    h, d = sub.hidden_size, sub.kv_channels
-    matmul, attention = sub.vocab_size * h, 0  # output layer
-    for layer in range(sub.num_layers):
-        heads, groups, ffn = sub.layer_sizes(layer)
-        matmul += (heads + 2 * groups) * d * h + heads * d * h  # qkv, proj
-        matmul += (3 if sub.gated_mlp else 2) * ffn * h  # fc1 (gate|up), fc2
-        attention += 2 * seq_length * heads * d
-    return 6 * matmul + 6 * attention
+def flops_per_token(cfg: ModelConfig, subnet: SubnetConfig, seq_length: int) -> float:
+    """Training FLOPs per token of the sub-network ``subnet`` of ``cfg`` (per-layer sizes counted)."""
+    return train_flops_per_token(extract_model_config(cfg, resolve(cfg, subnet)), seq_length)
 
 
 @dataclass

@@ -16,15 +16,19 @@ started, over all sessions) and strategy extras (e.g. ``proxy_score``).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
 
-from nemo_subnet.files import read_jsonl, write_jsonl_atomic, write_text_atomic
+from nemo_subnet.files import read_jsonl, write_csv_atomic, write_jsonl_atomic, write_text_atomic
 
 SEARCH_FILE = "search.json"
 CANDIDATES = "candidates.jsonl"
+
+
+def read_candidates(run_dir: str | Path) -> list[dict]:
+    """Every candidate a search run directory recorded (a last line cut by a kill left out); [] when none."""
+    return read_jsonl(Path(run_dir) / CANDIDATES)[0]
 
 
 class RunDir:
@@ -102,13 +106,7 @@ def pareto_front(records: list[dict]) -> list[dict]:
 def _write_csv(path: Path, records: list[dict]) -> None:
     columns = ["index", "objective", "params", "flops_per_token", "eval_seconds", "time"]
     extra = sorted({k for r in records for k in r} - set(columns) - {"subnet", "key"})
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns + extra + ["subnet"], extrasaction="ignore")
-        writer.writeheader()
-        for r in records:
-            writer.writerow({**r, "subnet": json.dumps(r["subnet"])})
-    os.replace(tmp, path)
+    write_csv_atomic(path, columns + extra + ["subnet"], ({**r, "subnet": json.dumps(r["subnet"])} for r in records))
 
 
 def plot(records: list[dict], front: list[dict], out: Path) -> None:

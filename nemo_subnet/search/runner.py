@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from nemo_subnet.config import NonNegativeInt, PositiveInt
 from nemo_subnet.importance.scores import LayerMetric
 from nemo_subnet.search.objective import flops_per_token
 from nemo_subnet.search.results import RunDir
@@ -29,11 +30,11 @@ from nemo_subnet.subnet.config import SubnetConfig
 
 @dataclass
 class EvalConfig:
-    batches: int = 8
+    batches: PositiveInt = 8
     """Validation micro-batches per candidate (global; split over data-parallel ranks)."""
-    seq_length: int = 128
-    micro_batch_size: int = 4
-    skip_batches: int = 0
+    seq_length: PositiveInt = 128
+    micro_batch_size: PositiveInt = 4
+    skip_batches: NonNegativeInt = 0
     """Validation micro-batches skipped first (keep them for a final, unbiased test of the winner)."""
     seed: int = 1234
     """Seed of the dataset's sample shuffle."""
@@ -44,17 +45,20 @@ class EvalConfig:
 
 @dataclass
 class SearchConfig:
-    ckpt: Path
-    """Super-network checkpoint."""
-    data: Path
-    """Directory made by ``nemo-subnet data prepare`` (its valid split is the held-out set)."""
-    out: Path
-    """Run directory."""
+    """Everything one search run reads: ``nemo-subnet search``'s flags, its ``--config`` file and the pipeline's
+    ``search`` section are this dataclass (the pipeline fills in ckpt, data, out and scores)."""
+
+    ckpt: Path | None = None
+    """Super-network checkpoint (required)."""
+    data: Path | None = None
+    """Directory made by ``nemo-subnet data prepare`` (its valid split is the held-out set; required)."""
+    out: Path | None = None
+    """Run directory (required)."""
     space: SearchSpace | Path = field(default_factory=SearchSpace)
     budget: Budget | None = None
     """Overrides the space's budget."""
     strategy: StrategyName = StrategyName.EVOLUTIONARY
-    evaluations: int = 100
+    evaluations: PositiveInt = 100
     """Distinct candidates evaluated (replayed ones from a resumed run count)."""
     seed: int = 0
     scores: Path | None = None
@@ -62,8 +66,8 @@ class SearchConfig:
     layer_metric: LayerMetric = LayerMetric.COSINE
     strategy_config: StrategyConfig = field(default_factory=StrategyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    tp: int = 1
-    pp: int = 1
+    tp: PositiveInt = 1
+    pp: PositiveInt = 1
     overwrite: bool = False
     progress: bool = True
     plots: bool = True
@@ -92,6 +96,9 @@ class Prepared:
 
 
 def prepare(config: SearchConfig, cfg) -> Prepared:
+    missing = [name for name in ("ckpt", "data", "out") if getattr(config, name) is None]
+    if missing:
+        raise SearchSpaceError(f"a search needs {', '.join(missing)} (--{' --'.join(missing)})")
     space = config.space if isinstance(config.space, SearchSpace) else SearchSpace.load(config.space)
     budget = config.budget or space.budget
     if budget is None:

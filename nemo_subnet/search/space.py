@@ -42,12 +42,14 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
-import yaml
+from nemo_subnet.config import PositiveFloat, PositiveInt, Range
 
 from nemo_subnet.models.config import Family, ModelConfig
 from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig, hf_export_problem
-from nemo_subnet.subnet.params import count_parameters, subnet_parameters
+from nemo_subnet.models.counting import count_parameters
+from nemo_subnet.subnet.params import subnet_parameters
 
 Genome = tuple[int, ...]
 DIMENSIONS = ("hidden", "layers", "query_groups", "heads_per_group", "ffn")
@@ -84,9 +86,9 @@ class Ordering(str, enum.Enum):
 
 @dataclass
 class Budget:
-    target: float
-    """Parameters of the sub-network: a fraction of the super-network's if <= 1, else an absolute count."""
-    tolerance: float = 0.05
+    target: PositiveFloat
+    """Parameters of the sub-network: a fraction of the super-network's if <= 1, else an absolute count (``160M``)."""
+    tolerance: Annotated[float, Range(ge=0, lt=1)] = 0.05
     """Accepted relative deviation: params in [target * (1 - tol), target * (1 + tol)]."""
 
     def bounds(self, total: int) -> tuple[int, int]:
@@ -108,7 +110,7 @@ class SearchSpace:
     """Or ``tied`` (GPT-NeoX, its default): heads = hidden / head size."""
     heads_per_group: list[int] | None = None
     ffn: list[int] | None = None
-    round_to: int = 1
+    round_to: PositiveInt = 1
     """Default hidden / ffn choices are multiples of this (e.g. 8 or 64 for fast kernels, tp for TP)."""
     budget: Budget | None = None
 
@@ -119,25 +121,25 @@ class SearchSpace:
             self.budget = Budget(**self.budget)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SearchSpace":
-        allowed = {"granularity", "ordering", "round_to", "budget", *DIMENSIONS}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise SearchSpaceError(f"unknown search-space fields {unknown}; allowed: {sorted(allowed)}")
+    def from_dict(cls, data: dict, *, source: str = "search space") -> "SearchSpace":
+        """Through the one config mechanism (every problem at once), as a ``SearchSpaceError``."""
+        from nemo_subnet import config
+
         try:
-            return cls(**data)
-        except (TypeError, ValueError) as err:
-            raise SearchSpaceError(f"bad search space: {err}") from None
+            return config.from_dict(cls, data, source=source)
+        except config.ConfigError as err:
+            raise SearchSpaceError(str(err)) from None
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchSpace":
-        path = Path(path)
-        if not path.is_file():
-            raise SearchSpaceError(f"search space {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise SearchSpaceError(f"{path}: a search space must be a mapping")
-        return cls.from_dict(data)
+        from nemo_subnet.config import ConfigError
+        from nemo_subnet.config.files import read_yaml
+
+        try:
+            data = read_yaml(path)
+        except ConfigError as err:
+            raise SearchSpaceError(str(err)) from None
+        return cls.from_dict(data, source=str(path))
 
     def to_dict(self) -> dict:
         out = {"granularity": self.granularity.value, "ordering": self.ordering.value, "round_to": self.round_to}
@@ -271,7 +273,10 @@ def resolve_space(space: SearchSpace, cfg: ModelConfig) -> ResolvedSpace:
         if bad:
             raise SearchSpaceError(f"{dim}: choices {bad} exceed the model (it has {total}; allowed 1..{total})")
         choices[dim] = sorted(set(given))
+    defaults = choices["hidden"]
     choices["hidden"] = _exportable_hidden(cfg, choices, explicit_hidden=space.hidden is not None)
+    if space.hidden is None and len(defaults) > 1 and choices["hidden"] == [cfg.hidden_size]:
+        _refuse_unsearchable_hidden(cfg, space, choices)
     slots = max(choices["layers"]) if space.granularity.layerwise else 1
     return ResolvedSpace(cfg=cfg, space=space, choices=choices, slots=slots)
 
@@ -312,6 +317,26 @@ def _exportable_hidden(cfg: ModelConfig, choices: dict, explicit_hidden: bool) -
         f"search space not exportable to HF {cfg.family.value}: hidden={first_hidden} with {heads} "
         f"({n_failed} of {total} hidden x query_groups x heads_per_group combinations fail): {err}. Every "
         f"combination the choices allow must export; {'; '.join(hints)}")
+
+
+def _refuse_unsearchable_hidden(cfg: ModelConfig, space: SearchSpace, choices: dict) -> None:
+    """round_to left no default hidden size below the model's that exports (e.g. 9 heads, round_to 64: Llama needs
+    hidden % heads == 0, so only 576 = 9 x 64 is left): the hidden size would silently not be searched, and the
+    budget met by cutting layers, heads and neurons alone. Refused, naming the round_to values that work."""
+    options = []
+    for step in (d for d in range(space.round_to - 1, 0, -1) if space.round_to % d == 0):
+        grid = math.lcm(step, cfg.kv_channels) if choices["query_groups"] == [TIED] else step  # as resolve_space
+        defaults = _default_choices(cfg.hidden_size, space.granularity.fine, grid, is_count=False)
+        kept = _exportable_hidden(cfg, {**choices, "hidden": defaults}, explicit_hidden=False)
+        if len(kept) > 1:
+            options.append(f"round_to {step}: hidden {kept}")
+        if len(options) == 2:
+            break
+    raise SearchSpaceError(
+        f"search space: with round_to {space.round_to} no hidden size below the model's {cfg.hidden_size} exports to HF "
+        f"{cfg.family.value} with every head choice ({cfg.num_query_groups} query groups x "
+        f"{cfg.num_attention_heads // cfg.num_query_groups} heads per group; transformers needs hidden_size % heads == 0), "
+        f"so the hidden size could not be searched; use {'; '.join(options) or 'round_to 1'}, or list hidden choices")
 
 
 def check_budget(rspace: ResolvedSpace, budget: Budget) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable
 
+from nemo_subnet.config import PositiveInt, Probability
 from nemo_subnet.search.space import Genome, ResolvedSpace, SearchSpaceError
 
 
@@ -35,17 +36,17 @@ class StrategyName(str, enum.Enum):
 
 @dataclass
 class StrategyConfig:
-    population: int = 16
+    population: PositiveInt = 16
     """Evolutionary: random initial candidates, and the size of the elite parents are drawn from."""
-    tournament: int = 3
-    mutation_prob: float = 0.05
+    tournament: PositiveInt = 3
+    mutation_prob: Probability = 0.05
     """Per active gene; at least one gene mutates."""
-    local_step_prob: float = 0.8
+    local_step_prob: Probability = 0.8
     """A mutation moves to a neighbouring choice with this probability, else to a random one."""
-    crossover_prob: float = 0.5
-    proxy_samples: int = 2000
+    crossover_prob: Probability = 0.5
+    proxy_samples: PositiveInt = 2000
     """Proxy: in-budget candidates ranked by importance mass."""
-    max_tries: int = 200
+    max_tries: PositiveInt = 200
     """Attempts at a new in-budget candidate before giving up."""
 
 

@@ -1,4 +1,8 @@
-"""``python -m nemo_subnet.study [--preset full|mini] [--out DIR] [--seeds 1 2 3] [--rows NAME ...]``."""
+"""``python -m nemo_subnet.study [--preset full|mini] [--out DIR] [--seeds 1 2 3] [--rows NAME ...] [KEY=VALUE ...]``.
+
+The preset is a ``StudyConfig``; ``--out``, ``--seeds`` and dotted ``KEY=VALUE`` overrides
+(``base.search.evaluations=8``) change it through the one config mechanism, checked before anything runs.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, help="where study.csv/.md/.png go (default: <out>/report)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the preset's)")
     parser.add_argument("--rows", nargs="+", help="only these rows (default: all)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides of the StudyConfig, values parsed as YAML (base.search.evaluations=8)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,15 +36,18 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    import dataclasses
-
-    from nemo_subnet.cli import UserError
+    from nemo_subnet import config as configs
+    from nemo_subnet.errors import UserError
     from nemo_subnet.study.report import REFERENCE, recorded_wall_s, write_report
     from nemo_subnet.study.run import run_study
 
-    config = PRESETS[args.preset]()
     changes = {k: v for k, v in (("out_dir", args.out), ("seeds", args.seeds)) if v}
-    config = dataclasses.replace(config, **changes)
+    try:
+        config = configs.updated(PRESETS[args.preset](), changes)
+        config = configs.from_dict(type(config), configs.apply_overrides(configs.to_dict(config), args.overrides or ()))
+    except UserError as err:
+        print(f"study: error: {err}", file=sys.stderr)
+        return 2
     known = [r.name for r in config.rows()]
     if args.rows and set(args.rows) - set(known):
         print(f"study: error: unknown rows {sorted(set(args.rows) - set(known))}; rows: {', '.join(known)}",

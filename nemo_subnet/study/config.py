@@ -16,11 +16,12 @@ Rows (``study_rows``), each trained with ``seeds`` training seeds at the same to
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from nemo_subnet.pipeline.config import DataSpec, PipelineConfig, SearchSpec, TeacherModel, TrainSpec
+from nemo_subnet.config import Fraction, PositiveInt, updated
+from nemo_subnet.kernels import Divergence
+from nemo_subnet.pipeline.config import PipelineConfig, TeacherModel, default_train
 
 GRANULARITIES = ("coarse_uniform", "fine_uniform", "coarse_layerwise", "fine_layerwise")
 
@@ -44,7 +45,7 @@ class Row:
     name: str
     init: Init
     kd: bool
-    divergence: Literal["forward_kl", "reverse_kl", "jsd"] = "forward_kl"
+    divergence: Divergence = Divergence.FORWARD_KL
     top_k: int | None = None
     token_factor: int = 1
     """Multiple of the student token budget (the long random-init baseline)."""
@@ -53,14 +54,16 @@ class Row:
 
 @dataclass
 class StudyConfig:
+    """What a study runs; ``nemo-subnet study`` reads it with dotted overrides (``base.search.evaluations=8``)."""
+
     out_dir: str = "study_out"
     base: PipelineConfig = field(default_factory=PipelineConfig)
-    """Data, teacher (pretrained here), importance and search settings, student training spec."""
+    """Data, teacher (pretrained here), importance and search settings, student training (the pipeline's)."""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])
-    budget: float = 0.34
+    budget: Fraction = 0.34
     """The main budget (fraction of the teacher's parameters)."""
-    granularity_budgets: list[float] = field(default_factory=lambda: [0.25, 0.5])
-    long_factor: int = 4
+    granularity_budgets: list[Fraction] = field(default_factory=lambda: [0.25, 0.5])
+    long_factor: PositiveInt = 4
     """The long random-init baseline trains this many times the student token budget."""
 
     def rows(self) -> list[Row]:
@@ -68,7 +71,7 @@ class StudyConfig:
 
 
 def study_rows(config: StudyConfig) -> list[Row]:
-    main = config.base.search.granularity
+    main = config.base.search.space.granularity.value
     b = config.budget
     init = {kind: Init(kind, main, b) for kind in ("random", "firstk", "minitron", "random_search", "evolutionary")}
     short = {"random_search": "randsearch", "evolutionary": "evosearch"}
@@ -81,8 +84,8 @@ def study_rows(config: StudyConfig) -> list[Row]:
     best = init["evolutionary"]
     rows += [Row("evosearch_kd_top8", best, True, top_k=8, group="kd variants"),
              Row("evosearch_kd_top64", best, True, top_k=64, group="kd variants"),
-             Row("evosearch_kd_reverse", best, True, divergence="reverse_kl", group="kd variants"),
-             Row("evosearch_kd_jsd", best, True, divergence="jsd", group="kd variants")]
+             Row("evosearch_kd_reverse", best, True, divergence=Divergence.REVERSE_KL, group="kd variants"),
+             Row("evosearch_kd_jsd", best, True, divergence=Divergence.JSD, group="kd variants")]
     for granularity in GRANULARITIES:
         for budget in config.granularity_budgets:
             rows.append(Row(f"evo_{granularity}_{budget:g}_kd", Init("evolutionary", granularity, budget), True,
@@ -90,44 +93,48 @@ def study_rows(config: StudyConfig) -> list[Row]:
     return rows
 
 
+def _run(steps: int, micro_batch_size: int, global_batch_size: int, warmup_steps: int, eval_every: int,
+             eval_iters: int, test_iters: int, seq_length: int, lr: float | None = None):
+    changes = {"data.micro_batch_size": micro_batch_size, "data.global_batch_size": global_batch_size,
+               "schedule.warmup_steps": warmup_steps, "logging.eval_every": eval_every, "logging.eval_iters": eval_iters,
+               "logging.test_iters": test_iters}
+    if lr is not None:
+        changes.update({"optimizer.lr": lr, "optimizer.min_lr": lr / 10})
+    return updated(default_train(steps, seq_length), changes)
+
+
 def full() -> StudyConfig:
     """The real run: a teacher larger and trained longer than the demo's (hidden 256, 6 layers vs 192/6; 240
     steps x 4096 tokens vs 200 x 2048), students at ~1/3 of it for 48 steps x 2048 tokens, 3 seeds.
     Sized for <= 90 minutes on 2 idle CPU cores (benchmarks/results/study/study.md: 90.3 min measured on 2 cores
     shared with the test suite)."""
-    base = PipelineConfig(
-        teacher=TeacherModel(family="llama", hidden_size=256, num_layers=6, num_attention_heads=8, num_query_groups=4,
-                             ffn_hidden_size=640, max_position_embeddings=128),
-        data=DataSpec(inputs=["stdlib"], vocab_size=2048, max_bytes=4_000_000, valid_fraction=0.03,
-                      search_fraction=0.03, test_fraction=0.03),
-        teacher_train=TrainSpec(steps=240, seq_length=128, micro_batch_size=8, global_batch_size=32, lr=2e-3,
-                                min_lr=2e-4, warmup_steps=20, eval_every=60, eval_iters=4, test_iters=8),
-        search=SearchSpec(param_fraction=0.34, strategy="evolutionary", granularity="fine_uniform", evaluations=24,
-                          population=8, calibration_batches=8, eval_batches=4),
-        student_train=TrainSpec(steps=48, seq_length=128, micro_batch_size=8, global_batch_size=16, lr=2e-3,
-                                min_lr=2e-4, warmup_steps=4, eval_every=8, eval_iters=4, test_iters=8),
-    )
+    base = updated(PipelineConfig(), {
+        "teacher": TeacherModel(family="llama", hidden_size=256, num_layers=6, num_attention_heads=8,
+                                num_query_groups=4, ffn_hidden_size=640, max_position_embeddings=128),
+        "data.vocab_size": 2048, "data.max_bytes": 4_000_000,
+        "data.valid_fraction": 0.03, "data.search_fraction": 0.03, "data.test_fraction": 0.03,
+        "teacher_train": _run(240, 8, 32, 20, 60, 4, 8, seq_length=128, lr=2e-3),
+        "importance.batches": 8, "importance.seq_length": 128,
+        "search.evaluations": 24, "search.strategy_config.population": 8, "search.eval.batches": 4,
+        "search.eval.seq_length": 128,
+        "student_train": _run(48, 8, 16, 4, 8, 4, 8, seq_length=128, lr=2e-3),
+    })
     return StudyConfig(out_dir="study_out/full", base=base)
 
 
 def mini() -> StudyConfig:
     """The test-suite miniature: every row, 2 seeds, seconds per run (numbers meaningless, structure real)."""
-    base = PipelineConfig(
-        teacher=TeacherModel(family="llama", hidden_size=64, num_layers=2, num_attention_heads=4, num_query_groups=2,
-                             ffn_hidden_size=128, max_position_embeddings=64),
-        data=DataSpec(inputs=["stdlib"], vocab_size=384, max_bytes=250_000, valid_fraction=0.1),
-        teacher_train=TrainSpec(steps=6, seq_length=32, micro_batch_size=4, global_batch_size=4, eval_every=3,
-                                eval_iters=1, test_iters=1),
-        search=SearchSpec(param_fraction=0.34, granularity="fine_uniform", evaluations=3, population=2,
-                          calibration_batches=1, eval_batches=1),
-        student_train=TrainSpec(steps=2, seq_length=32, micro_batch_size=4, global_batch_size=4, warmup_steps=0,
-                                eval_every=1, eval_iters=1, test_iters=1),
-    )
+    base = updated(PipelineConfig(), {
+        "teacher": TeacherModel(family="llama", hidden_size=64, num_layers=2, num_attention_heads=4,
+                                num_query_groups=2, ffn_hidden_size=128, max_position_embeddings=64),
+        "data.vocab_size": 384, "data.max_bytes": 250_000,
+        "teacher_train": _run(6, 4, 4, 2, 3, 1, 1, seq_length=32),
+        "importance.batches": 1, "importance.seq_length": 32,
+        "search.evaluations": 3, "search.strategy_config.population": 2, "search.eval.batches": 1,
+        "search.eval.seq_length": 32,
+        "student_train": _run(2, 4, 4, 0, 1, 1, 1, seq_length=32),
+    })
     return StudyConfig(out_dir="study_out/mini", base=base, seeds=[1, 2], long_factor=2)
 
 
 PRESETS = {"full": full, "mini": mini}
-
-
-def with_overrides(config: StudyConfig, **changes) -> StudyConfig:
-    return dataclasses.replace(config, **changes)

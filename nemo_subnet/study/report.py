@@ -15,11 +15,10 @@ Crossings use :func:`nemo_subnet.training.tokens_to_target.tokens_at`, the pipel
 
 from __future__ import annotations
 
-import csv
 import statistics
 from pathlib import Path
 
-from nemo_subnet.files import write_text_atomic
+from nemo_subnet.files import write_csv_atomic, write_text_atomic
 from nemo_subnet.training.tokens_to_target import tokens_at
 
 
@@ -134,13 +133,7 @@ def write_csv(summary: dict, path: Path) -> None:
               "search_evaluations", "tokens_ratio", "compute_ratio"]
     for metric in METRICS:
         fields += [metric, f"{metric}_std", f"{metric}_n"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        for e in summary["rows"]:
-            writer.writerow(e)
-    tmp.replace(path)
+    write_csv_atomic(path, fields, summary["rows"])
 
 
 def plot(rows: list[dict], summary: dict, out: Path) -> None:

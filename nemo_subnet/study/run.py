@@ -1,18 +1,20 @@
 """Run a study: shared data / teacher / importance (the pipeline's stages), one init per row kind, seeded runs.
 
-Everything is the pipeline's own code: ``run_pipeline`` makes ``base/{data,teacher,importance}``;
-``run_search`` (the search command's function) finds sub-networks on the search split (``stages.search_data``);
+Everything is the pipeline's own code and configs: ``run_pipeline`` makes ``base/{data,teacher,importance}``;
+``run_search`` (the search command's function) runs the base config's ``search`` section, filled in like the
+search stage's, per init (granularity, budget, strategy changed) on the search split (``stages.search_data``);
 ``extract_checkpoint`` slices them; ``train`` (the train command's function) runs each (row, seed) from the
-run YAML ``stages.train_run`` builds, so every run measures valid from step 0 and test once at its end.
+``TrainConfig`` ``stages.train_run`` makes of ``base.student_train``, so every run measures valid from step 0 and
+test once at its end.
 
 Resumable per row: a row's results are written atomically to ``rows/<row>.json`` when all its seeds are done,
 and a rerun skips rows that have one for the same seeds (a seed's own result, ``runs/<row>/seed<k>/result.json``,
 is kept too, so asking for more seeds later trains only the new ones).
 
 FLOPs (all per token x tokens; counted separately, summed only for compute-to-target):
-- student fwd+bwd: ``search.objective.flops_per_token`` of the student's sub-network of the teacher (6 x
-  matmul + attention; per-layer sizes of layer-wise students counted);
-- teacher forward during KD: a third of the same count for the full teacher;
+- student fwd+bwd: ``search.objective.flops_per_token`` of the student's sub-network of the teacher (the one
+  counter, models/counting.py: per-layer sizes of layer-wise students counted);
+- teacher forward during KD: ``forward_flops_per_token`` of the full teacher;
 - importance: the calibration pass plus (L + 1) layer-drop evaluations, each a teacher forward;
 - search: one teacher forward per evaluated candidate over its evaluation tokens (a masked super-network
   runs at the teacher's shapes: masks do not skip compute).
@@ -22,21 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
+from nemo_subnet.files import write_text_atomic
+from nemo_subnet.pipeline.config import section
 from nemo_subnet.study.config import Init, Row, StudyConfig
-
-MICRO = 4  # micro-batch of importance and search (= the pipeline stages')
 
 
 def _atomic_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(data, indent=1))
 
 
 class Study:
@@ -59,17 +58,16 @@ class Study:
         return self.out / "base" / "data"
 
     def teacher_forward_flops(self, seq_length: int) -> float:
-        """Forward FLOPs per token of the full teacher (a third of its fwd+bwd count)."""
-        from nemo_subnet.search.objective import flops_per_token
-        from nemo_subnet.subnet.config import SubnetConfig
+        """Forward FLOPs per token of the full teacher."""
+        from nemo_subnet.models.counting import forward_flops_per_token
 
-        return flops_per_token(self.teacher_cfg, SubnetConfig(), seq_length) / 3
+        return forward_flops_per_token(self.teacher_cfg, seq_length)
 
     def importance_flops(self) -> float:
-        s = self.base.search
-        seq = self.base.teacher_train.seq_length
-        tokens = s.calibration_batches * MICRO * seq
-        return (1 + self.teacher_cfg.num_layers + 1) * tokens * self.teacher_forward_flops(seq)
+        """The calibration pass, the base loss and one layer-drop evaluation per layer, each a teacher forward."""
+        imp = self.base.importance
+        tokens = imp.batches * imp.micro_batch_size * imp.seq_length
+        return (1 + self.teacher_cfg.num_layers + 1) * tokens * self.teacher_forward_flops(imp.seq_length)
 
     # --- inits ----------------------------------------------------------------------------------------
     def init(self, init: Init) -> dict:
@@ -103,32 +101,27 @@ class Study:
         return info
 
     def _search(self, init: Init, out: Path, strategy: str, evaluations: int | None) -> tuple[dict, dict]:
-        from nemo_subnet.pipeline.stages import search_data
-        from nemo_subnet.search.runner import EvalConfig, SearchConfig, run_search
-        from nemo_subnet.search.space import Budget, SearchSpace
-        from nemo_subnet.search.strategies import StrategyConfig
+        from nemo_subnet.pipeline.stages import search_data, teacher_checkpoint
+        from nemo_subnet.search.results import read_candidates
+        from nemo_subnet.search.runner import run_search
 
-        s, seq = self.base.search, self.base.teacher_train.seq_length
-        run_search(SearchConfig(
-            ckpt=self.teacher_ckpt, data=search_data(self.out / "base"), out=out,
-            space=SearchSpace(granularity=init.granularity, ordering="importance", round_to=s.round_to),
-            budget=Budget(init.budget, s.tolerance), strategy=strategy, evaluations=evaluations or s.evaluations,
-            seed=s.seed, scores=self.out / "base" / "importance" / "scores.safetensors",
-            strategy_config=StrategyConfig(population=s.population),
-            eval=EvalConfig(batches=s.eval_batches, seq_length=seq, micro_batch_size=MICRO), progress=False,
-            plots=False, overwrite=True))
+        s = self.base.search
+        run_search(section(s, ckpt=teacher_checkpoint(self.out / "base"), data=search_data(self.out / "base"), out=out,
+                           scores=self.out / "base" / "importance" / "scores.safetensors",
+                           space=section(s.space, granularity=init.granularity),
+                           budget=section(s.budget, target=init.budget), strategy=strategy,
+                           evaluations=evaluations or s.evaluations, progress=False, plots=False, overwrite=True))
         best = json.loads((out / "summary.json").read_text())["best"]
-        candidates = [line for line in (out / "candidates.jsonl").read_text().splitlines() if line.strip()]
-        tokens = s.eval_batches * MICRO * seq
+        candidates = read_candidates(out)
+        tokens = s.eval.batches * s.eval.micro_batch_size * s.eval.seq_length
         return best["subnet"], {"importance_flops": self.importance_flops(), "evaluations": len(candidates),
-                                "search_flops": len(candidates) * tokens * self.teacher_forward_flops(seq)}
+                                "search_flops": len(candidates) * tokens * self.teacher_forward_flops(s.eval.seq_length)}
 
     # --- runs -----------------------------------------------------------------------------------------
     def run_seed(self, row: Row, init: dict, seed: int) -> dict:
         from nemo_subnet.pipeline.stages import train_run
         from nemo_subnet.search.objective import flops_per_token
         from nemo_subnet.subnet.config import SubnetConfig
-        from nemo_subnet.training.config import TrainConfig
         from nemo_subnet.training.loop import train
         from nemo_subnet.training.tokens_to_target import validation_curve
 
@@ -138,17 +131,16 @@ class Study:
             return json.loads(result_path.read_text())
         shutil.rmtree(run_dir, ignore_errors=True)
         spec = self.base.student_train
-        spec = dataclasses.replace(spec, steps=spec.steps * row.token_factor)
-        distill = dataclasses.replace(self.base.distill, divergence=row.divergence, top_k=row.top_k)
-        start = {"random": init["model_yaml"]} if "model_yaml" in init else {"from_checkpoint": init["checkpoint"]}
-        run = train_run(dataclasses.replace(self.base, distill=distill), spec, run_dir, self.data_dir, start,
-                        self.teacher_ckpt if row.kd else None, seed=seed)
-        run["data"]["seed"] = seed  # the data order varies with the seed too
-        run["logging"].update(progress=False, tensorboard=False)
-        run["checkpoint"] = {"every_steps": 0, "keep_last": 1, "save_final": False}
+        spec = section(spec, seed=seed, **{  # the data order varies with the seed too
+            "schedule.train_steps": spec.schedule.train_steps * row.token_factor, "data.seed": seed,
+            "distill.divergence": row.divergence, "distill.top_k": row.top_k, "logging.progress": False,
+            "logging.tensorboard": False, "checkpoint.every_steps": 0, "checkpoint.keep_last": 1,
+            "checkpoint.save_final": False})
+        run = train_run(spec, run_dir, self.data_dir, init_random=init.get("model_yaml"),
+                        init_checkpoint=init.get("checkpoint"), teacher=self.teacher_ckpt if row.kd else None)
         begin = time.perf_counter()
-        result = train(TrainConfig.from_dict(run))
-        seq = spec.seq_length
+        result = train(run)
+        seq = spec.data.seq_length
         student_fpt = flops_per_token(self.teacher_cfg, SubnetConfig.from_dict(init["subnet"]), seq)
         out = {"seed": seed, "tokens": result.tokens, "curve": validation_curve(run_dir),
                "test_ppl": result.final_metrics.get("test_ppl"), "wall_s": round(time.perf_counter() - begin, 2),
@@ -196,5 +188,5 @@ def run_study(config: StudyConfig, *, rows: list[str] | None = None, log=print) 
     study = Study(config, log)
     study.shared()  # child processes (the pipeline's stages), before this process has a runtime
     wanted = config.rows() if rows is None else [r for r in config.rows() if r.name in rows]
-    with runtime_scope(tp=1, pp=1, seed=config.base.seed):  # one single-process runtime for every row
+    with runtime_scope(tp=1, pp=1, seed=config.base.student_train.seed):  # one single-process runtime for every row
         return [study.run_row(row) for row in wanted]

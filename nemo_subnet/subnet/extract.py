@@ -13,14 +13,35 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Mapping
 
 import torch
 
+from nemo_subnet.config import PositiveInt
 from nemo_subnet.models.config import ModelConfig
 from nemo_subnet.subnet.config import LayerIndices, ResolvedSubnet
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+
+@dataclasses.dataclass
+class ExtractConfig:
+    """One extraction (``nemo-subnet extract``'s flags and ``--config`` file)."""
+
+    ckpt: Path | None = None
+    """Super-network checkpoint directory (required)."""
+    subnet: Path | None = None
+    """Sub-network YAML: hidden / layers / per-layer query_groups, heads_per_group, ffn as counts (first k) or
+    index lists (required)."""
+    out: Path | None = None
+    """Checkpoint directory to create (required)."""
+    tp: PositiveInt = 1
+    """Tensor-parallel size the result must support (its training layout)."""
+    pp: PositiveInt = 1
+    """Pipeline-parallel size the result must support."""
+    overwrite: bool = False
+    """Replace ``out`` if it exists."""
 
 
 def extract_model_config(cfg: ModelConfig, sub: ResolvedSubnet) -> ModelConfig:
@@ -100,13 +121,12 @@ def extract_checkpoint(ckpt_dir, subnet, out_dir, *, tp: int = 1, pp: int = 1, o
     import json
     import shutil
     import tempfile
-    from pathlib import Path
 
     from nemo_subnet.checkpointing import HF_CONFIG, TOKENIZER, atomic_directory, load_model, read_model_config, save_model
     from nemo_subnet.conversion.sharding import global_state_from_model, load_global_state
     from nemo_subnet.models.builder import build_gpt_model
     from nemo_subnet.subnet.config import SubnetConfig, SubnetConfigError, check_exportable, resolve
-    from nemo_subnet.subnet.params import count_parameters
+    from nemo_subnet.models.counting import count_parameters
 
     ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
     subnet = subnet if isinstance(subnet, SubnetConfig) else SubnetConfig.load(subnet)

@@ -27,10 +27,11 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
+from nemo_subnet import config as configs
 from nemo_subnet.checkpointing import load_model, read_model_config
-from nemo_subnet.cli import UserError
 from nemo_subnet.data import GPTDataConfig, MicroBatchIterator, build_gpt_datasets, read_metadata, split_path
 from nemo_subnet.data.gpt_datasets import split_fingerprint
+from nemo_subnet.errors import UserError
 from nemo_subnet.kernels import vocab_parallel_sample
 from nemo_subnet.models.execution import ExecutionOptions
 from nemo_subnet.runtime import compute_device, init_runtime
@@ -101,8 +102,6 @@ def _check_existing(out: Path, provenance: store.Provenance, layout: store.Layou
 
 def build_teacher_cache(config: TeacherCacheConfig, *, resume: bool = False) -> CacheResult:
     """Build (or finish) the cache described by ``config``; collective under torchrun / srun."""
-    from nemo_subnet.training.loop import _dtype
-
     config.validate()
     try:
         teacher_cfg = read_model_config(config.teacher)
@@ -134,14 +133,14 @@ def build_teacher_cache(config: TeacherCacheConfig, *, resume: bool = False) -> 
         return CacheResult(out, covered, 0, 0.0, store.bytes_per_token(config.method, config.k, layout.id_dtype))
     if runtime.is_main:
         (out / store.SEGMENTS).mkdir(parents=True, exist_ok=True)
-        config.save(out / store.CONFIG_FILE)
+        configs.save(config, out / store.CONFIG_FILE)
         store.write_record(out, store.BUILD_FILE, provenance, layout)
     done = torch.tensor([store.complete_segments(out, layout) if runtime.is_main else 0], device=runtime.device)
     if dist.is_initialized():
         dist.broadcast(done, src=0)
     first_segment = int(done.item())
 
-    _, teacher = load_model(config.teacher, params_dtype=_dtype(config), execution=execution)
+    _, teacher = load_model(config.teacher, params_dtype=config.parallel.params_dtype(), execution=execution)
     teacher.eval()
     defer_logits(teacher)
     dp_rank = parallel_state.get_data_parallel_rank()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nemo_subnet.cli import UserError
-from nemo_subnet.files import write_bytes_atomic, write_text_atomic
+from nemo_subnet.errors import UserError
+from nemo_subnet.files import atomic_write, write_text_atomic
 
 FORMAT_VERSION = 1
 BUILD_FILE, MANIFEST_FILE, CONFIG_FILE, SEGMENTS = "build.json", "manifest.json", "config.yaml", "segments"
@@ -144,9 +143,8 @@ def write_part(root: Path, segment: int, rank: int, ids: np.ndarray, probs: np.n
     """One DP rank's rows of one segment; the checksums last, so a present ``.sums.npy`` means a complete part."""
     arrays = [("ids", ids)] + ([("probs", probs)] if probs is not None else []) + [("sums", sums)]
     for kind, array in arrays:
-        buffer = io.BytesIO()
-        np.save(buffer, np.ascontiguousarray(array))
-        write_bytes_atomic(part_path(root, segment, rank, kind), buffer.getvalue())
+        with atomic_write(part_path(root, segment, rank, kind)) as tmp, open(tmp, "wb") as file:
+            np.save(file, np.ascontiguousarray(array))
 
 
 def complete_segments(root: Path, layout: Layout) -> int:

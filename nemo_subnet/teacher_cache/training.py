@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nemo_subnet.cli import UserError
 from nemo_subnet.data import read_metadata, split_path
 from nemo_subnet.data.gpt_datasets import split_fingerprint
+from nemo_subnet.errors import UserError
 from nemo_subnet.teacher_cache.store import TeacherCache, batch_checksums, checkpoint_fingerprint
 from nemo_subnet.training.distill import SparseTeacher
 

@@ -46,7 +46,7 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         result = train(config, resume=args.resume)
     except TrainingError as err:
-        from nemo_subnet.cli import UserError
+        from nemo_subnet.errors import UserError
 
         raise UserError(str(err)) from None
     finally:
@@ -64,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_tokens_to_target(args: argparse.Namespace) -> int:
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
     from nemo_subnet.training.tokens_to_target import parse_runs, tokens_to_target
 
     table = tokens_to_target(parse_runs(args.runs), args.target_ppl, args.out)

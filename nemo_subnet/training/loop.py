@@ -34,7 +34,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nemo_subnet.checkpointing import load_model, read_model_config
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 from nemo_subnet.data import GPTDataConfig, MicroBatchIterator, build_gpt_datasets, hf_tokenizer_dir, read_metadata, validate_data
 from nemo_subnet.models import ModelConfig, build_gpt_model
 from nemo_subnet.runtime import compute_device, init_runtime
@@ -44,7 +44,8 @@ from nemo_subnet.training.config import CONFIG_FILE, TrainConfig
 from nemo_subnet.training.distill import LMOutput, describe_fused_output, fused_output_enabled, lm_loss, teacher_topk
 from nemo_subnet.training.output_layer import defer_logits, output_weight
 from nemo_subnet.training.teacher import StudentWithTeacher
-from nemo_subnet.training.metrics import MetricsLogger, forward_flops_per_token, peak_flops
+from nemo_subnet.models.counting import forward_flops_per_token
+from nemo_subnet.training.metrics import MetricsLogger, peak_flops
 
 
 class TrainingError(RuntimeError):
@@ -82,13 +83,6 @@ class _Preemption:
 
     def restore(self) -> None:
         signal.signal(signal.SIGTERM, self._previous)
-
-
-def _dtype(config: TrainConfig) -> torch.dtype:
-    precision = config.parallel.precision
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None, dict]:
@@ -300,7 +294,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
 
-    dtype = _dtype(config)
+    dtype = config.parallel.params_dtype()
     data = config.data
     num_microbatches = data.global_batch_size // (data.micro_batch_size * runtime.dp)
     model, ddp, optimizer, scheduler = _build_student(config, student_cfg, dtype)

@@ -1,4 +1,5 @@
-"""Run metrics: a JSONL record per logged step / evaluation, TensorBoard scalars, and MFU accounting.
+"""Run metrics: a JSONL record per logged step / evaluation, TensorBoard scalars, and the peak FLOP/s of MFU
+(the FLOPs themselves: ``nemo_subnet.models.counting``).
 
 ``metrics.jsonl`` holds one JSON object per line, ``{"kind": "train" | "valid", "step", "tokens", ...}``;
 it is the source of truth (tokens-to-target and tests read it). On resume the records past the resumed
@@ -14,7 +15,6 @@ from pathlib import Path
 import torch
 
 from nemo_subnet.files import read_jsonl, write_jsonl_atomic
-from nemo_subnet.models.config import ModelConfig
 
 METRICS_FILE = "metrics.jsonl"
 TB_DIR = "tb"
@@ -33,22 +33,6 @@ def peak_flops(configured: float | None, dtype: torch.dtype) -> float | None:
             if key in name:
                 return value
     return None
-
-
-def forward_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
-    """Matmul FLOPs of one token's forward pass: 2 * (matmul weights) + attention scores and values.
-
-    Per layer: QKV, output projection and MLP weights count 2 FLOPs per weight; attention adds
-    2 * 2 * seq * heads * head_dim (QK^T and softmax·V over the full, unmasked sequence, as Megatron counts).
-    The output layer adds 2 * hidden * padded_vocab. Training is 3x forward (backward = 2x forward).
-    """
-    h, heads, groups, d = cfg.hidden_size, cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels
-    qkv = h * (heads + 2 * groups) * d
-    proj = heads * d * h
-    mlp = h * cfg.ffn_hidden_size * (3 if cfg.gated_mlp else 2)
-    attention = 2 * seq_length * heads * d
-    per_layer = 2 * (qkv + proj + mlp) + 2 * attention
-    return float(cfg.num_layers * per_layer + 2 * h * cfg.padded_vocab_size)
 
 
 class MetricsLogger:

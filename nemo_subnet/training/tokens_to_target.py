@@ -17,7 +17,7 @@ import csv
 import json
 from pathlib import Path
 
-from nemo_subnet.cli import UserError
+from nemo_subnet.errors import UserError
 from nemo_subnet.files import write_text_atomic
 from nemo_subnet.training.metrics import METRICS_FILE, read_metrics
 

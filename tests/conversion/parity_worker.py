@@ -47,12 +47,12 @@ def main() -> int:
     runtime = init_runtime(tp=args.tp, pp=args.pp, seed=7)
     if args.check_rng:
         check_rng()
-    tokens = torch.randint(0, 1001, (2, 19), generator=torch.Generator().manual_seed(3))
     worst = 0.0
     for variant in args.variants.split(","):
         hf_model = make_hf_model(variant, seed=11)
         adapter = adapter_for_model_type(hf_model.config.model_type)
         cfg = adapter.config_from_hf(hf_model.config)
+        tokens = torch.randint(0, cfg.vocab_size, (2, 19), generator=torch.Generator().manual_seed(3))
         hf_state = hf_model.state_dict()
         model = build_gpt_model(cfg, perform_initialization=False)
         load_global_state(model, cfg, adapter.hf_to_megatron(cfg, hf_state.__getitem__))

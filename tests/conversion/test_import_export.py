@@ -55,7 +55,7 @@ def test_round_trip_is_bitwise_and_generates_identically(converted):
 
     reloaded = AutoModelForCausalLM.from_pretrained(tmp / "exported").eval()
     assert type(reloaded) is type(hf_model)
-    prompt = torch.randint(0, 1001, (2, 7), generator=torch.Generator().manual_seed(1))
+    prompt = torch.randint(0, hf_model.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
     kwargs = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
     assert torch.equal(reloaded.generate(prompt, **kwargs), hf_model.generate(prompt, **kwargs))
 

@@ -19,7 +19,8 @@ def _diffs(output: str) -> dict[str, float]:
 
 @pytest.mark.parametrize("tp,pp,variants", [
     (2, 1, FAMILY_VARIANTS + ("gpt_neox_sequential",)),  # llama3_tied is MQA: one KV head cannot split
-    (1, 2, FAMILY_VARIANTS + ("llama3_tied",)),
+    (1, 2, FAMILY_VARIANTS + ("llama3_tied", "smollm2")),
+    (3, 1, ("smollm2",)),  # 9 heads in 3 groups split over 3 ranks (TP=2 cannot split them)
     (2, 2, ("gpt_neox", "llama", "qwen2")),
 ])
 def test_logits_match_hf_under_parallelism(tp, pp, variants):

@@ -89,9 +89,13 @@ def test_vocab_size_too_large_for_corpus(tmp_path, documents):
 
 def test_tokenizer_choice(tmp_path, documents):
     source = write_corpus(tmp_path / "c", "jsonl", documents)
-    assert_fails_cleanly(tmp_path, "exactly one of", [source], train_tokenizer="sentencepiece", vocab_size=400,
+    assert_fails_cleanly(tmp_path, "give one of tokenizer, sentencepiece, train_tokenizer, not sentencepiece and "
+                         "train_tokenizer", [source], train_tokenizer="sentencepiece", vocab_size=400,
                          sentencepiece="x.model")
-    assert_fails_cleanly(tmp_path, "needs --vocab-size", [source], train_tokenizer="sentencepiece", vocab_size=None)
+    assert_fails_cleanly(tmp_path, "vocab_size: required with train_tokenizer", [source],
+                         train_tokenizer="sentencepiece", vocab_size=None)
+    assert_fails_cleanly(tmp_path, "needs out and one of tokenizer, sentencepiece, train_tokenizer", [source],
+                         train_tokenizer=None, vocab_size=None)
     assert_fails_cleanly(tmp_path, "is not a directory", [source], tokenizer=str(tmp_path / "none"))
     assert_fails_cleanly(tmp_path, "does not exist", [source], sentencepiece=str(tmp_path / "none.model"))
     (tmp_path / "bad.model").write_bytes(b"not a model")
@@ -100,8 +104,9 @@ def test_tokenizer_choice(tmp_path, documents):
 
 def test_bad_fractions_and_limits(tmp_path, documents):
     source = write_corpus(tmp_path / "c", "jsonl", documents)
-    assert_fails_cleanly(tmp_path, r"--valid-fraction must be in \(0, 1\)", [source], valid_fraction=1.0)
-    assert_fails_cleanly(tmp_path, "--max-docs must be at least 1", [source], max_docs=0)
+    assert_fails_cleanly(tmp_path, r"valid_fraction: 1.0 is out of range; allowed: > 0 and < 1", [source],
+                         valid_fraction=1.0)
+    assert_fails_cleanly(tmp_path, "max_docs: 0 is out of range; allowed: >= 1", [source], max_docs=0)
 
 
 def test_failure_after_output_started_leaves_nothing(tmp_path, documents, monkeypatch):

@@ -65,7 +65,7 @@ def test_split_errors(four_splits, tmp_path, documents):
     source = write_corpus(tmp_path / "corpus", "jsonl", documents)
     with pytest.raises(UserError, match=r"sum to less than 1"):
         prepare([source], tmp_path / "a", valid_fraction=0.5, search_fraction=0.3, test_fraction=0.2)
-    with pytest.raises(UserError, match=r"--search-fraction must be in \[0, 1\)"):
+    with pytest.raises(UserError, match=r"search_fraction: -0.1 is out of range; allowed: >= 0 and < 1"):
         prepare([source], tmp_path / "b", search_fraction=-0.1)
     plain = prepare([source], tmp_path / "plain", valid_fraction=0.2)
     with pytest.raises(UserError, match=r"no 'test' split .*--test-fraction > 0"):

@@ -34,11 +34,11 @@ from two_nodes import (TORCHRUN_SH, agent_env, loopback_nodes, netns_nodes, netn
                        start_agents, wait_all)
 
 STEPS = 16
-OVERRIDES = ["config.data.max_bytes=60000", "config.data.vocab_size=384", "config.teacher_train.steps=4",
-             "config.teacher_train.eval_every=4", "config.search.evaluations=2", "config.search.population=2",
-             f"config.student_train.steps={STEPS}", "config.student_train.checkpoint_every=2",
-             "config.student_train.eval_every=4"]
-LAYOUTS = {"dp": [], "tp": ["config.student_train.tp=2"]}
+OVERRIDES = ["config.data.max_bytes=60000", "config.data.vocab_size=384", "config.teacher_train.schedule.train_steps=4",
+             "config.teacher_train.logging.eval_every=4", "config.search.evaluations=2",
+             "config.search.strategy_config.population=2", f"config.student_train.schedule.train_steps={STEPS}",
+             "config.student_train.checkpoint.every_steps=2", "config.student_train.logging.eval_every=4"]
+LAYOUTS = {"dp": [], "tp": ["config.student_train.parallel.tp=2"]}
 UPSTREAM = ("data", "teacher", "importance", "search", "extract")
 PIPELINE = ["python", "-m", "nemo_subnet.pipeline"]
 RTOL = 1e-5
@@ -49,7 +49,7 @@ def _port(offset: int) -> int:
 
 
 def _config(out: Path, layout: str) -> Path:
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
     config, _ = resolve("tiny", [f"config.out_dir={out}", *OVERRIDES, *LAYOUTS[layout]])
     path = out.parent / f"{out.name}.yaml"

@@ -32,8 +32,8 @@ from recipe_utils import cli_env, nemo_subnet, run_cli  # noqa: E402
 from slurm_utils import job_field, require_slurm, scontrol, wait_for  # noqa: E402
 
 STEPS = 16
-OVERRIDES = [f"config.teacher_train.steps={STEPS}", "config.teacher_train.checkpoint_every=1",
-             "config.teacher_train.eval_every=5", "config.data.max_bytes=60000", "config.data.vocab_size=512"]
+OVERRIDES = [f"config.teacher_train.schedule.train_steps={STEPS}", "config.teacher_train.checkpoint.every_steps=1",
+             "config.teacher_train.logging.eval_every=5", "config.data.max_bytes=60000", "config.data.vocab_size=512"]
 
 
 def _latest_step(run_dir: Path) -> int:
@@ -60,7 +60,7 @@ def _attempt_log(home: Path, attempt: int) -> str:
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_requeued_training_stage_resumes_and_equals_the_uninterrupted_run(tmp_path):
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
     partition = require_slurm()
     ref, out = tmp_path / "ref", tmp_path / "out"

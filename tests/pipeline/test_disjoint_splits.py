@@ -18,7 +18,8 @@ import pytest
 from token_pieces import as_text, eod_pieces
 
 from nemo_subnet.pipeline import run_pipeline
-from nemo_subnet.pipeline.config import DataSpec, PipelineConfig, SearchSpec, TrainSpec
+from nemo_subnet import config as configs
+from nemo_subnet.pipeline.config import PipelineConfig
 from nemo_subnet.pipeline.runner import StageContext
 from nemo_subnet.pipeline.stages import build_stages
 
@@ -31,11 +32,15 @@ class _Captured(Exception):
 
 
 def _config(out) -> PipelineConfig:
-    return PipelineConfig(
-        out_dir=str(out), data=DataSpec(vocab_size=512, max_bytes=600_000, valid_fraction=0.1, search_fraction=0.1,
-                                        test_fraction=0.1),
-        teacher_train=TrainSpec(seq_length=SEQ), student_train=TrainSpec(seq_length=SEQ, eval_iters=4, test_iters=4),
-        search=SearchSpec(calibration_batches=4, eval_batches=4))
+    return configs.updated(PipelineConfig(), {
+        "out_dir": str(out), "data.vocab_size": 512, "data.max_bytes": 600_000, "teacher_train.data.seq_length": SEQ,
+        "student_train.data.seq_length": SEQ, "student_train.logging.eval_iters": 4, "student_train.logging.test_iters": 4,
+        "importance.batches": 4, "importance.seq_length": SEQ, "search.eval.batches": 4, "search.eval.seq_length": SEQ})
+
+
+def _stage_config(cls, argv: list[str]):
+    """The config a stage handed its command (``--config FILE``)."""
+    return configs.load(cls, argv[argv.index("--config") + 1])
 
 
 def _capture(config: PipelineConfig, stage_name: str) -> list[str]:
@@ -103,9 +108,10 @@ def _train_batches(run_yaml) -> dict[str, list]:
 
 
 def test_search_validation_and_test_batches_never_overlap(tmp_path):
-    from nemo_subnet.cli import build_parser
+    from nemo_subnet.importance.collect import ImportanceConfig
     from nemo_subnet.importance.evaluation import load_batches
     from nemo_subnet.runtime import runtime_scope
+    from nemo_subnet.search.runner import SearchConfig
 
     config = _config(tmp_path / "out")
     run_pipeline(config, ["data"], log=lambda _: None)
@@ -122,23 +128,23 @@ def test_search_validation_and_test_batches_never_overlap(tmp_path):
         f"num_query_groups: 2\nkv_channels: 16\nffn_hidden_size: 64\nmax_position_embeddings: {SEQ}\n"
         "normalization: RMSNorm\nnorm_eps: 1.0e-5\nactivation: silu\ngated_mlp: true\nadd_bias_linear: false\n"
         "add_qkv_bias: false\n")
-    parser = build_parser()
     drawn: dict[str, list[list[int]]] = {}
     with runtime_scope(tp=1, pp=1, seed=0):
-        imp = parser.parse_args(_capture(config, "importance"))
+        imp = _stage_config(ImportanceConfig, _capture(config, "importance"))
         common = dict(seq_length=imp.seq_length, micro_batch_size=imp.micro_batch_size, seed=imp.seed)
         drawn["importance calibration"] = _sequences(load_batches(imp.data, model_cfg, split=imp.split,
                                                                   num_batches=imp.batches, **common).batches)
         drawn["importance layer drop"] = _sequences(load_batches(imp.data, model_cfg, split="valid",
                                                                  num_batches=imp.batches, **common).batches)
-        search = parser.parse_args(_capture(config, "search"))  # the search runner reads the valid split of --data
+        search = _stage_config(SearchConfig, _capture(config, "search"))  # the runner reads the valid split of data
+        ev = search.eval
         drawn["search objective"] = _sequences(load_batches(
-            search.data, model_cfg, split="valid", num_batches=search.val_batches, seq_length=search.seq_length,
-            micro_batch_size=search.micro_batch_size, seed=search.seed).batches)
+            search.data, model_cfg, split="valid", num_batches=ev.batches, seq_length=ev.seq_length,
+            micro_batch_size=ev.micro_batch_size, seed=ev.seed).batches)
         # the old wiring (search on the data directory's valid split) is what this test must catch
         old_search = _sequences(load_batches(tmp_path / "out" / "data", model_cfg, split="valid",
-                                             num_batches=search.val_batches, seq_length=search.seq_length,
-                                             micro_batch_size=search.micro_batch_size, seed=search.seed).batches)
+                                             num_batches=ev.batches, seq_length=ev.seq_length,
+                                             micro_batch_size=ev.micro_batch_size, seed=ev.seed).batches)
     for stage in ("baseline",):
         argv = _capture(config, stage)
         batches = _train_batches(argv[argv.index("--config") + 1])

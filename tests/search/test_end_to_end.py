@@ -78,7 +78,8 @@ def test_search_dp2_equals_dp1(ckpt, data_dir, tmp_path, megatron_runtime):
 
 @pytest.mark.parametrize("extra, message", [
     (["--budget", "0.02"], "budget unreachable"),
-    (["--budget", "0.5", "--strategy", "annealing"], "unknown strategy"),
+    (["--budget", "0.5", "--strategy", "annealing"], "strategy: 'annealing' is not allowed; allowed: random, evolutionary, proxy"),
+    (["--budget", "0.5", "--population", "0"], "strategy_config.population: 0 is out of range; allowed: >= 1"),
     (["--budget", "0.5", "--strategy", "proxy", "--space", "SPACE_FIRST_K"], "needs importance scores"),
     (["--budget", "0.5", "--space", "SPACE_BIG"], "exceed the model"),
     (["--budget", "0.5", "--space", "SPACE_NO_SCORES"], "no scores were given"),

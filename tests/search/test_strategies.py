@@ -163,9 +163,9 @@ def test_budget_bounds_and_errors():
         make_strategy("annealing", rspace, (1, 10**9), 0)
     with pytest.raises(SearchSpaceError, match="needs importance scores"):
         make_strategy("proxy", rspace, check_budget(rspace, BUDGET), 0)
-    with pytest.raises(SearchSpaceError, match="unknown search-space fields"):
+    with pytest.raises(SearchSpaceError, match="search space: hiden: unknown key; did you mean hidden"):
         SearchSpace.from_dict({"hiden": [1]})
-    with pytest.raises(SearchSpaceError, match="bad search space"):
+    with pytest.raises(SearchSpaceError, match="granularity: 'medium' is not allowed; allowed: coarse_uniform"):
         SearchSpace.from_dict({"granularity": "medium"})
 
 
@@ -186,11 +186,12 @@ def test_granularity_defaults(tmp_path):
 
 # --- exportability is a property of the space (invariant 6) --------------------------------------------
 
-def _family_cfg(family, **overrides):
+def _family_cfg(variant, **overrides):
     from nemo_subnet.conversion.adapters import adapter_for_model_type
     from nemo_subnet.models.tiny_hf import make_hf_config
 
-    return adapter_for_model_type(family).config_from_hf(make_hf_config(family, **overrides))
+    hf = make_hf_config(variant, **overrides)
+    return adapter_for_model_type(hf.model_type).config_from_hf(hf)
 
 
 # Llama with 2 groups x 3 heads (hidden 96): head counts 1..6, so hidden sizes that 4 or 5 heads do not
@@ -200,6 +201,7 @@ FAMILY_CFGS = {
     "llama": dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2, head_dim=16),
     "qwen2": dict(hidden_size=96, num_attention_heads=6, num_key_value_heads=2),
     "qwen3": dict(),
+    "smollm2": dict(),  # 9 heads in 3 groups at hidden 144: Llama exports need hidden % 9 == 0 for full layers
 }
 
 
@@ -291,3 +293,19 @@ def test_explicit_subnet_config_that_cannot_export_is_refused(family, subnet, fr
     # a padded layout is fine: 2 x 2 heads at hidden 54 export as 2 x 3 (54 % 6 == 0)
     if family == "llama":
         check_exportable(cfg, resolve(cfg, SubnetConfig(hidden=54, layer=LayerSubnet(query_groups=2, heads_per_group=2))))
+
+
+def test_round_to_that_leaves_no_smaller_hidden_size_is_refused():
+    """SmolLM2's shape: 9 heads, so a Llama export needs hidden % 9 == 0. round_to 16 at hidden 144 (64 at 576 for
+    the real model) leaves only the full width: the hidden size would silently not be searched."""
+    cfg = _family_cfg("smollm2")  # hidden 144, 3 groups x 3 heads
+    for granularity in Granularity:
+        with pytest.raises(SearchSpaceError) as err:
+            resolve_space(SearchSpace(granularity=granularity, ordering="first_k", round_to=16), cfg)
+        message = str(err.value)
+        assert "with round_to 16 no hidden size below the model's 144 exports to HF llama" in message, message
+        assert "round_to 8: hidden [72, 144]" in message, message
+    assert resolve_space(SearchSpace(granularity=Granularity.FINE_LAYERWISE, ordering="first_k", round_to=8),
+                         cfg).choices["hidden"] == [72, 144]
+    explicit = SearchSpace(ordering="first_k", round_to=16, hidden=[144])  # a fixed hidden size, asked for
+    assert resolve_space(explicit, cfg).choices["hidden"] == [144]

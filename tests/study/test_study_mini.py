@@ -1,9 +1,10 @@
 """The miniature study end to end: every row, 2 seeds; the report's structure and arithmetic; resume per row.
 
-FLOPs are checked against independent counts: the student's fwd+bwd per token against 3 x
-``training.metrics.forward_flops_per_token`` of the extracted model.yaml (another implementation than the
-search's per-sub-network count the study uses), the teacher's forward against the same function of the
-teacher, importance and search against their definitions (counts of batches, layers and candidates).
+FLOPs are checked against their definitions: the student's fwd+bwd per token against 3 x the one counter
+(``models.counting.forward_flops_per_token``, itself checked against a built model's weights in
+tests/models/test_counting.py) of the extracted model.yaml, i.e. the study counts the student it trained; the
+teacher's forward against the same function of the teacher; importance and search against counts of batches,
+layers and candidates.
 """
 
 from __future__ import annotations
@@ -48,30 +49,30 @@ def test_every_row_and_file(study):
         for seed in row["seeds"]:
             assert seed["curve"][0][0] == 0  # every curve starts with the init itself
             assert seed["test_ppl"] is not None and seed["test_ppl"] > 1
-            steps = config.base.student_train.steps * (config.long_factor if row["row"] == "random_ce_long" else 1)
-            assert seed["tokens"] == steps * config.base.student_train.global_batch_size * config.base.student_train.seq_length
+            student = config.base.student_train
+            steps = student.schedule.train_steps * (config.long_factor if row["row"] == "random_ce_long" else 1)
+            assert seed["tokens"] == steps * student.data.global_batch_size * student.data.seq_length
 
 
 def test_flop_accounting_matches_independent_counts(study):
     from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.training.metrics import forward_flops_per_token
+    from nemo_subnet.models.counting import forward_flops_per_token
 
     config, rows, summary, out = study
     root = out / "study"
     teacher = ModelConfig.load(root / "base" / "teacher" / "model" / "model.yaml")
-    seq = config.base.student_train.seq_length
+    seq = config.base.student_train.data.seq_length
     teacher_fwd = forward_flops_per_token(teacher, seq)
-    s = config.base.search
-    tokens = s.calibration_batches * 4 * config.base.teacher_train.seq_length
-    importance = (teacher.num_layers + 2) * tokens * forward_flops_per_token(teacher, config.base.teacher_train.seq_length)
+    s, imp = config.base.search, config.base.importance
+    tokens = imp.batches * imp.micro_batch_size * imp.seq_length
+    importance = (teacher.num_layers + 2) * tokens * forward_flops_per_token(teacher, imp.seq_length)
     by_name = {e["row"]: e for e in summary["rows"]}
     for row in rows:
         init = json.loads((root / "inits" / row["init"] / "init.json").read_text())
         model_yaml = init.get("model_yaml") or f"{init['checkpoint']}/model.yaml"
         student = ModelConfig.load(model_yaml)
-        if "layerwise" not in row["granularity"]:  # forward_flops_per_token has no per-layer sizes
-            for seed in row["seeds"]:
-                assert seed["student_train_flops_per_token"] == pytest.approx(3 * forward_flops_per_token(student, seq))
+        for seed in row["seeds"]:  # the extracted student's own (per-layer) sizes
+            assert seed["student_train_flops_per_token"] == pytest.approx(3 * forward_flops_per_token(student, seq))
         for seed in row["seeds"]:
             assert seed["teacher_forward_flops_per_token"] == (pytest.approx(teacher_fwd) if row["kd"] else 0.0)
         searched = row["init"].startswith(("evolutionary", "random_search", "minitron"))
@@ -80,7 +81,8 @@ def test_flop_accounting_matches_independent_counts(study):
             candidates = (root / "inits" / row["init"] / "search" / "candidates.jsonl").read_text().split("\n")
             n = sum(1 for line in candidates if line.strip())
             assert n == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
-            per_candidate = s.eval_batches * 4 * config.base.teacher_train.seq_length * teacher_fwd
+            ev = s.eval
+            per_candidate = ev.batches * ev.micro_batch_size * ev.seq_length * forward_flops_per_token(teacher, ev.seq_length)
             assert row["search_flops"] == pytest.approx(n * per_candidate)
         else:
             assert row["search_flops"] == 0.0

@@ -19,7 +19,7 @@ from sampling import KINDS, random_subnet  # noqa: E402
 from nemo_subnet.conversion.adapters import adapter_for_model_type  # noqa: E402
 from nemo_subnet.conversion.sharding import load_global_state  # noqa: E402
 from nemo_subnet.models.inference import forward_logits  # noqa: E402
-from nemo_subnet.models.tiny_hf import make_hf_model  # noqa: E402
+from nemo_subnet.models.tiny_hf import make_hf_config, make_hf_model  # noqa: E402
 from nemo_subnet.runtime import init_runtime, shutdown_runtime  # noqa: E402
 from nemo_subnet.subnet.supernet import build_supernet  # noqa: E402
 
@@ -40,7 +40,8 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     init_runtime(tp=args.tp, pp=args.pp, seed=5)
-    tokens = torch.randint(0, 1001, (2, 12), generator=torch.Generator().manual_seed(0))
+    vocab = min(make_hf_config(variant).vocab_size for variant in args.variants.split(","))  # valid for every variant
+    tokens = torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
     results = {}
     for variant in args.variants.split(","):
         hf = make_hf_model(variant, seed=3)

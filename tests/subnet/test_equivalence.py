@@ -37,7 +37,7 @@ def _extracted(cfg, resolved, state):
     return sub_cfg, model
 
 
-@pytest.mark.parametrize("variant", FAMILY_VARIANTS + ("gpt_neox_sequential", "llama3_tied"))
+@pytest.mark.parametrize("variant", FAMILY_VARIANTS + ("gpt_neox_sequential", "llama3_tied", "smollm2"))
 def test_masked_supernet_equals_extracted_model(variant, megatron_runtime):
     cfg, supernet, state = _supernet(variant)
     tokens = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))

@@ -22,8 +22,9 @@ pytestmark = pytest.mark.distributed
 
 @pytest.mark.parametrize("tp,pp,variants", [
     (2, 1, ("llama", "gpt_neox", "qwen3")),
-    (1, 2, ("llama", "qwen2")),
+    (1, 2, ("llama", "qwen2", "smollm2")),
     (2, 2, ("gpt_neox",)),
+    (3, 1, ("smollm2",)),  # 9 heads in 3 groups: one group per rank; TP=2 cannot split them
 ])
 def test_masked_under_parallelism_equals_extracted(tp, pp, variants, tmp_path, megatron_runtime):
     out = tmp_path / "logits.pt"

@@ -72,7 +72,7 @@ def test_sequence_parallel_with_fused_output_at_tp2_follows_tp1(tmp_path, data_d
 @pytest.mark.parametrize("parallel,optimizer,message", [
     ({"sequence_parallel": True}, {}, "needs tp > 1"),
     ({"overlap_param_gather": True}, {"use_distributed_optimizer": False}, "needs optimizer.use_distributed_optimizer"),
-    ({"recompute": "everything"}, {}, "is not one of"),
+    ({"recompute": "everything"}, {}, "parallel.recompute: 'everything' is not allowed; allowed: none, selective, full"),
 ])
 def test_option_errors(tmp_path, parallel, optimizer, message):
     path = write_yaml(tmp_path / "run.yaml", {"init": {"random": "m.yaml"}, "data": {"path": "d"}, "parallel": parallel,

@@ -14,7 +14,8 @@ import torch
 from conftest import CLI, TINY, run_config, write_yaml
 from torchrun_utils import run_torchrun
 
-from nemo_subnet.cli import UserError
+from nemo_subnet import config as configs
+from nemo_subnet.errors import UserError
 from nemo_subnet.models import ModelConfig
 from nemo_subnet.teacher_cache import store
 from nemo_subnet.teacher_cache.build import build_teacher_cache, sample_uniforms
@@ -28,7 +29,7 @@ SAMPLES, SEQ, K, T = 24, 64, 12, 2.0
 def _config(out, data_dir, teacher_ckpt, **kw) -> TeacherCacheConfig:
     base = dict(out=str(out), teacher=str(teacher_ckpt), samples=SAMPLES, k=K, temperature=T, segment_microbatches=2,
                 progress=False, data={"path": str(data_dir), "seq_length": SEQ, "micro_batch_size": 2})
-    return TeacherCacheConfig.load(None, [f"{key}={value}" for key, value in {**base, **kw}.items()])
+    return configs.updated(TeacherCacheConfig(), {**base, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,7 @@ def test_build_does_not_depend_on_dp_or_pp_and_barely_on_tp(cache, tmp_path, dat
     for name, parallel, mbs in (("dp2", {"tp": 1}, 3), ("pp2", {"pp": 2}, 2), ("tp2", {"tp": 2}, 2)):
         config = _config(tmp_path / name, data_dir, teacher_ckpt, **{"data.micro_batch_size": mbs})
         config.parallel = dataclasses.replace(config.parallel, **parallel)
-        config.save(tmp_path / f"{name}.yaml")
+        configs.save(config, tmp_path / f"{name}.yaml")
         run_torchrun(str(CLI), 2, "teacher-cache", "--config", str(tmp_path / f"{name}.yaml"), env={"PYTHONWARNINGS": "ignore"})
         got, want = _all_rows(tmp_path / name), _all_rows(cache)
         if name == "dp2":  # each DP rank wrote its own segment files; the rows are the same draws
@@ -115,9 +116,10 @@ def test_another_build_into_the_same_directory_is_refused(cache, data_dir, teach
 
 
 def _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache_dir, **distill) -> TrainConfig:
+    teacher = None if teacher_ckpt is None else str(teacher_ckpt)
     raw = run_config(tmp_path, tmp_path / "run", data_dir, {"from_checkpoint": str(student_ckpt)},
                      schedule={"train_steps": 6, "warmup_steps": 1},
-                     distill={"teacher": str(teacher_ckpt), "teacher_source": "cache", "cache": str(cache_dir),
+                     distill={"teacher": teacher, "teacher_source": "cache", "cache": str(cache_dir),
                               "temperature": T, **distill})
     return TrainConfig.from_dict(raw)
 
@@ -148,25 +150,60 @@ def test_cache_of_another_teacher_or_vocabulary_is_refused(tmp_path, data_dir, s
 
 
 @pytest.mark.parametrize("distill,match", [
-    ({"divergence": "jsd"}, "forward KL only"),
-    ({"top_k": 4}, "top_k does not apply"),
-    ({"fused_output": "off"}, "fused_output must be auto or on"),
-    ({"cache": None}, "needs distill.cache"),
+    ({"divergence": "jsd"}, r"distill.divergence: teacher_source: cache estimates forward_kl only, not jsd"),
+    ({"top_k": 4}, r"distill.top_k: does not apply to a cache"),
+    ({"fused_output": "off"}, r"distill.fused_output: .* auto or on, not off"),
+    ({"cache": None}, r"distill.cache: teacher_source: cache needs the cache directory"),
+    ({"teacher_source": "online"}, r"distill.cache: read only with teacher_source: cache"),
 ])
 def test_settings_that_cannot_read_a_cache_are_refused(distill, match, tmp_path, data_dir, student_ckpt, teacher_ckpt,
                                                        cache):
     with pytest.raises(UserError, match=match):
-        _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache, **distill).validate()
-    online = _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache, teacher_source="online")
-    with pytest.raises(UserError, match="read only with distill.teacher_source: cache"):
-        online.validate()
+        _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache, **distill)
+
+
+def test_a_cache_run_needs_its_teacher(tmp_path, data_dir, student_ckpt, cache):
+    """The teacher is only checked against the cache, never built, but it must be named (a pipeline fills it in)."""
+    config = _run(tmp_path, data_dir, student_ckpt, None, cache)
+    with pytest.raises(UserError, match=r"distill.teacher: teacher_source: cache needs the checkpoint"):
+        config.validate()
 
 
 def test_build_settings_are_checked():
-    with pytest.raises(UserError, match="needs out, teacher and data.path"):
-        TeacherCacheConfig(samples=4).validate()
-    with pytest.raises(UserError, match="is not one of"):
-        TeacherCacheConfig.load(None, ["method=nucleus"])
+    with pytest.raises(UserError) as err:
+        TeacherCacheConfig(k=0).validate()
+    for line in ("out: required", "teacher: required", "data.path: required", "samples: required", "k: 0"):
+        assert line in str(err.value)
+    with pytest.raises(UserError, match=r"method: 'nucleus' is not allowed; allowed: sample, topk"):
+        configs.updated(TeacherCacheConfig(), {"method": "nucleus"})
+
+
+def test_teacher_cache_flags_come_from_its_config(tmp_path):
+    """``nemo-subnet teacher-cache`` flags are TeacherCacheConfig's fields; --for-run fills what a run decides, and
+    flags win over it."""
+    import argparse
+
+    from nemo_subnet.teacher_cache.cli import register
+
+    run = write_yaml(tmp_path / "run.yaml", run_config(
+        tmp_path, tmp_path / "run", tmp_path / "data", {"random": str(tmp_path / "model.yaml")},
+        schedule={"train_steps": 5}, distill={"teacher": str(tmp_path / "teacher"), "temperature": T}))
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["teacher-cache", "--for-run", str(run), "--out", str(tmp_path / "c"), "--k", "4",
+                              "--data.micro-batch-size", "1", "method=topk"])
+    from nemo_subnet.config import config_from_arguments
+    from nemo_subnet.teacher_cache.config import REQUIRED
+
+    config = config_from_arguments(TeacherCacheConfig, args, required=REQUIRED,
+                                   base=TeacherCacheConfig.for_run(TrainConfig.load(run)))
+    trained = TrainConfig.load(run)
+    assert (config.k, config.method, config.data.micro_batch_size, config.temperature) == (4, "topk", 1, T)
+    assert config.samples == trained.schedule.train_steps * trained.data.global_batch_size
+    assert config.teacher == tmp_path / "teacher" and config.data.path == trained.data.path
+    with pytest.raises(UserError) as err:
+        config_from_arguments(TeacherCacheConfig, parser.parse_args(["teacher-cache", "--out", "x"]), required=REQUIRED)
+    assert all(f"{name}: required" in str(err.value) for name in ("teacher", "data.path", "samples"))
 
 
 def _train(root, name, data_dir, student_ckpt, teacher_ckpt, cache_dir, parallel, ranks, *extra) -> Path:

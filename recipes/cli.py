@@ -3,7 +3,8 @@
 ``nemo-subnet run search-then-pretrain --factory tiny [--dryrun] [key=value ...]`` is the same as
 ``nemo subnet search-then-pretrain --factory tiny [--dryrun] -y [key=value ...]``. Overrides address the
 pipeline config as ``config.<field>`` (or just ``<field>``) and the launch settings as ``launch.<field>``,
-values parsed as YAML: ``config.student_train.steps=20 launch.executor=slurm launch.nodes=2``.
+values parsed as YAML: ``config.student_train.schedule.train_steps=20 launch.executor=slurm launch.nodes=2``.
+Every problem of both, and of the layout they make together, is reported at once before anything is submitted.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("run", help="run a recipe (all stages as one NeMo-Run experiment)",
                               description=__doc__.splitlines()[0])
     p.add_argument("recipe", nargs="?", default="search-then-pretrain", help=f"one of {list(RECIPES)}")
-    p.add_argument("--factory", "-f", default="tiny", help="preset: tiny, pythia_410m, llama_1b (default: tiny)")
+    p.add_argument("--factory", "-f", default="tiny", help="preset: tiny, pythia_410m, llama_1b, smollm2_135m (default: tiny)")
     p.add_argument("--dryrun", action="store_true", help="print every task's command / sbatch script; run nothing")
     p.add_argument("--detach", action="store_true", help="return after submitting (SLURM)")
     p.add_argument("--stage", action="append", help="run only these stages (repeatable; finished ones are reused)")
@@ -28,7 +29,7 @@ def register(subparsers) -> None:
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
     """(pipeline overrides without the ``config.`` prefix, launch overrides without ``launch.``)."""
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     config, launch = [], []
     for item in overrides:
@@ -42,25 +43,31 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
 
 
 def resolve(factory: str, overrides: list[str]):
-    """(PipelineConfig, LaunchConfig) of a preset with overrides applied; UserError on bad names / keys."""
-    import dataclasses
-
-    from nemo_subnet.cli import UserError
-    from nemo_subnet.pipeline.config import _from_dict, apply_overrides
+    """(PipelineConfig, LaunchConfig) of a preset with overrides applied; one ConfigError with the problems of
+    both (the launch's named ``launch.<field>``) on bad names, keys or values."""
+    from nemo_subnet import config as configs
+    from nemo_subnet.errors import UserError
+    from nemo_subnet.pipeline.config import PipelineConfig
     from nemo_subnet.recipes.executors import LaunchConfig
     from nemo_subnet.recipes.presets import PRESETS
-    from nemo_subnet.training.config import apply_overrides as apply_dotted
 
     if factory not in PRESETS:
         raise UserError(f"unknown factory {factory!r}; available: {', '.join(PRESETS)}")
     config_overrides, launch_overrides = split_overrides(overrides)
-    config = apply_overrides(PRESETS[factory](), config_overrides)
-    launch = _from_dict(LaunchConfig, apply_dotted(dataclasses.asdict(LaunchConfig()), launch_overrides), "launch.")
-    return config, launch
+    problems, parsed = [], []
+    for cls, base, items, prefix in ((PipelineConfig, PRESETS[factory](), config_overrides, ""),
+                                     (LaunchConfig, LaunchConfig(), launch_overrides, "launch.")):
+        try:
+            parsed.append(configs.from_dict(cls, configs.apply_overrides(configs.to_dict(base), items)))
+        except configs.ConfigError as err:
+            problems += [prefix + p for p in err.problems]
+    if problems:
+        raise configs.ConfigError(problems)
+    return tuple(parsed)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from nemo_subnet.cli import UserError
+    from nemo_subnet.errors import UserError
 
     if "=" in args.recipe:  # no recipe named: the first positional is an override
         args.overrides.insert(0, args.recipe)
