@@ -4,7 +4,6 @@ section (the baseline without baseline_kd) reads no cache."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from nemo_subnet.errors import UserError
