@@ -57,10 +57,13 @@ def latest_checkpoint(run_dir: Path) -> Path:
 def train_run(spec: TrainConfig, run_dir: Path, data_dir: Path, *, init_checkpoint: Path | None = None,
               init_random: Path | None = None, teacher: Path | None = None) -> TrainConfig:
     """The ``nemo-subnet train`` config of one training run of a pipeline section (the study builds its runs
-    with it too): the section's settings, this run's directory, data, init and teacher (None: plain CE)."""
+    with it too): the section's settings, this run's directory, data, init and teacher (None: plain CE, which
+    reads no teacher cache either: ``distill.teacher_source`` falls back to online)."""
     path = lambda p: None if p is None else Path(p)  # noqa: E731
+    no_teacher = {} if teacher is not None else {"distill.teacher_source": "online", "distill.cache": None}
     return section(spec, run_dir=Path(run_dir), **{"data.path": Path(data_dir), "init.from_checkpoint": path(init_checkpoint),
-                                                   "init.random": path(init_random), "distill.teacher": path(teacher)})
+                                                   "init.random": path(init_random), "distill.teacher": path(teacher),
+                                                   **no_teacher})
 
 
 def _child_config(ctx: StageContext, name: str, config) -> Path:
