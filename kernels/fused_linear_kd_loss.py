@@ -59,15 +59,7 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, teacher_logits, labels, weights,
                 spec: LossSpec, triton_path: bool, n_valid: int, chunk_size: int, vocab_start: int = 0, group=None):
-        n_tokens = hidden.shape[0]
-        grad_hidden = hidden.new_empty(hidden.shape) if ctx.needs_input_grad[0] else None
-        grad_weight = weight.new_zeros(weight.shape) if ctx.needs_input_grad[1] else None
-        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        for start in range(0, n_tokens, chunk_size):
-            end = min(start + chunk_size, n_tokens)
-            h_c = hidden[start:end]  # [c, h]
-            s_c = h_c @ weight.t()  # [c, v]
+        def rows(s_c, start, end, want_grad):
             if teacher_logits is not None:
                 t_c = teacher_logits[start:end]  # [c, v]
             elif teacher_hidden is not None:
@@ -79,27 +71,61 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
             loss_rows, saved, ce_rows = _rowwise.forward_rows(
                 s_c, t_c, w_c, l_c, spec, triton_path, n_valid, vocab_start, group
             )
-            total += (w_c * loss_rows).sum()
-            if ce_rows is not None:
-                total_ce += (w_c * ce_rows).sum()
-            if grad_hidden is None and grad_weight is None:
-                continue
-            g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, vocab_start, out=s_c)
-            if grad_hidden is not None:
-                torch.mm(g_c, weight, out=grad_hidden[start:end])
-            if grad_weight is not None:
-                grad_weight.addmm_(g_c.t(), h_c)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.mark_non_differentiable(total_ce)
-        return total, total_ce
+            ce = None if ce_rows is None else (w_c * ce_rows).sum()
+            g_c = None
+            if want_grad:
+                g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, vocab_start,
+                                             out=s_c)
+            return (w_c * loss_rows).sum(), ce, g_c
+
+        return chunked_linear_forward(ctx, hidden, weight, chunk_size, rows)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_ce):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        go = grad_output.to(torch.float32)
-        grad_hidden = None if grad_hidden is None else grad_hidden * go.to(grad_hidden.dtype)
-        grad_weight = None if grad_weight is None else grad_weight * go.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None, None
+        return (*chunked_linear_backward(ctx, grad_output), None, None, None, None, None, None, None, None, None, None, None)
+
+
+def chunked_linear_forward(ctx, hidden, weight, chunk_size: int, rows):
+    """The token-chunk loop of every fused-linear op (this one, top-k, sampled): (loss, ce) fp32 scalars.
+
+    Per chunk of rows [start, end): s_c = hidden[start:end] W^T [c, v] (input dtype, fp32 accumulation), then
+    ``rows(s_c, start, end, want_grad)`` returns the chunk's (weighted loss sum, weighted CE sum or None, and
+    d loss / d s_c [c, v] or None when want_grad is False); the gradient may be written into s_c itself.
+    It becomes the chunk's grad_hidden rows (G_c W) and is accumulated into grad_weight (G_c^T h_c). The two
+    gradients are saved on ``ctx`` for `chunked_linear_backward`; the CE output is marked non-differentiable.
+    """
+    n_tokens = hidden.shape[0]
+    grad_hidden = hidden.new_empty(hidden.shape) if ctx.needs_input_grad[0] else None
+    grad_weight = weight.new_zeros(weight.shape) if ctx.needs_input_grad[1] else None
+    want_grad = grad_hidden is not None or grad_weight is not None
+    total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    for start in range(0, n_tokens, chunk_size):
+        end = min(start + chunk_size, n_tokens)
+        h_c = hidden[start:end]  # [c, h]
+        s_c = h_c @ weight.t()  # [c, v]
+        loss_c, ce_c, g_c = rows(s_c, start, end, want_grad)
+        total += loss_c
+        if ce_c is not None:
+            total_ce += ce_c
+        if g_c is None:
+            continue
+        if grad_hidden is not None:
+            torch.mm(g_c, weight, out=grad_hidden[start:end])
+        if grad_weight is not None:
+            grad_weight.addmm_(g_c.t(), h_c)
+    ctx.save_for_backward(grad_hidden, grad_weight)
+    ctx.mark_non_differentiable(total_ce)
+    return total, total_ce
+
+
+def chunked_linear_backward(ctx, grad_output) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_hidden, grad_weight) of `chunked_linear_forward`, scaled by the upstream scalar grad."""
+    grad_hidden, grad_weight = ctx.saved_tensors
+    go = grad_output.to(torch.float32)
+    grad_hidden = None if grad_hidden is None else grad_hidden * go.to(grad_hidden.dtype)
+    grad_weight = None if grad_weight is None else grad_weight * go.to(grad_weight.dtype)
+    return grad_hidden, grad_weight
 
 
 def fused_linear_kd_loss(

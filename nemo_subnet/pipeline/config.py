@@ -54,7 +54,8 @@ _TRAIN_RENAMED = {"steps": "schedule.train_steps", "warmup_steps": "schedule.war
                   "overlap_grad_reduce": "parallel.overlap_grad_reduce",
                   "overlap_param_gather": "parallel.overlap_param_gather",
                   "distributed_optimizer": "optimizer.use_distributed_optimizer"}
-_DISTILL_FIELDS = ("alpha_ce", "beta_kd", "temperature", "divergence", "beta_jsd", "top_k", "fused_output")
+_DISTILL_FIELDS = ("alpha_ce", "beta_kd", "temperature", "divergence", "beta_jsd", "top_k", "fused_output",
+                   "teacher_source", "cache")
 
 
 @dataclass
@@ -183,6 +184,9 @@ class PipelineConfig:
             yield "hf_model", f"{self.hf_model}: no such HF model directory (config.json missing) or .gguf file"
         if isinstance(self.search.space, Path) and not self.search.space.is_file():
             yield "search.space", f"{self.search.space}: no such search-space file"
+        cache = self.student_train.distill.cache
+        if cache is not None and not Path(cache).is_dir():
+            yield "student_train.distill.cache", f"{cache}: no such teacher-cache directory (nemo-subnet teacher-cache)"
 
     def validate(self) -> "PipelineConfig":
         """Raise a UserError listing every problem of every stage's section, and every file it names that is

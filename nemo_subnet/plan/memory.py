@@ -26,7 +26,8 @@ holds them: the teacher's logits; the student's logits and their ``[b, s]``-majo
 copies (alpha_ce = 0); top-k: (values, ids) [N, k] instead of the teacher's logits; the KD kernel's temporaries (Triton: none in forward, the gradient in backward;
 the CPU torch mirrors: 20-24 bytes per element, TORCH_KD_*); the output layer's backward (gradient, its contiguous copy,
 the weight gradient). The fused-output path replaces all of them by ``C x V/tp`` chunk buffers, the student's
-``grad_hidden`` and ``grad_weight`` and the teacher's final hidden states.
+``grad_hidden`` and ``grad_weight`` and the teacher's final hidden states; from a teacher cache, by one chunk
+buffer and the micro-batch's cached ids [N, K] (no teacher at all: plan/cache.py).
 
 State: weights in the parameter dtype, fp32 gradient buffers (megatron DDP ``grad_reduce_in_fp32``),
 Adam moments (+ fp32 master weights in bf16), sharded over DP by the distributed optimizer; torch's
@@ -84,6 +85,11 @@ class PlanOptions:
     """Time only (parallel.overlap_grad_reduce): the DP gradient reduction hidden behind backward."""
     overlap_param_gather: bool = False
     """Time only (parallel.overlap_param_gather): the distributed optimizer's all-gather hidden."""
+    teacher_cache: int | None = None
+    """K ids per token read from a teacher cache (distill.teacher_source: cache): plan with teacher None (no teacher
+    in the step); the fused path holds the batch's cached ids and one chunk buffer (plan/cache.py)."""
+    cache_method: Literal["sample", "topk"] = "sample"
+    """The cache's method: topk rows also carry K float16 masses."""
 
     @property
     def num_microbatches(self) -> int:
@@ -113,6 +119,9 @@ def check_options(opts: PlanOptions, student: ModelConfig, teacher: ModelConfig 
         raise ValueError("sequence_parallel needs tp > 1")
     if opts.top_k is not None and opts.top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {opts.top_k}")
+    if opts.teacher_cache is not None and (opts.teacher_cache < 1 or teacher is not None or not opts.fused_output
+                                           or opts.top_k is not None):
+        raise ValueError("teacher_cache needs K >= 1, the fused output, no top_k, and no teacher in the step")
     if opts.chunk_size is not None and opts.chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {opts.chunk_size}")
     for name, cfg in (("student", student), ("teacher", teacher)):
@@ -247,7 +256,10 @@ def _loss_phases(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOp
 
         c = min(n, opts.chunk_size or default_chunk_size(n, v))
         held = 0.0 if teacher is None else (n * opts.top_k * (FP32 + 8) if opts.top_k else n * teacher.hidden_size * e)
-        chunk = c * v * (2 * e + (TORCH_KD_FWD_BYTES if opts.backend == "cpu" else 0))
+        buffers = 2  # the student's chunk logits and the teacher's
+        if opts.teacher_cache:  # the micro-batch's cached int32 ids (+ float16 masses) on the device; no teacher chunk
+            held, buffers = n * opts.teacher_cache * (FP32 + (2 if opts.cache_method == "topk" else 0)), 1
+        chunk = c * v * (buffers * e + (TORCH_KD_FWD_BYTES if opts.backend == "cpu" else 0))
         grads = n * h * e + weight_grad  # grad_hidden and grad_weight, formed in forward
         return {"loss": {"teacher": held, "kd": chunk + grads}, "output backward": {"teacher": 0.0, "kd": grads}}
     phases: dict[str, dict[str, float]] = {}
