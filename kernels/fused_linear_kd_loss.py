@@ -62,14 +62,7 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, teacher_logits, labels, weights,
                 spec: LossSpec, triton_path: bool, n_valid: int, chunk_size: int, vocab_start: int = 0, group=None):
-        n_tokens = hidden.shape[0]
-        grads = ChunkGrads(hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        for start in range(0, n_tokens, chunk_size):
-            end = min(start + chunk_size, n_tokens)
-            h_c = hidden[start:end]  # [c, h]
-            s_c = h_c @ weight.t()  # [c, v]
+        def rows(s_c, start, end, want_grad):
             if teacher_logits is not None:
                 t_c = teacher_logits[start:end]  # [c, v]
             elif teacher_hidden is not None:
@@ -81,22 +74,55 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
             loss_rows, saved, ce_rows = _rowwise.forward_rows(
                 s_c, t_c, w_c, l_c, spec, triton_path, n_valid, vocab_start, group
             )
-            total += (w_c * loss_rows).sum()
-            if ce_rows is not None:
-                total_ce += (w_c * ce_rows).sum()
-            if not grads.needed:
-                continue
-            g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, vocab_start, out=s_c)
-            grads.add_chunk(start, end, g_c, h_c, weight)
-        ctx.save_for_backward(*grads.saved())
-        ctx.weight_dtype = weight.dtype
-        ctx.mark_non_differentiable(total_ce)
-        return total, total_ce
+            ce = None if ce_rows is None else (w_c * ce_rows).sum()
+            g_c = None
+            if want_grad:
+                g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, vocab_start,
+                                             out=s_c)
+            return (w_c * loss_rows).sum(), ce, g_c
+
+        return chunked_linear_forward(ctx, hidden, weight, chunk_size, rows)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_ce):
-        grad_hidden, grad_weight = scaled_grads(*ctx.saved_tensors, grad_output, ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None, None
+        return (*chunked_linear_backward(ctx, grad_output), None, None, None, None, None, None, None, None, None, None, None)
+
+
+def chunked_linear_forward(ctx, hidden, weight, chunk_size: int, rows):
+    """The token-chunk loop of every fused-linear op (this one, top-k, sampled): (loss, ce) fp32 scalars.
+
+    Per chunk of rows [start, end): s_c = hidden[start:end] W^T [c, v] (input dtype, fp32 accumulation), then
+    ``rows(s_c, start, end, want_grad)`` returns the chunk's (weighted loss sum, weighted CE sum or None, and
+    d loss / d s_c [c, v] or None when want_grad is False); the gradient may be written into s_c itself.
+    `ChunkGrads` turns it into the chunk's grad_hidden rows (G_c W) and adds G_c^T h_c into an fp32
+    grad_weight. The gradients are saved on ``ctx`` for `chunked_linear_backward`; the CE output is marked
+    non-differentiable. Nothing is built when autograd will not ask (``ctx.needs_input_grad``; callers detach
+    their inputs outside grad mode).
+    """
+    n_tokens = hidden.shape[0]
+    grads = ChunkGrads(hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    for start in range(0, n_tokens, chunk_size):
+        end = min(start + chunk_size, n_tokens)
+        h_c = hidden[start:end]  # [c, h]
+        s_c = h_c @ weight.t()  # [c, v]
+        loss_c, ce_c, g_c = rows(s_c, start, end, grads.needed)
+        total += loss_c
+        if ce_c is not None:
+            total_ce += ce_c
+        if g_c is not None:
+            grads.add_chunk(start, end, g_c, h_c, weight)
+    ctx.save_for_backward(*grads.saved())
+    ctx.weight_dtype = weight.dtype
+    ctx.mark_non_differentiable(total_ce)
+    return total, total_ce
+
+
+def chunked_linear_backward(ctx, grad_output) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_hidden, grad_weight) of `chunked_linear_forward`, times the upstream scalar in fp32, each in its
+    parameter's dtype."""
+    return scaled_grads(*ctx.saved_tensors, grad_output, ctx.weight_dtype)
 
 
 def fused_linear_kd_loss(

@@ -15,8 +15,8 @@ import torch
 
 from . import _topk_rows
 from ._common import Backend, Divergence, LossSpec, Reduction, token_weights, use_triton
-from ._linear_grads import ChunkGrads, detach_outside_grad_mode, scaled_grads
-from .fused_linear_kd_loss import default_chunk_size
+from ._linear_grads import detach_outside_grad_mode
+from .fused_linear_kd_loss import chunked_linear_backward, chunked_linear_forward, default_chunk_size
 from .vocab_parallel_topk_kd_loss import topk_spec, topk_teacher_rows
 
 
@@ -42,37 +42,26 @@ class FusedLinearTopKKDLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, values, ids, labels, weights, spec: LossSpec, triton_path: bool,
                 n_valid: int, chunk_size: int, vocab_start: int, group):
-        n_tokens = hidden.shape[0]
-        grads = ChunkGrads(hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
-        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
         one = torch.ones((), device=hidden.device, dtype=torch.float32)  # upstream grad, applied in backward
-        for start in range(0, n_tokens, chunk_size):
-            end = min(start + chunk_size, n_tokens)
-            h_c = hidden[start:end]  # [c, h]
-            s_c = h_c @ weight.t()  # [c, v_local]
+
+        def rows(s_c, start, end, want_grad):
             w_c = weights[start:end]
             l_c = None if labels is None else labels[start:end]
             loss_rows, ce_rows, saved = _topk_rows.topk_forward_rows(
                 s_c, values[start:end], ids[start:end], w_c, l_c, spec, triton_path, n_valid, vocab_start, group
             )
-            total += (w_c * loss_rows).sum()
-            if ce_rows is not None:
-                total_ce += (w_c * ce_rows).sum()
-            if not grads.needed:
-                continue
-            g_c = _topk_rows.topk_backward_rows(s_c, l_c, saved, one, w_c, spec, triton_path, n_valid,
-                                                vocab_start, out=s_c)
-            grads.add_chunk(start, end, g_c, h_c, weight)
-        ctx.save_for_backward(*grads.saved())
-        ctx.weight_dtype = weight.dtype
-        ctx.mark_non_differentiable(total_ce)
-        return total, total_ce
+            ce = None if ce_rows is None else (w_c * ce_rows).sum()
+            g_c = None
+            if want_grad:
+                g_c = _topk_rows.topk_backward_rows(s_c, l_c, saved, one, w_c, spec, triton_path, n_valid,
+                                                    vocab_start, out=s_c)
+            return (w_c * loss_rows).sum(), ce, g_c
+
+        return chunked_linear_forward(ctx, hidden, weight, chunk_size, rows)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_ce):
-        grad_hidden, grad_weight = scaled_grads(*ctx.saved_tensors, grad_output, ctx.weight_dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None
+        return (*chunked_linear_backward(ctx, grad_output), None, None, None, None, None, None, None, None, None, None)
 
 
 def fused_linear_topk_kd_loss(

@@ -10,7 +10,9 @@ shared (see pipeline/stages.py).
 
 Tokens-to-target: the target is the random-init baseline's final validation perplexity; the tokens each
 run needs to reach it come from :mod:`nemo_subnet.training.tokens_to_target` (linear interpolation between
-validation points; None: never reached).
+validation points; None: never reached). A crossing inside the first interval (between the init and the first
+evaluation after it) is reported as "at most" that evaluation's tokens, never as an interpolated figure or a
+ratio: nothing was measured in between.
 """
 
 from __future__ import annotations
@@ -102,12 +104,32 @@ def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> No
     if budget:
         ax.axvline(budget, color="gray", linestyle=":", label="parameter budget")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("validation perplexity (masked teacher)")
+    ax.set_ylabel("search-split perplexity (sub-network)")
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _compute_line(out: Path) -> list[str]:
+    """Importance and search FLOPs as the two stages recorded them."""
+    parts = []
+    scores = out / "importance" / "scores.safetensors"
+    if scores.is_file():
+        from nemo_subnet.importance.scores import ImportanceScores
+
+        meta = ImportanceScores.load(scores).meta
+        if "flops" in meta:
+            parts.append(f"importance {meta['flops']:.3e} FLOPs ({meta['passes']} forward pass(es), "
+                         f"{meta['tokens']:,} tokens)")
+    summary = out / "search" / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        if "flops" in s:
+            rungs = ", ".join(f"rung {r['rung']}: {r['evaluations']} x {r['batches']} batches" for r in s["rungs"])
+            parts.append(f"search {s['flops']:.3e} FLOPs ({s['evaluations']} evaluations, {s['tokens']:,} tokens; {rungs})")
+    return [f"Compute: {'; '.join(parts)}.", ""] if parts else []
 
 
 def _params(ckpt: Path) -> int | None:
@@ -138,13 +160,36 @@ def student_comparison(out: Path) -> dict:
     target = baseline[-1][1] if baseline else None
     reach = {name: tokens_at(points, target) if target else None
              for name, points in (("subnet init + KD", distill), ("random init", baseline))}
+    teacher = _marker(out, "export").get("summary", {})
     test = {"subnet init + KD": test_ppl(out / "distill"), "random init": test_ppl(out / "baseline"),
-            "teacher": test_ppl(out / "teacher")}
-    return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach, "test": test}
+            "teacher": teacher.get("teacher_test_ppl", test_ppl(out / "teacher"))}
+    first_interval = {name: points[1][0] if len(points) > 1 else None
+                      for name, points in (("subnet init + KD", distill), ("random init", baseline))}
+    return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach, "test": test,
+            "first_interval": first_interval, "teacher_valid": teacher.get("teacher_valid_ppl")}
+
+
+def reach_cells(reach: dict, first_interval: dict) -> list[list]:
+    """Rows of (run, tokens to target, fewer tokens than random init); a crossing inside the first interval
+    reads "at most N" with no ratio (an interpolation there would be a guess)."""
+    base = reach.get("random init")
+    base_resolved = base is not None and not (0 < base <= (first_interval.get("random init") or 0))
+    rows = []
+    for name, t in reach.items():
+        if t is None:
+            rows.append([name, None, None])
+        elif t == 0:
+            rows.append([name, "0 (init already below target)", None])
+        elif t <= (first_interval.get(name) or 0):
+            rows.append([name, f"at most {int(first_interval[name]):,} (before the first evaluation)", None])
+        else:
+            ratio = f"{base / t:.2f}x" if base_resolved and base else None
+            rows.append([name, f"{int(t):,}", ratio])
+    return rows
 
 
 def write_report(out: Path, report_dir: Path) -> dict:
-    from nemo_subnet.search.results import read_candidates
+    from nemo_subnet.search.results import merge_evaluations, read_candidates
 
     out, report_dir = Path(out), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -156,24 +201,29 @@ def write_report(out: Path, report_dir: Path) -> dict:
     for marker in sorted((out / ".stages").glob("*.done.json"), key=lambda p: p.stat().st_mtime):
         m = json.loads(marker.read_text())
         stage_rows.append([m.get("stage", marker.name.split(".")[0]), float(m.get("seconds", 0.0))])
+    stage_rows.append(["total", sum(seconds for _, seconds in stage_rows)])
     sections += ["## Stages", "", _table(["stage", "seconds"], stage_rows), ""]
 
     # teacher and search
     teacher = _marker(out, "teacher").get("summary", {})
     extract = _marker(out, "extract").get("summary", {})
-    candidates = read_candidates(out / "search")
+    candidates = merge_evaluations(read_candidates(out / "search"))  # each at the highest rung it reached
     teacher_params = _params(out / "teacher" / "model")
     sections += ["## Sub-network search", ""]
     if candidates:
         search = json.loads((out / "search" / "search.json").read_text())
-        lo, hi = search["bounds"]
-        sections += [f"Teacher: {_fmt(teacher_params)} parameters, final validation perplexity "
-                     f"{_fmt(teacher.get('valid_ppl'))}. Budget: {_fmt(lo)}–{_fmt(hi)} parameters; "
+        bounds = search["bounds"]
+        lo, hi = bounds[0] if isinstance(bounds[0], list) else bounds  # a family: the first budget's (the student's)
+        teacher_valid = _marker(out, "export").get("summary", {}).get("teacher_valid_ppl", teacher.get("valid_ppl"))
+        sections += [f"Teacher: {_fmt(teacher_params)} parameters, validation perplexity {_fmt(teacher_valid)} "
+                     f"(on the students' validation samples). Budget: {_fmt(lo)}–{_fmt(hi)} parameters; "
                      f"{search['strategy']} search over a {search['space']['granularity']} space, "
-                     f"{len(candidates)} sub-networks evaluated by the perplexity of the masked teacher on the search "
-                     "split (held out from training, validation and test).", ""]
-        best = sorted(candidates, key=lambda c: c["objective"])[:5]
-        sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl (masked teacher)", "sub-network"],
+                     f"{len(candidates)} sub-networks evaluated by their perplexity on the search split (held out "
+                     "from training, validation and test; the extracted student's number).", ""]
+        sections += _compute_line(out)
+        top = max(c["rung"] for c in candidates)  # full-fidelity values are the comparable ones
+        best = sorted((c for c in candidates if c["rung"] == top), key=lambda c: c["objective"])[:5]
+        sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl", "sub-network"],
                             [[i + 1, c["params"], c["params"] / teacher_params if teacher_params else None,
                               c["objective"], _describe(c["subnet"])] for i, c in enumerate(best)]), ""]
         _plot_search(candidates, (lo + hi) / 2, report_dir / "search.png")
@@ -191,26 +241,30 @@ def write_report(out: Path, report_dir: Path) -> dict:
     sections += ["### Tokens to target", "",
                  f"Target: the random-init student's final validation perplexity ({_fmt(cmp['target'])}).", ""]
     reach = cmp["reach"]
-    base_tokens = reach.get("random init")
-    rows = []
-    for name, t in reach.items():
-        ratio = None if (t is None or not base_tokens) else ("init already below target" if t == 0 else
-                                                              f"{base_tokens / t:.2f}x")
-        rows.append([name, None if t is None else f"{int(t):,}", ratio])
+    rows = [[name, "not reached" if t is None else t, "—" if ratio is None else ratio]
+            for name, t, ratio in reach_cells(reach, cmp["first_interval"])]
     sections += [_table(["run", "tokens to target", "fewer tokens than random init"], rows), ""]
     sections += ["### Test perplexity (test split, measured once at the end of each run)", "",
                  _table(["run", "test ppl"], [[name, "—" if ppl is None else ppl] for name, ppl in cmp["test"].items()]), ""]
     _plot_curves({"subnet init + KD": cmp["distill"], "random init": cmp["baseline"]}, cmp["target"],
-                 teacher.get("valid_ppl"), report_dir / "students.png")
+                 cmp["teacher_valid"] or teacher.get("valid_ppl"), report_dir / "students.png")
     sections += ["![students](students.png)", ""]
     ahead = bool(cmp["rows"]) and all(r[2] is not None and r[1] < r[2] for r in cmp["rows"])
     sections += [f"**Sub-network init + KD ahead of random init at every evaluation: {'yes' if ahead else 'no'}.**", ""]
 
-    # export
-    generation = out / "export" / "generation.txt"
-    if generation.is_file():
-        sections += ["## Export", "", f"`{out / 'export' / 'student_hf'}` loads with transformers; greedy "
-                     "completion:", "", "```python", generation.read_text(), "```", ""]
+    # export and completions
+    completions = out / "export" / "completions.json"
+    if completions.is_file():
+        sections += ["## Completions", "", f"Greedy completions of the same prompt, each model exported to Hugging Face "
+                     f"format and generated with plain transformers (the KD student's export: "
+                     f"`{out / 'export' / 'student_hf'}`).", ""]
+        for who, text in json.loads(completions.read_text()).items():
+            sections += [f"**{who}**", "", "```python", text, "```", ""]
+    else:
+        generation = out / "export" / "generation.txt"
+        if generation.is_file():
+            sections += ["## Export", "", f"`{out / 'export' / 'student_hf'}` loads with transformers; greedy "
+                         "completion:", "", "```python", generation.read_text(), "```", ""]
 
     parity = out / "parity.json"
     if parity.is_file():

@@ -1,14 +1,14 @@
-"""Section `search`: the search objective on the masked super-network of the setup's teacher, in the teacher's
-dtype (bf16 on GPU: its model.yaml records it), through ``nemo-subnet search`` (random strategy, first-k
-ordering, budget 50 % +- 10 %).
+"""Section `search`: the search objective of the setup's teacher in the teacher's dtype (bf16 on GPU: its
+model.yaml records it), through ``nemo-subnet search`` (random strategy, first-k ordering, budget 50 % +- 10 %,
+candidates at their own size, one fidelity).
 
 Reports candidates per second (the first evaluation, which compiles kernels, left out) and the evaluation's
 throughput. Checks: every candidate was evaluated and lies in the budget band with a finite perplexity > 1;
 the super-network the search loads holds the checkpoint's dtype (bf16 on GPU: fp32 would mean no TF32 and no
 flash attention, ~10x slower); the full config of the masked super-network gives the unmasked model's
 perplexity on the same batches (invariant 2's "full config == unmasked model"; the tolerance covers bf16
-on GPU); re-evaluating the best candidate reproduces its recorded objective. Target (reported): the
-evaluation's model FLOPs utilisation.
+on GPU); re-evaluating the best candidate reproduces its recorded objective, and the masked super-network
+gives it too. Target (reported): the evaluation's model FLOPs utilisation.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _search_cli(ctx, p: dict, out) -> None:
                 "--space", str(space), "--out", str(out), "--budget", str(BUDGET), "--tolerance", str(TOLERANCE),
                 "--strategy", "random", "--evaluations", str(p["evaluations"]), "--val-batches", str(p["val_batches"]),
                 "--seq-length", str(p["seq_length"]), "--micro-batch-size", str(p["micro_batch_size"]),
-                "--no-progress", "--no-plots"])
+                "--rungs", "1", "--no-progress", "--no-plots"])
     if code != 0:
         raise RuntimeError(f"nemo-subnet search exited {code}")
 
@@ -57,9 +57,10 @@ def _invariants(ctx, rec, p: dict, best: dict) -> None:
                   f"weights {loaded}, model.yaml {cfg.dtype}, want {want}")
         data = load_batches(ctx.artifacts["setup.data"], cfg, split="valid", num_batches=p["val_batches"],
                             seq_length=p["seq_length"], micro_batch_size=p["micro_batch_size"])
-        objective = SupernetPerplexity(supernet, cfg, data)
-        full = objective(SubnetConfig())
-        again = objective(SubnetConfig.from_dict(best["subnet"]))
+        masked = SupernetPerplexity(supernet, cfg, data, forward="masked")
+        full = masked(SubnetConfig())
+        again = SupernetPerplexity(supernet, cfg, data)(SubnetConfig.from_dict(best["subnet"]))  # as the search ran it
+        again_masked = masked(SubnetConfig.from_dict(best["subnet"]))
         del supernet
         _, plain = load_model(ctx.artifacts["setup.teacher"])
         unmasked = perplexity(evaluate_loss(plain, cfg, data))
@@ -74,6 +75,9 @@ def _invariants(ctx, rec, p: dict, best: dict) -> None:
     rel = abs(again - best["objective"]) / best["objective"]
     rec.check("best candidate re-evaluates to its recorded objective", rel <= 1e-6,
               f"{again:.6f} vs {best['objective']:.6f}")
+    rel = abs(again_masked - again) / again
+    rec.check("own-size (compact) objective == masked super-network", rel <= rtol,
+              f"{again:.6f} vs {again_masked:.6f} (rel {rel:.1e}, tolerance {rtol:g})")
 
 
 def _throughput_target(ctx, rec, p: dict, tokens_per_s: float) -> None:
@@ -116,5 +120,5 @@ def run(ctx, rec) -> None:
                                     for r in records), f"params band {lower:,}..{upper:,}")
     best = min(records, key=lambda r: r["objective"])
     rec.number("best", {"objective": best["objective"], "params": best["params"]})
-    progress(rec.section, "masked super-network invariants")
+    progress(rec.section, "masked super-network and own-size invariants")
     _invariants(ctx, rec, p, best)

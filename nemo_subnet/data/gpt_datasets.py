@@ -134,7 +134,7 @@ def build_gpt_datasets(config: GPTDataConfig, train_samples: int, valid_samples:
     prefixes = {split: str(split_path(data_dir, metadata, split)) for split in splits}
     if test_samples is not None:
         _check_split_length(config, metadata, "test")
-    tokenizer = _EodTokenizer(metadata["vocab_size"], metadata["eod"], _fingerprint(prefixes.values()))
+    tokenizer = _EodTokenizer(metadata["vocab_size"], metadata["eod"], split_fingerprint(prefixes.values()))
     gpt_config = GPTDatasetConfig(
         random_seed=config.seed,
         sequence_length=config.seq_length,
@@ -160,7 +160,9 @@ def hf_tokenizer_dir(data_dir: str | Path) -> Path | None:
     return path if metadata["tokenizer"].get("hf_tokenizer") else None
 
 
-def _fingerprint(prefixes) -> str:
+def split_fingerprint(prefixes) -> str:
+    """A short hash of the splits' document lengths (their .idx files): megatron's cache key, and a teacher cache's
+    record of the data it was built from."""
     digest = hashlib.sha256()
     for prefix in prefixes:
         digest.update(Path(f"{prefix}.idx").read_bytes())  # lengths of every document: small, and changes with the data

@@ -27,7 +27,8 @@ copies (alpha_ce = 0); top-k: (values, ids) [N, k] instead of the teacher's logi
 the CPU torch mirrors: 20-24 bytes per element, TORCH_KD_*); the output layer's backward (gradient, its contiguous copy,
 the weight gradient). The fused-output path replaces all of them by ``C x V/tp`` chunk buffers, the student's
 ``grad_hidden`` and fp32 ``grad_weight`` (scaled into the weight's dtype in backward) and the teacher's final
-hidden states.
+hidden states; from a teacher cache, by one chunk buffer and the micro-batch's cached ids [N, K] (no teacher at
+all: plan/cache.py).
 
 State: weights in the parameter dtype, fp32 gradient buffers (megatron DDP ``grad_reduce_in_fp32``),
 Adam moments (+ fp32 master weights in bf16), sharded over DP by the distributed optimizer; torch's
@@ -87,6 +88,11 @@ class PlanOptions:
     """Time only (parallel.overlap_grad_reduce): the DP gradient reduction hidden behind backward."""
     overlap_param_gather: bool = False
     """Time only (parallel.overlap_param_gather): the distributed optimizer's all-gather hidden."""
+    teacher_cache: int | None = None
+    """K ids per token read from a teacher cache (distill.teacher_source: cache): plan with teacher None (no teacher
+    in the step); the fused path holds the batch's cached ids and one chunk buffer (plan/cache.py)."""
+    cache_method: Literal["sample", "topk"] = "sample"
+    """The cache's method: topk rows also carry K float16 masses."""
 
     @property
     def num_microbatches(self) -> int:
@@ -116,6 +122,9 @@ def check_options(opts: PlanOptions, student: ModelConfig, teacher: ModelConfig 
         raise ValueError("sequence_parallel needs tp > 1")
     if opts.top_k is not None and opts.top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {opts.top_k}")
+    if opts.teacher_cache is not None and (opts.teacher_cache < 1 or teacher is not None or not opts.fused_output
+                                           or opts.top_k is not None):
+        raise ValueError("teacher_cache needs K >= 1, the fused output, no top_k, and no teacher in the step")
     if opts.chunk_size is not None and opts.chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {opts.chunk_size}")
     for name, cfg in (("student", student), ("teacher", teacher)):
@@ -248,7 +257,10 @@ def _loss_phases(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOp
 
         c = min(n, opts.chunk_size or default_chunk_size(n, v))
         held = 0.0 if teacher is None else (n * opts.top_k * (FP32 + 8) if opts.top_k else n * teacher.hidden_size * e)
-        chunk = c * v * (2 * e + (TORCH_KD_FWD_BYTES if opts.backend == "cpu" else 0))
+        buffers = 2  # the student's chunk logits and the teacher's
+        if opts.teacher_cache:  # the micro-batch's cached int32 ids (+ float16 masses) on the device; no teacher chunk
+            held, buffers = n * opts.teacher_cache * (FP32 + (2 if opts.cache_method == "topk" else 0)), 1
+        chunk = c * v * (buffers * e + (TORCH_KD_FWD_BYTES if opts.backend == "cpu" else 0))
         # grad_hidden and grad_weight, formed in forward; grad_weight summed in fp32 from bf16 row blocks of
         # each chunk's product (kernels/_linear_grads.py), scaled and rounded to the weight's dtype in backward
         block = min(v * h, LINEAR_GRAD_BLOCK) * e if e != FP32 else 0.0

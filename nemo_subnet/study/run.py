@@ -15,9 +15,10 @@ FLOPs (all per token x tokens; counted separately, summed only for compute-to-ta
 - student fwd+bwd: ``search.objective.flops_per_token`` of the student's sub-network of the teacher (the one
   counter, models/counting.py: per-layer sizes of layer-wise students counted);
 - teacher forward during KD: ``forward_flops_per_token`` of the full teacher;
-- importance: the calibration pass plus (L + 1) layer-drop evaluations, each a teacher forward;
-- search: one teacher forward per evaluated candidate over its evaluation tokens (a masked super-network
-  runs at the teacher's shapes: masks do not skip compute).
+- importance: what the importance stage recorded in its scores (``meta["flops"]``: the calibration pass,
+  plus the layer-drop passes only when the layer metric needs them);
+- search: what the search recorded in its summary.json (``flops``: every evaluation's executed forward
+  FLOPs over its tokens, every fidelity rung, at the candidate's own size when evaluated compact).
 """
 
 from __future__ import annotations
@@ -64,7 +65,13 @@ class Study:
         return forward_flops_per_token(self.teacher_cfg, seq_length)
 
     def importance_flops(self) -> float:
-        """The calibration pass, the base loss and one layer-drop evaluation per layer, each a teacher forward."""
+        """As the importance stage recorded it (scores written before it recorded FLOPs: the calibration pass
+        plus 1 + L layer-drop passes, what that stage ran then)."""
+        from nemo_subnet.importance.scores import ImportanceScores
+
+        meta = ImportanceScores.load(self.out / "base" / "importance" / "scores.safetensors").meta
+        if "flops" in meta:
+            return float(meta["flops"])
         imp = self.base.importance
         tokens = imp.batches * imp.micro_batch_size * imp.seq_length
         return (1 + self.teacher_cfg.num_layers + 1) * tokens * self.teacher_forward_flops(imp.seq_length)
@@ -102,20 +109,17 @@ class Study:
 
     def _search(self, init: Init, out: Path, strategy: str, evaluations: int | None) -> tuple[dict, dict]:
         from nemo_subnet.pipeline.stages import search_data, teacher_checkpoint
-        from nemo_subnet.search.results import read_candidates
         from nemo_subnet.search.runner import run_search
 
         s = self.base.search
         run_search(section(s, ckpt=teacher_checkpoint(self.out / "base"), data=search_data(self.out / "base"), out=out,
                            scores=self.out / "base" / "importance" / "scores.safetensors",
                            space=section(s.space, granularity=init.granularity),
-                           budget=section(s.budget, target=init.budget), strategy=strategy,
+                           budget=section(s.budget, target=init.budget), budgets=None, strategy=strategy,
                            evaluations=evaluations or s.evaluations, progress=False, plots=False, overwrite=True))
-        best = json.loads((out / "summary.json").read_text())["best"]
-        candidates = read_candidates(out)
-        tokens = s.eval.batches * s.eval.micro_batch_size * s.eval.seq_length
-        return best["subnet"], {"importance_flops": self.importance_flops(), "evaluations": len(candidates),
-                                "search_flops": len(candidates) * tokens * self.teacher_forward_flops(s.eval.seq_length)}
+        summary = json.loads((out / "summary.json").read_text())
+        return summary["best"]["subnet"], {"importance_flops": self.importance_flops(),
+                                           "evaluations": summary["candidates"], "search_flops": summary["flops"]}
 
     # --- runs -----------------------------------------------------------------------------------------
     def run_seed(self, row: Row, init: dict, seed: int) -> dict:

@@ -3,8 +3,9 @@
 FLOPs are checked against their definitions: the student's fwd+bwd per token against 3 x the one counter
 (``models.counting.forward_flops_per_token``, itself checked against a built model's weights in
 tests/models/test_counting.py) of the extracted model.yaml, i.e. the study counts the student it trained; the
-teacher's forward against the same function of the teacher; importance and search against counts of batches,
-layers and candidates.
+teacher's forward against the same function of the teacher; importance against its definition (one calibration
+pass: the default layer metric needs no layer drops) and search against every recorded evaluation (its tokens,
+its rung, the sub-network's own forward).
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def test_every_row_and_file(study):
 def test_flop_accounting_matches_independent_counts(study):
     from nemo_subnet.models.config import ModelConfig
     from nemo_subnet.models.counting import forward_flops_per_token
+    from nemo_subnet.subnet.config import SubnetConfig, resolve
+    from nemo_subnet.subnet.extract import extract_model_config
 
     config, rows, summary, out = study
     root = out / "study"
@@ -65,7 +68,7 @@ def test_flop_accounting_matches_independent_counts(study):
     teacher_fwd = forward_flops_per_token(teacher, seq)
     s, imp = config.base.search, config.base.importance
     tokens = imp.batches * imp.micro_batch_size * imp.seq_length
-    importance = (teacher.num_layers + 2) * tokens * forward_flops_per_token(teacher, imp.seq_length)
+    importance = tokens * forward_flops_per_token(teacher, imp.seq_length)
     by_name = {e["row"]: e for e in summary["rows"]}
     for row in rows:
         init = json.loads((root / "inits" / row["init"] / "init.json").read_text())
@@ -78,12 +81,17 @@ def test_flop_accounting_matches_independent_counts(study):
         searched = row["init"].startswith(("evolutionary", "random_search", "minitron"))
         assert row["importance_flops"] == (pytest.approx(importance) if searched else 0.0)
         if searched:
-            candidates = (root / "inits" / row["init"] / "search" / "candidates.jsonl").read_text().split("\n")
-            n = sum(1 for line in candidates if line.strip())
-            assert n == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
+            lines = (root / "inits" / row["init"] / "search" / "candidates.jsonl").read_text().split("\n")
+            evaluations = [json.loads(line) for line in lines if line.strip()]
+            first = {r["index"]: r for r in evaluations if r["rung"] == 0}
+            assert len(first) == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
             ev = s.eval
-            per_candidate = ev.batches * ev.micro_batch_size * ev.seq_length * forward_flops_per_token(teacher, ev.seq_length)
-            assert row["search_flops"] == pytest.approx(n * per_candidate)
+            assert max(r["batches"] for r in evaluations) == ev.batches
+            for r in evaluations:  # compact evaluation: the sub-network's own forward over the rung's tokens
+                assert r["tokens"] == r["batches"] * ev.micro_batch_size * ev.seq_length
+                sub = extract_model_config(teacher, resolve(teacher, SubnetConfig.from_dict(first[r["index"]]["subnet"])))
+                assert r["flops"] == pytest.approx(r["tokens"] * forward_flops_per_token(sub, ev.seq_length))
+            assert row["search_flops"] == pytest.approx(sum(r["flops"] for r in evaluations))
         else:
             assert row["search_flops"] == 0.0
         entry = by_name[row["row"]]
