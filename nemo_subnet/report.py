@@ -112,8 +112,16 @@ def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> No
     plt.close(fig)
 
 
+def _teacher_cache(out: Path) -> dict:
+    """The ``teacher_cache`` stage's marker summary when the students read that cache ({} otherwise: online KD, a
+    cache given by path, or a stale build of an earlier config)."""
+    cache = _marker(out, "teacher_cache").get("summary", {})
+    students = _marker(out, "distill").get("summary")
+    return cache if cache and (students is None or students.get("teacher_cache") == cache.get("cache")) else {}
+
+
 def _compute_line(out: Path) -> list[str]:
-    """Importance and search FLOPs as the two stages recorded them."""
+    """Importance, search and teacher-cache FLOPs as the stages recorded them."""
     parts = []
     scores = out / "importance" / "scores.safetensors"
     if scores.is_file():
@@ -129,6 +137,11 @@ def _compute_line(out: Path) -> list[str]:
         if "flops" in s:
             rungs = ", ".join(f"rung {r['rung']}: {r['evaluations']} x {r['batches']} batches" for r in s["rungs"])
             parts.append(f"search {s['flops']:.3e} FLOPs ({s['evaluations']} evaluations, {s['tokens']:,} tokens; {rungs})")
+    cache = _teacher_cache(out)
+    if cache:
+        parts.append(f"teacher cache {cache['flops']:.3e} FLOPs (teacher forward over {cache['tokens']:,} tokens; "
+                     f"{cache['method']} k={cache['k']}, {cache['bytes_per_token']} bytes per token, "
+                     f"{cache['bytes'] / 2**20:,.1f} MiB), built once for every student")
     return [f"Compute: {'; '.join(parts)}.", ""] if parts else []
 
 
@@ -154,19 +167,33 @@ def student_comparison(out: Path) -> dict:
     """Per-evaluation comparison of the KD student and the random-init baseline, and tokens-to-target."""
     from nemo_subnet.training.tokens_to_target import tokens_at
 
-    distill, baseline = _curve(out / "distill"), _curve(out / "baseline")
+    first = next(iter(_marker(out, "distill").get("summary", {}).get("students", {})), "")  # a family: the first budget
+    distill_dir, baseline_dir = out / "distill" / first, out / "baseline" / first
+    distill, baseline = _curve(distill_dir), _curve(baseline_dir)
     base_at = dict(baseline)
     rows = [[int(t), p, base_at.get(t), None if t not in base_at else base_at[t] / p] for t, p in distill]
     target = baseline[-1][1] if baseline else None
     reach = {name: tokens_at(points, target) if target else None
              for name, points in (("subnet init + KD", distill), ("random init", baseline))}
     teacher = _marker(out, "export").get("summary", {})
-    test = {"subnet init + KD": test_ppl(out / "distill"), "random init": test_ppl(out / "baseline"),
+    test = {"subnet init + KD": test_ppl(distill_dir), "random init": test_ppl(baseline_dir),
             "teacher": teacher.get("teacher_test_ppl", test_ppl(out / "teacher"))}
     first_interval = {name: points[1][0] if len(points) > 1 else None
                       for name, points in (("subnet init + KD", distill), ("random init", baseline))}
     return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach, "test": test,
             "first_interval": first_interval, "teacher_valid": teacher.get("teacher_valid_ppl")}
+
+
+def _student_rows(out: Path, family: dict) -> str:
+    """One row per budget of a family: parameters, final valid and test perplexity of the KD and random-init
+    students (each stage's marker records every student)."""
+    extract = _marker(out, "extract").get("summary", {}).get("students", {})
+    baseline = _marker(out, "baseline").get("summary", {}).get("students", {})
+    rows = [[name, extract.get(name, {}).get("parameters"), kd.get("valid_ppl"), kd.get("test_ppl"),
+             baseline.get(name, {}).get("valid_ppl"), baseline.get(name, {}).get("test_ppl")]
+            for name, kd in family.items()]
+    return _table(["budget", "parameters", "KD valid ppl", "KD test ppl", "random-init valid ppl",
+                   "random-init test ppl"], [[c if c is not None else "—" for c in row] for row in rows])
 
 
 def reach_cells(reach: dict, first_interval: dict) -> list[list]:
@@ -200,6 +227,8 @@ def write_report(out: Path, report_dir: Path) -> dict:
     stage_rows = []
     for marker in sorted((out / ".stages").glob("*.done.json"), key=lambda p: p.stat().st_mtime):
         m = json.loads(marker.read_text())
+        if m.get("stage") == "teacher_cache" and not _teacher_cache(out):
+            continue  # a build the students do not read
         stage_rows.append([m.get("stage", marker.name.split(".")[0]), float(m.get("seconds", 0.0))])
     stage_rows.append(["total", sum(seconds for _, seconds in stage_rows)])
     sections += ["## Stages", "", _table(["stage", "seconds"], stage_rows), ""]
@@ -246,8 +275,15 @@ def write_report(out: Path, report_dir: Path) -> dict:
     sections += [_table(["run", "tokens to target", "fewer tokens than random init"], rows), ""]
     sections += ["### Test perplexity (test split, measured once at the end of each run)", "",
                  _table(["run", "test ppl"], [[name, "—" if ppl is None else ppl] for name, ppl in cmp["test"].items()]), ""]
-    _plot_curves({"subnet init + KD": cmp["distill"], "random init": cmp["baseline"]}, cmp["target"],
-                 cmp["teacher_valid"] or teacher.get("valid_ppl"), report_dir / "students.png")
+    family = _marker(out, "distill").get("summary", {}).get("students", {})
+    curves = {"subnet init + KD": cmp["distill"], "random init": cmp["baseline"]}
+    if family:
+        first = next(iter(family))
+        curves = {f"{run} ({name})": _curve(out / stage / name) for name in family
+                  for run, stage in (("subnet init + KD", "distill"), ("random init", "baseline"))}
+        sections += [f"### Every budget's students (`search.budgets`; the tables above are budget {first}'s)", "",
+                     _student_rows(out, family), ""]
+    _plot_curves(curves, cmp["target"], cmp["teacher_valid"] or teacher.get("valid_ppl"), report_dir / "students.png")
     sections += ["![students](students.png)", ""]
     ahead = bool(cmp["rows"]) and all(r[2] is not None and r[1] < r[2] for r in cmp["rows"])
     sections += [f"**Sub-network init + KD ahead of random init at every evaluation: {'yes' if ahead else 'no'}.**", ""]

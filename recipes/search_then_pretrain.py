@@ -116,7 +116,7 @@ def build_experiment(config: PipelineConfig, launch: LaunchConfig, *, name: str 
 
     config = dataclasses.replace(config, out_dir=str(Path(config.out_dir).absolute()))
     all_stages = build_stages()
-    chosen = stages or list(all_stages)
+    chosen = [name for name in stages or list(all_stages) if all_stages[name].applies_to(config)]  # no idle tasks
     exp = run.Experiment(name, executor=make_executor(launch))
     with exp:
         ids: dict[str, str] = {}
@@ -134,7 +134,7 @@ def launch_experiment(config: PipelineConfig, launch: LaunchConfig, *, dryrun: b
     """Check, build and run (or dry-run) the experiment. Not detached: raises UserError when a stage did not
     finish, its first line the failed stage's own error, then the path of its full log."""
     from nemo_subnet.errors import UserError
-    from nemo_subnet.pipeline.stages import STAGE_NAMES
+    from nemo_subnet.pipeline.stages import build_stages
     from nemo_subnet.recipes.failures import unfinished_report
 
     check_inputs(config, launch, dryrun=dryrun)
@@ -146,7 +146,8 @@ def launch_experiment(config: PipelineConfig, launch: LaunchConfig, *, dryrun: b
         else:
             exp.run(detach=detach, tail_logs=False)
     if not dryrun and not detach:
-        report = unfinished_report(Path(config.out_dir).absolute(), list(stages or STAGE_NAMES),
+        needed = [name for name, stage in build_stages().items() if stage.applies_to(config)]
+        report = unfinished_report(Path(config.out_dir).absolute(), [s for s in stages or needed if s in needed],
                                    {job.id: job.executor.job_dir for job in exp.jobs}, since=started)
         if report:
             raise UserError(f"{report}\n  (experiment {exp._id}; every task's logs under {exp._exp_dir})")

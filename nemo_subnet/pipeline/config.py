@@ -30,8 +30,13 @@ from nemo_subnet.importance.collect import ImportanceConfig
 from nemo_subnet.search.runner import EvalConfig, SearchConfig
 from nemo_subnet.search.space import Budget, SearchSpace
 from nemo_subnet.search.strategies import StrategyConfig
+from nemo_subnet.teacher_cache.config import TeacherCacheConfig
 from nemo_subnet.training.config import (CheckpointConfig, DataConfig, LoggingConfig, OptimizerConfig, ScheduleConfig,
                                          TrainConfig)
+
+TEACHER_CACHE_FROM_RUN = ("out", "teacher", "data", "samples", "temperature", "parallel.tp", "parallel.pp",
+                          "parallel.precision")
+"""The teacher-cache build's fields the pipeline takes from the students' run (``TeacherCacheConfig.for_run``)."""
 
 WIRED = (
     "data.out", "teacher_train.run_dir", "teacher_train.init.from_checkpoint", "teacher_train.init.random",
@@ -39,6 +44,7 @@ WIRED = (
     "student_train.init.from_checkpoint", "student_train.init.random", "student_train.data.path",
     "student_train.distill.teacher", "importance.ckpt", "importance.data", "importance.out",
     "importance.layer_metric", "search.ckpt", "search.data", "search.out", "search.scores",
+    *(f"teacher_cache.{name}" for name in TEACHER_CACHE_FROM_RUN),
 )
 """Fields the stages fill in (where each stage reads its inputs and writes its outputs, and what importance
 computes for the search: ``importance.layer_metric`` is ``search.layer_metric``, so the layer-drop passes run
@@ -133,6 +139,10 @@ class PipelineConfig:
     student_train: TrainConfig = field(default_factory=lambda: default_train(10))
     """Both the KD student (``distill``, with ``student_train.distill``) and the random-init baseline: same data
     order, same tokens."""
+    teacher_cache: TeacherCacheConfig = field(default_factory=lambda: TeacherCacheConfig(progress=False))
+    """The build's own settings (k, method, seed, segment_microbatches) when the pipeline builds the teacher cache
+    (``student_train.distill.teacher_source: cache`` with no ``distill.cache``); what the students read (teacher,
+    data, samples, temperature, layout) is taken from their run (``TEACHER_CACHE_FROM_RUN``: leave it unset)."""
     baseline_kd: bool = False
     """Distill the random-init baseline too (isolates the init); default: plain pretraining, as in the paper."""
     generate_prompt: str = "def main("
@@ -156,11 +166,34 @@ class PipelineConfig:
         if self.search.budget is None and self.search.budgets is None and not (
                 isinstance(self.search.space, SearchSpace) and self.search.space.budget):
             yield "search.budget", "required: the student's parameters, a fraction of the teacher's (0.34) or a count"
+        if not self.builds_teacher_cache():
+            given = configs.to_dict(self.teacher_cache)
+            for name, value in configs.to_dict(PipelineConfig().teacher_cache).items():
+                if given[name] != value:
+                    yield f"teacher_cache.{name}", ("read only when the pipeline builds the teacher cache "
+                                                    "(student_train.distill.teacher_source: cache, no distill.cache); "
+                                                    "leave it unset")
+        if self.search.budgets is not None and self.search.evaluations < len(self.search.budgets.targets):
+            yield "search.evaluations", (f"{self.search.evaluations} is fewer than the {len(self.search.budgets.targets)}"
+                                         " budgets of search.budgets: every budget's student needs a sub-network")
         limit = self.teacher_positions()
         for name in ("teacher_train.data.seq_length", "student_train.data.seq_length", "importance.seq_length",
                      "search.eval.seq_length"):
             if limit is not None and _lookup(self, name) > limit:
                 yield name, f"{_lookup(self, name)} is longer than the teacher's position limit {limit}"
+
+    def builds_teacher_cache(self) -> bool:
+        """The ``teacher_cache`` stage runs: the students read a cache and none is given."""
+        distill = self.student_train.distill
+        return distill.teacher_source == "cache" and distill.cache is None
+
+    def student_budgets(self) -> list[str]:
+        """The students' names: one per target of ``search.budgets`` (``budget_label``), [""] for one student (its
+        directories are the stages' own, as before families)."""
+        from nemo_subnet.search.space import budget_label
+
+        targets = self.search.budgets.targets if self.search.budgets else []
+        return [budget_label(t) for t in targets] if len(targets) > 1 else [""]
 
     def teacher_positions(self) -> int | None:
         """The teacher's position limit (None: an HF config that does not say)."""

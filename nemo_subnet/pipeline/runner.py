@@ -12,6 +12,9 @@ with the caller's environment, so a stage launched under torchrun / srun passes 
 whose kind runs one process (``host``, ``single``) run on global rank 0 only, with the launcher's variables
 removed; ``evaluate`` and ``train`` stages run on every rank.
 
+A stage the config does not need (``Stage.applies``: the teacher cache under online KD) is skipped: no
+directory, no marker, and it is neither an input of the stages after it nor part of their fingerprints.
+
 A stage that fails leaves ``<out_dir>/.stages/<stage>.failed.json``: its own one-line error (the child's
 ``UserError`` line or the last line of its traceback), the command and exit code, and whether it was
 *interrupted* (SIGTERM: preemption, requeue, time limit). An interrupted stage is never marked done; a
@@ -71,6 +74,12 @@ class Stage:
     resumable: bool = False
     """Keeps a started directory and resumes it instead of starting over."""
     help: str = ""
+    applies: Callable[[PipelineConfig], bool] | None = None
+    """Whether the config needs this stage (None: always). A stage that does not apply is skipped: it runs
+    nothing, writes no marker, and counts as finished for the stages after it."""
+
+    def applies_to(self, config: PipelineConfig) -> bool:
+        return self.applies is None or self.applies(config)
 
     def kind_of(self, config: PipelineConfig) -> StageKind:
         return self.kind(config) if callable(self.kind) else self.kind
@@ -147,7 +156,7 @@ def _lookup(config: PipelineConfig, dotted: str):
 def fingerprint(config: PipelineConfig, stage: Stage, upstream: dict[str, str]) -> str:
     """Hash of what determines a stage's output: the fields it reads and its inputs' fingerprints."""
     reads = {key: to_dict(_lookup(config, key)) for key in stage.reads}
-    blob = json.dumps({"stage": stage.name, "reads": reads, "deps": [upstream[d] for d in stage.deps]},
+    blob = json.dumps({"stage": stage.name, "reads": reads, "deps": [upstream[d] for d in stage.deps if d in upstream]},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -194,7 +203,8 @@ def stage_fingerprints(config: PipelineConfig, stages: dict[str, Stage], upto: s
     def visit(name: str) -> str:
         if name not in prints:
             stage = stages[name]
-            upstream = {dep: visit(dep) for dep in stage.deps}
+            # a skipped stage is no input (a config that skips it keeps the fingerprints it had before it existed)
+            upstream = {dep: visit(dep) for dep in stage.deps if stages[dep].applies_to(config)}
             prints[name] = fingerprint(config, stage, upstream)
         return prints[name]
 
@@ -203,6 +213,9 @@ def stage_fingerprints(config: PipelineConfig, stages: dict[str, Stage], upto: s
 
 
 def is_done(config: PipelineConfig, stages: dict[str, Stage], name: str) -> bool:
+    """Its output is complete for this config (a stage the config does not need counts as done)."""
+    if not stages[name].applies_to(config):
+        return True
     out = Path(config.out_dir)
     marker = read_marker(out, name)
     return bool(marker and marker.get("fingerprint") == stage_fingerprints(config, stages, name)[name]
@@ -231,6 +244,9 @@ def _run_stage(config: PipelineConfig, stages: dict[str, Stage], stage: Stage, o
 
         check_requested_gpus()
     name = stage.name
+    if not stage.applies_to(config):
+        log(f"[{name}] skipped: this config does not need it")
+        return {"stage": name, "skipped": True, "reused": False}
     prints = stage_fingerprints(config, stages, name)
     marker = read_marker(out, name)
     if marker and marker.get("fingerprint") == prints[name] and (out / name).exists():

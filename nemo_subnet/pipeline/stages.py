@@ -71,12 +71,43 @@ def _child_config(ctx: StageContext, name: str, config) -> Path:
     return configs.save(config, ctx.out / "configs" / f"{name}.yaml")
 
 
-def _train(ctx: StageContext, run: TrainConfig) -> dict:
-    """Run ``nemo-subnet train --config <out>/configs/<stage>.yaml`` and keep the weights for later stages."""
-    ctx.cli("train", "--config", _child_config(ctx, ctx.stage.name, run), *(["--resume"] if ctx.resume else []))
-    if ctx.is_main:  # weights only, for the stages that read this model
-        ctx.python("nemo_subnet.pipeline.model_checkpoint", latest_checkpoint(ctx.dir), ctx.dir / MODEL)
-    return final_valid(ctx.dir)
+def _train(ctx: StageContext, run: TrainConfig, name: str | None = None) -> dict:
+    """Run ``nemo-subnet train --config <out>/configs/<name>.yaml`` (name: the stage's) and keep the weights of
+    ``run.run_dir`` in its ``model/`` for later stages."""
+    run_dir = Path(run.run_dir)
+    if not (run_dir / MODEL).is_dir():  # a family's student finished before a relaunch is not trained again
+        ctx.cli("train", "--config", _child_config(ctx, name or ctx.stage.name, run),
+                *(["--resume"] if ctx.resume else []))
+        if ctx.is_main:  # weights only, for the stages that read this model
+            ctx.python("nemo_subnet.pipeline.model_checkpoint", latest_checkpoint(run_dir), run_dir / MODEL)
+    summary = final_valid(run_dir)
+    cache = run.distill.cache if run.distill.teacher_source == "cache" else None
+    return summary if cache is None else {**summary, "teacher_cache": str(cache)}
+
+
+def _per_student(ctx: StageContext, make) -> dict:
+    """``make(name, directory)`` for each student of the config (``student_budgets``): one student keeps the stage's
+    directory and marker as before families; a family puts each in ``<stage>/<name>/`` and its marker summary is
+    the first budget's (the one exported) with every student's under ``students``."""
+    names = ctx.config.student_budgets()
+    if names == [""]:
+        return make("", ctx.dir)
+    ctx.dir.mkdir(parents=True, exist_ok=True)
+    students = {name: make(name, ctx.dir / name) for name in names}
+    return {**students[names[0]], "students": students}
+
+
+def student_dir(out: Path, stage: str, name: str) -> Path:
+    """Where student ``name`` (a ``student_budgets`` entry; "" for the one student) of ``stage`` lives."""
+    return Path(out) / stage / name if name else Path(out) / stage
+
+
+def cache_dir(config: PipelineConfig, out: Path) -> Path | None:
+    """The teacher cache the students read: the one given, the ``teacher_cache`` stage's, or None (online KD)."""
+    distill = config.student_train.distill
+    if distill.teacher_source != "cache":
+        return None
+    return distill.cache if distill.cache is not None else Path(out) / "teacher_cache"
 
 
 def final_valid(run_dir: Path) -> dict:
@@ -148,45 +179,105 @@ def search(ctx: StageContext) -> dict:
     ctx.cli("search", "--config", _child_config(ctx, "search", run))
     if not ctx.is_main:  # rank 0 wrote the results; the marker records its summary
         return {}
-    summary, student = json.loads((ctx.dir / "summary.json").read_text()), student_subnet(ctx.config)
-    chosen = next((b for b in summary["budgets"] if b["file"] == student), None)
-    if chosen is None:
-        raise StageError(f"the search found no sub-network in the first budget's band ({student}): more evaluations "
+    summary, files = json.loads((ctx.dir / "summary.json").read_text()), student_subnets(ctx.config)
+    found = {b["file"]: b for b in summary["budgets"] if b.get("best")}
+    missing = [f for f in files if f not in found]
+    if missing:
+        raise StageError(f"the search found no sub-network in the band of {', '.join(missing)}: more evaluations "
                          "or a wider tolerance")
-    return {"best_ppl": chosen["best"]["objective"], "best_params": chosen["best"]["params"],
-            "candidates": summary["candidates"], "student": chosen["file"]}
+    chosen = found[files[0]]
+    out = {"best_ppl": chosen["best"]["objective"], "best_params": chosen["best"]["params"],
+           "candidates": summary["candidates"], "student": chosen["file"]}
+    if len(files) > 1:
+        out["students"] = {name: {"file": f, "best_ppl": found[f]["best"]["objective"],
+                                  "best_params": found[f]["best"]["params"]}
+                           for name, f in zip(ctx.config.student_budgets(), files)}
+    return out
+
+
+def student_subnets(config: PipelineConfig) -> list[str]:
+    """The search's files the students are extracted from: best.yaml, or best_<target>.yaml per target of a
+    family (in ``student_budgets`` order)."""
+    from nemo_subnet.search.results import best_file
+
+    targets = config.search.budgets.targets if config.search.budgets else None
+    return [best_file(targets, i) for i in range(len(targets) if targets and len(targets) > 1 else 1)]
 
 
 def student_subnet(config: PipelineConfig) -> str:
-    """The search's file the student is extracted from: best.yaml, or the first target's of a family."""
-    from nemo_subnet.search.results import best_file
+    """The first student's file (the one exported): best.yaml, or the first target's of a family."""
+    return student_subnets(config)[0]
 
-    return best_file(config.search.budgets.targets if config.search.budgets else None)
+
+def teacher_cache(ctx: StageContext) -> dict:
+    """The students' teacher cache, built once (only when they read one and none is given): ``for_run`` of the
+    exact run the students train (same data, seed, samples, sequence length, temperature, layout), with the
+    section's own k / method / seed. Resumable: a killed build continues at its first incomplete segment."""
+    from nemo_subnet.teacher_cache.config import TeacherCacheConfig
+
+    c = ctx.config
+    run = train_run(c.student_train, ctx.out / "distill", ctx.path("data"), teacher=teacher_checkpoint(ctx.out))
+    wired = TeacherCacheConfig.for_run(run)
+    build = section(c.teacher_cache, out=ctx.dir, teacher=wired.teacher, data=wired.data, samples=wired.samples,
+                    temperature=wired.temperature, parallel=section(c.teacher_cache.parallel, tp=wired.parallel.tp,
+                                                                    pp=wired.parallel.pp,
+                                                                    precision=wired.parallel.precision))
+    ctx.cli("teacher-cache", "--config", _child_config(ctx, "teacher_cache", build),
+            *(["--resume"] if ctx.resume else []))
+    if not ctx.is_main:
+        return {}
+    from nemo_subnet.checkpointing import read_model_config
+    from nemo_subnet.models.counting import forward_flops_per_token
+    from nemo_subnet.teacher_cache import store
+
+    manifest = store.read_record(ctx.dir, store.MANIFEST_FILE)
+    tokens = manifest["layout"]["covered"] * build.data.seq_length
+    flops = tokens * forward_flops_per_token(read_model_config(build.teacher), build.data.seq_length)
+    return {"cache": str(ctx.dir), "samples": manifest["layout"]["covered"], "tokens": tokens,
+            "bytes_per_token": manifest["bytes_per_token"], "bytes": tokens * manifest["bytes_per_token"],
+            "flops": flops, "method": build.method, "k": build.k}
 
 
 def extract(ctx: StageContext) -> dict:
+    from nemo_subnet.models.config import ModelConfig
+    from nemo_subnet.models.counting import count_parameters
     from nemo_subnet.subnet.extract import ExtractConfig
 
     layout = ctx.config.student_train.parallel  # the student must shard at the layout it trains at
-    run = ExtractConfig(ckpt=teacher_checkpoint(ctx.out), subnet=ctx.path("search") / student_subnet(ctx.config),
-                        out=ctx.dir, tp=layout.tp, pp=layout.pp)
-    ctx.cli("extract", "--config", _child_config(ctx, "extract", run))
-    from nemo_subnet.models.config import ModelConfig
-    from nemo_subnet.models.counting import count_parameters
+    files = dict(zip(ctx.config.student_budgets(), student_subnets(ctx.config)))
 
-    return {"parameters": count_parameters(ModelConfig.load(ctx.dir / "model.yaml"))}
+    def one(name: str, out: Path) -> dict:
+        run = ExtractConfig(ckpt=teacher_checkpoint(ctx.out), subnet=ctx.path("search") / files[name], out=out,
+                            tp=layout.tp, pp=layout.pp)
+        ctx.cli("extract", "--config", _child_config(ctx, "_".join(filter(None, ("extract", name))), run))
+        return {"parameters": count_parameters(ModelConfig.load(out / "model.yaml"))}
+
+    return _per_student(ctx, one)
 
 
 def distill(ctx: StageContext) -> dict:
-    return _train(ctx, train_run(ctx.config.student_train, ctx.dir, ctx.path("data"),
-                                 init_checkpoint=ctx.path("extract"), teacher=teacher_checkpoint(ctx.out)))
+    def one(name: str, run_dir: Path) -> dict:
+        run = train_run(ctx.config.student_train, run_dir, ctx.path("data"),
+                        init_checkpoint=student_dir(ctx.out, "extract", name), teacher=teacher_checkpoint(ctx.out))
+        if cache_dir(ctx.config, ctx.out) is not None:
+            run = section(run, **{"distill.cache": cache_dir(ctx.config, ctx.out)})
+        return _train(ctx, run, "_".join(filter(None, ("distill", name))))
+
+    return _per_student(ctx, one)
 
 
 def baseline(ctx: StageContext) -> dict:
     c = ctx.config
-    return _train(ctx, train_run(c.student_train, ctx.dir, ctx.path("data"),
-                                 init_random=ctx.path("extract") / "model.yaml",
-                                 teacher=teacher_checkpoint(ctx.out) if c.baseline_kd else None))
+
+    def one(name: str, run_dir: Path) -> dict:
+        run = train_run(c.student_train, run_dir, ctx.path("data"),
+                        init_random=student_dir(ctx.out, "extract", name) / "model.yaml",
+                        teacher=teacher_checkpoint(ctx.out) if c.baseline_kd else None)
+        if c.baseline_kd and cache_dir(c, ctx.out) is not None:
+            run = section(run, **{"distill.cache": cache_dir(c, ctx.out)})
+        return _train(ctx, run, "_".join(filter(None, ("baseline", name))))
+
+    return _per_student(ctx, one)
 
 
 COMPLETIONS = {"teacher": "teacher", "sub-network before training": "extract", "KD student": "distill",
@@ -201,8 +292,10 @@ def export(ctx: StageContext) -> dict:
     from nemo_subnet.files import write_text_atomic
     from nemo_subnet.pipeline.generate import generate
 
-    models = {"teacher": teacher_checkpoint(ctx.out), "extract": ctx.path("extract"),
-              "distill": ctx.path("distill") / MODEL, "baseline": ctx.path("baseline") / MODEL}
+    first = ctx.config.student_budgets()[0]  # a family's first budget is the exported student
+    models = {"teacher": teacher_checkpoint(ctx.out), "extract": student_dir(ctx.out, "extract", first),
+              "distill": student_dir(ctx.out, "distill", first) / MODEL,
+              "baseline": student_dir(ctx.out, "baseline", first) / MODEL}
     completions = {}
     for who, stage in COMPLETIONS.items():
         hf_dir = ctx.dir / ("student_hf" if stage == "distill" else f"{stage}_hf")
@@ -214,14 +307,22 @@ def export(ctx: StageContext) -> dict:
     result = ctx.dir / "teacher_eval.json"
     ctx.python("nemo_subnet.pipeline.evaluate_model", models["teacher"], _child_config(ctx, "teacher_eval", run), result)
     teacher_ppl = json.loads(result.read_text())
+    others = {name: str(student_dir(ctx.out, "distill", name) / MODEL) for name in ctx.config.student_budgets()[1:]}
     return {"hf_dir": str(ctx.dir / "student_hf"), "generation": completions["KD student"],
-            **{f"teacher_{k}": v for k, v in teacher_ppl.items()}}
+            **{f"teacher_{k}": v for k, v in teacher_ppl.items()}, **({"other_students": others} if others else {})}
 
 
 def report(ctx: StageContext) -> dict:
     from nemo_subnet.report import write_report
 
     return write_report(ctx.out, ctx.dir)
+
+
+TEACHER_CACHE_READS = ("teacher_cache", "student_train.data", "student_train.schedule.train_steps",
+                       "student_train.distill.temperature", "student_train.parallel.tp", "student_train.parallel.pp",
+                       "student_train.parallel.precision")
+"""What decides the cache the stage builds: its own section and what ``TeacherCacheConfig.for_run`` takes from the
+students' run."""
 
 
 def teacher_kind(config: PipelineConfig) -> str:
@@ -241,12 +342,16 @@ def build_stages() -> dict[str, Stage]:
         # resumable: the search CLI continues a run directory without re-evaluating finished candidates
         Stage("search", search, ("importance",), ("search",), kind="evaluate", resumable=True,
               help="search the best sub-network under the parameter budget"),
+        # only when the students read a teacher cache that is not given; resumable: the builder continues a build
+        Stage("teacher_cache", teacher_cache, ("teacher",), TEACHER_CACHE_READS, kind="train", resumable=True,
+              applies=PipelineConfig.builds_teacher_cache,
+              help="run the teacher once over the students' samples and store its sampled distribution"),
         Stage("extract", extract, ("search",), ("student_train.parallel.tp", "student_train.parallel.pp"),
-              kind="single", help="slice the sub-network into a standalone student"),
-        Stage("distill", distill, ("extract",), ("student_train",), kind="train", resumable=True,
-              help="pretrain the student from the sub-network with KD"),
-        Stage("baseline", baseline, ("extract",), ("student_train", "baseline_kd"), kind="train", resumable=True,
-              help="pretrain a random-init student on the same tokens"),
+              kind="single", help="slice the sub-network(s) into standalone students (one per budget)"),
+        Stage("distill", distill, ("extract", "teacher_cache"), ("student_train",), kind="train", resumable=True,
+              help="pretrain the student(s) from the sub-network(s) with KD"),
+        Stage("baseline", baseline, ("extract", "teacher_cache"), ("student_train", "baseline_kd"), kind="train",
+              resumable=True, help="pretrain random-init student(s) on the same tokens"),
         Stage("export", export, ("distill", "baseline"), ("generate_prompt", "student_train"), kind="single",
               help="export the student to HF; every model completes the prompt; the teacher's valid/test ppl"),
         Stage("report", report, ("distill", "baseline", "export"), kind="host", help="tables and plots"),

@@ -32,7 +32,9 @@ CANDIDATES = "candidates.jsonl"
 
 def best_file(targets, index: int = 0) -> str:
     """The file holding the best sub-network of budget ``index`` of ``targets`` (None or one target: best.yaml)."""
-    return f"best_{targets[index]:g}.yaml" if targets is not None and len(targets) > 1 else "best.yaml"
+    from nemo_subnet.search.space import budget_label
+
+    return f"best_{budget_label(targets[index])}.yaml" if targets is not None and len(targets) > 1 else "best.yaml"
 
 
 def read_candidates(run_dir: str | Path) -> list[dict]:

@@ -122,8 +122,6 @@ class DistillConfig:
             if self.cache is not None:
                 yield "cache", "read only with teacher_source: cache (it is online); leave it unset"
             return
-        if self.cache is None:
-            yield "cache", "teacher_source: cache needs the cache directory (built by `nemo-subnet teacher-cache`)"
         if self.divergence is not Divergence.FORWARD_KL:
             yield "divergence", f"teacher_source: cache estimates forward_kl only, not {self.divergence.value}"
         if self.top_k is not None:
@@ -232,6 +230,8 @@ class TrainConfig:
             yield "init", "needs exactly one of from_checkpoint: DIR or random: model.yaml"
         if self.data.path is None:
             yield "data.path", "required (a directory made by `nemo-subnet data prepare`)"
+        if self.distill.teacher_source == "cache" and self.distill.cache is None:  # a pipeline may build it
+            yield "distill.cache", "teacher_source: cache needs the cache directory (built by `nemo-subnet teacher-cache`)"
         if self.distill.teacher_source == "cache" and self.distill.teacher is None:
             yield "distill.teacher", ("teacher_source: cache needs the checkpoint the cache was built from (checked, "
                                       "not loaded)")

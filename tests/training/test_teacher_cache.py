@@ -153,7 +153,6 @@ def test_cache_of_another_teacher_or_vocabulary_is_refused(tmp_path, data_dir, s
     ({"divergence": "jsd"}, r"distill.divergence: teacher_source: cache estimates forward_kl only, not jsd"),
     ({"top_k": 4}, r"distill.top_k: does not apply to a cache"),
     ({"fused_output": "off"}, r"distill.fused_output: .* auto or on, not off"),
-    ({"cache": None}, r"distill.cache: teacher_source: cache needs the cache directory"),
     ({"teacher_source": "online"}, r"distill.cache: read only with teacher_source: cache"),
 ])
 def test_settings_that_cannot_read_a_cache_are_refused(distill, match, tmp_path, data_dir, student_ckpt, teacher_ckpt,
@@ -162,10 +161,14 @@ def test_settings_that_cannot_read_a_cache_are_refused(distill, match, tmp_path,
         _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache, **distill)
 
 
-def test_a_cache_run_needs_its_teacher(tmp_path, data_dir, student_ckpt, cache):
-    """The teacher is only checked against the cache, never built, but it must be named (a pipeline fills it in)."""
+def test_a_cache_run_needs_its_teacher_and_its_cache(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache):
+    """The teacher is only checked against the cache, never built, but it must be named; so must the cache. Both are
+    inputs a run must have, not rules of the section (a pipeline fills them in, building the cache itself)."""
     config = _run(tmp_path, data_dir, student_ckpt, None, cache)
     with pytest.raises(UserError, match=r"distill.teacher: teacher_source: cache needs the checkpoint"):
+        config.validate()
+    config = _run(tmp_path, data_dir, student_ckpt, teacher_ckpt, cache, cache=None)
+    with pytest.raises(UserError, match=r"distill.cache: teacher_source: cache needs the cache directory"):
         config.validate()
 
 
