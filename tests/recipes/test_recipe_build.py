@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from recipe_utils import BIN, fake_hf_dir, nemo_subnet, run_cli  # noqa: E402
 
+from nemo_subnet import config as configs  # noqa: E402
 from nemo_subnet.pipeline.config import section  # noqa: E402
 
 
@@ -23,14 +24,17 @@ def home(tmp_path) -> Path:
     return home
 
 
-@pytest.mark.parametrize("preset", ["tiny", "pythia_410m", "llama_1b", "smollm2_135m"])
-def test_presets_build_every_stage_with_dependencies(preset, tmp_path):
+@pytest.mark.parametrize("preset,source", [("tiny", "online"), ("pythia_410m", "online"), ("llama_1b", "online"),
+                                           ("smollm2_135m", "online"), ("tiny", "cache"), ("pythia_410m", "cache")])
+def test_presets_build_every_stage_with_dependencies(preset, source, tmp_path):
+    """One task per stage the config needs (the teacher cache only when the students read one the pipeline builds),
+    each depending on the tasks of its stage's dependencies."""
     from nemo_subnet.pipeline.stages import build_stages
     from nemo_subnet.recipes.executors import LaunchConfig
     from nemo_subnet.recipes.presets import PRESETS
     from nemo_subnet.recipes.search_then_pretrain import build_experiment
 
-    config = PRESETS[preset]()
+    config = configs.updated(PRESETS[preset](), {"student_train.distill.teacher_source": source})
     if config.hf_model:
         config = dataclasses.replace(config, hf_model=str(fake_hf_dir(tmp_path / "hf")))
     config = dataclasses.replace(config, out_dir=str(tmp_path / "out"))
@@ -38,13 +42,13 @@ def test_presets_build_every_stage_with_dependencies(preset, tmp_path):
     launch = LaunchConfig(executor="slurm", nodes=2, nproc_per_node=1, gpus_per_node=8, partition="batch",
                           account="acct", container_image="registry.example/x/nemo-subnet:latest")
     exp = build_experiment(config, launch)
-    stages = build_stages()
+    stages = {name: stage for name, stage in build_stages().items() if stage.applies_to(config)}
     jobs = {job.id: job for job in exp.jobs}
-    assert list(jobs) == list(stages)
+    assert list(jobs) == list(stages) and ("teacher_cache" in jobs) == (source == "cache")
     # (nodes, GPUs per node, torchrun ranks per node) by kind; the teacher is imported (one GPU) with hf_model
     expected = {"host": (1, None, 1), "single": (1, 1, 1), "evaluate": (1, 8, 8), "train": (2, 8, 8)}
     for name, stage in stages.items():
-        assert sorted(jobs[name].dependencies) == sorted(stage.deps)
+        assert sorted(jobs[name].dependencies) == sorted(d for d in stage.deps if d in stages)
         ex, kind = jobs[name].executor, stage.kind_of(config)
         assert (ex.nodes, ex.gpus_per_node, ex.nproc_per_node()) == expected[kind], (name, kind)
         assert ex.env_vars.get("NEMO_SUBNET_REQUIRE_CUDA") == (None if kind == "host" else str(expected[kind][1]))
