@@ -174,8 +174,9 @@ class PipelineConfig:
                                                     "(student_train.distill.teacher_source: cache, no distill.cache); "
                                                     "leave it unset")
         if self.search.budgets is not None and self.search.evaluations < len(self.search.budgets.targets):
-            yield "search.evaluations", (f"{self.search.evaluations} is fewer than the {len(self.search.budgets.targets)}"
-                                         " budgets of search.budgets: every budget's student needs a sub-network")
+            count = len(self.search.budgets.targets)
+            yield "search.evaluations", (f"{self.search.evaluations} is fewer than the {count} budgets of "
+                                         "search.budgets: every budget's student needs a sub-network")
         limit = self.teacher_positions()
         for name in ("teacher_train.data.seq_length", "student_train.data.seq_length", "importance.seq_length",
                      "search.eval.seq_length"):

@@ -4,11 +4,18 @@
 
     data ─▶ teacher ─▶ importance ─▶ search ─▶ extract ─▶ distill ─▶ export ─▶ report
       │        │                                  │    ▲                         ▲
-      │        └──────────────── (frozen teacher) ┼────┘                         │
+      │        └─(frozen teacher | teacher_cache)─┼────┘                         │
       └───────────────────────────────────────────┴──▶ baseline (random init) ───┘
 
 ``teacher`` imports ``hf_model`` when one is given, else pretrains ``config.teacher`` on the data.
 Each stage writes ``<out_dir>/<stage>/``; see runner.py for completion markers and reuse.
+
+``teacher_cache`` (between the teacher and the students) runs only when the students read a teacher cache and
+none is given (``student_train.distill.teacher_source: cache``, no ``distill.cache``): the teacher once, forward
+only, over exactly the samples the students train on; every KD student then reads it and builds no teacher.
+With ``search.budgets`` (a family) extract, distill and baseline make one student per budget in
+``<stage>/<target>/`` from the one search; one budget keeps ``<stage>/`` itself. Export converts the first
+budget's KD student; the report has a row per budget.
 
 A stage hands its command its own section of the pipeline config with the connecting paths filled in
 (``config.WIRED``), serialized to ``<out_dir>/configs/<stage>.yaml`` and passed as ``--config FILE``: the child
@@ -171,9 +178,8 @@ def search(ctx: StageContext) -> dict:
     its parameters and perplexity on the search split, for the report), ``summary.json``, plots. Resumable: the
     search continues its run directory without re-evaluating finished candidates.
 
-    With a family of budgets (``search.budgets``) the search writes ``best_<target>.yaml`` per budget; the
-    pipeline trains one student, from the first target's (``student``); the others stay for ``nemo-subnet
-    extract``."""
+    With a family of budgets (``search.budgets``) the search writes ``best_<target>.yaml`` per budget and the
+    pipeline trains a student from each (``students``); the stage fails when a budget got no sub-network."""
     run = section(ctx.config.search, ckpt=teacher_checkpoint(ctx.out), data=search_data(ctx.out), out=ctx.dir,
                   scores=ctx.path("importance") / "scores.safetensors")
     ctx.cli("search", "--config", _child_config(ctx, "search", run))

@@ -121,14 +121,16 @@ class BudgetFamily:
         elif len(set(self.targets)) < len(self.targets):
             yield "targets", f"{self.targets} repeats a target; give each once"
         elif len({budget_label(t) for t in self.targets}) < len(self.targets):
-            yield "targets", (f"{self.targets}: two targets share a name ({', '.join(map(budget_label, self.targets))}; "
-                              "best_<name>.yaml): give targets that differ in 6 significant digits")
+            names = ", ".join(map(budget_label, self.targets))
+            yield "targets", (f"{self.targets}: two targets share a name ({names}; best_<name>.yaml): give targets "
+                              "that differ in 6 significant digits")
         else:  # bands of one kind (fractions or counts) compare without the model; the search checks mixed ones
             for kind in ([t for t in self.targets if t <= 1], [t for t in self.targets if t > 1]):
                 for low, high in zip(sorted(kind), sorted(kind)[1:]):
                     if low * (1 + self.tolerance) >= high * (1 - self.tolerance):
-                        yield "targets", (f"{low:g} and {high:g} overlap at tolerance {self.tolerance:g} (a sub-network "
-                                          "would belong to both): targets further apart or a smaller tolerance")
+                        yield "targets", (f"{low:g} and {high:g} overlap at tolerance {self.tolerance:g} (a "
+                                          "sub-network would belong to both): targets further apart or a smaller "
+                                          "tolerance")
 
     def budgets(self) -> list[Budget]:
         return [Budget(target, self.tolerance) for target in self.targets]

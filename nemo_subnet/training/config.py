@@ -231,7 +231,8 @@ class TrainConfig:
         if self.data.path is None:
             yield "data.path", "required (a directory made by `nemo-subnet data prepare`)"
         if self.distill.teacher_source == "cache" and self.distill.cache is None:  # a pipeline may build it
-            yield "distill.cache", "teacher_source: cache needs the cache directory (built by `nemo-subnet teacher-cache`)"
+            yield "distill.cache", ("teacher_source: cache needs the cache directory (built by `nemo-subnet "
+                                    "teacher-cache`)")
         if self.distill.teacher_source == "cache" and self.distill.teacher is None:
             yield "distill.teacher", ("teacher_source: cache needs the checkpoint the cache was built from (checked, "
                                       "not loaded)")

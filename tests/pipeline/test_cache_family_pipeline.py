@@ -9,9 +9,11 @@ stage graph's cheap properties (online KD skips the stage and keeps its fingerpr
 
 from __future__ import annotations
 
-import json
+import pytest
+import yaml
 
 from nemo_subnet.config import updated
+from nemo_subnet.errors import UserError
 from nemo_subnet.pipeline import run_pipeline
 from nemo_subnet.pipeline.config import PipelineConfig, default_train
 from nemo_subnet.pipeline.runner import run_stage, stage_fingerprints
@@ -41,7 +43,8 @@ def test_online_kd_skips_the_cache_stage_and_keeps_the_fingerprints(tmp_path):
     assert "teacher_cache" not in prints  # not an input: an online run's fingerprints are those before the stage
     cached = updated(online, {"student_train.distill.teacher_source": "cache"})
     assert stages["teacher_cache"].applies_to(cached)
-    assert stage_fingerprints(cached, stages, "distill")["distill"] != stage_fingerprints(online, stages, "distill")["distill"]
+    distill_print = lambda c: stage_fingerprints(c, stages, "distill")["distill"]  # noqa: E731
+    assert distill_print(cached) != distill_print(online)  # the cache (its fingerprint) is the KD students' input
     given = updated(online, {"student_train.distill.teacher_source": "cache", "student_train.distill.cache": "c"})
     assert not stages["teacher_cache"].applies_to(given)  # a given cache is used as is
     assert student_dir(tmp_path, "distill", "") == tmp_path / "distill"  # one student: today's layout
@@ -66,7 +69,7 @@ def test_one_cache_two_budgets_two_kd_students_and_a_report_row_each(tmp_path, c
     assert list(students) == ["0.3", "0.6"]
     for name, student in students.items():
         assert student["teacher_cache"] == str(out / "teacher_cache") and student["test_ppl"] > 0
-        run = json.loads(json.dumps(__import__("yaml").safe_load((out / "distill" / name / "config.yaml").read_text())))
+        run = yaml.safe_load((out / "distill" / name / "config.yaml").read_text())
         assert run["distill"]["teacher_source"] == "cache" and run["distill"]["cache"] == str(out / "teacher_cache")
         assert (out / "distill" / name / "model").is_dir() and (out / "baseline" / name / "model").is_dir()
     assert printed.count(NO_TEACHER) == 2  # the two KD students built no teacher; the baselines are plain CE
@@ -85,3 +88,24 @@ def test_one_cache_two_budgets_two_kd_students_and_a_report_row_each(tmp_path, c
     again = run_pipeline(config, log=lambda _: None)  # a second launch: nothing rebuilt
     assert all(m["reused"] for m in again.values())
     assert "teacher-cache: " not in capfd.readouterr().out
+
+
+def test_bad_combinations_are_refused_when_the_config_is_read():
+    family = {"search": {"budget": None, "budgets": {"targets": [0.3, 0.33]}, "evaluations": 1}}
+    with pytest.raises(UserError) as err:
+        PipelineConfig.from_dict(family)
+    assert "search.budgets.targets: 0.3 and 0.33 overlap at tolerance 0.05" in str(err.value)
+    assert "search.evaluations: 1 is fewer than the 2 budgets of search.budgets" in str(err.value)
+    with pytest.raises(UserError, match=r"search.budgets.targets: .* two targets share a name \(0.333333, 0.333333"):
+        PipelineConfig.from_dict({"search": {"budget": None, "budgets": {"targets": [0.3333331, 0.3333332]}}})
+    with pytest.raises(UserError, match=r"teacher_cache.k: read only when the pipeline builds the teacher cache"):
+        PipelineConfig.from_dict({"teacher_cache": {"k": 4}})  # online KD: no cache is built
+    with pytest.raises(UserError) as err:
+        PipelineConfig.from_dict({"student_train": {"distill": {"teacher_source": "cache"}},
+                                  "teacher_cache": {"samples": 8, "temperature": 2.0}})
+    assert "teacher_cache.samples: set by the pipeline" in str(err.value)
+    assert "teacher_cache.temperature: set by the pipeline" in str(err.value)
+    built = PipelineConfig.from_dict({
+        "student_train": {"distill": {"teacher_source": "cache"}}, "teacher_cache": {"k": 4, "method": "topk"},
+        "search": {"budget": None, "budgets": {"targets": [0.25, 0.5]}}})
+    assert built.builds_teacher_cache() and built.student_budgets() == ["0.25", "0.5"]
