@@ -144,8 +144,11 @@ def test_overlapping_budgets_and_bad_fidelity_are_refused(tmp_path):
     from nemo_subnet.search.objective import EvalForward
 
     common = dict(ckpt=tmp_path, data=tmp_path, out=tmp_path / "run", space=space().space)
-    with pytest.raises(SearchSpaceError, match="budgets 0.33 and 0.35 overlap"):
-        prepare(SearchConfig(**common, budgets=BudgetFamily([0.33, 0.35], 0.05)), CFG)
+    with pytest.raises(ConfigError, match="budgets.targets: 0.33 and 0.35 overlap at tolerance 0.05"):
+        prepare(SearchConfig(**common, budgets=BudgetFamily([0.33, 0.35], 0.05)), CFG)  # fractions: as read
+    total = space().total_params()  # a fraction and a count overlap once the model's size is known
+    with pytest.raises(SearchSpaceError, match=r"budgets 0.33 and \S+ overlap"):
+        prepare(SearchConfig(**common, budgets=BudgetFamily([0.33, round(0.34 * total)], 0.05)), CFG)
     with pytest.raises(ConfigError, match="eval.reduction: 1 is out of range; allowed: >= 2"):
         prepare(SearchConfig(**common, budget=Budget(0.5), eval=EvalConfig(rungs=3, reduction=1)), CFG)
     with pytest.raises(ConfigError, match="eval.forward: compact runs each candidate outside the compiled"):
