@@ -141,7 +141,7 @@ def _compute_line(out: Path) -> list[str]:
     if cache:
         parts.append(f"teacher cache {cache['flops']:.3e} FLOPs (teacher forward over {cache['tokens']:,} tokens; "
                      f"{cache['method']} k={cache['k']}, {cache['bytes_per_token']} bytes per token, "
-                     f"{cache['bytes'] / 2**20:,.1f} MiB), built once for every student")
+                     f"{cache['bytes']:,} bytes), built once for every student")
     return [f"Compute: {'; '.join(parts)}.", ""] if parts else []
 
 
