@@ -299,4 +299,8 @@ def run_all(config: PipelineConfig, stages: dict[str, Stage], names: list[str] |
     out.mkdir(parents=True, exist_ok=True)
     if _rank() == 0:
         config.save(out / "pipeline.yaml")
-    return {name: run_stage(config, stages, name, log=log) for name in (names or list(stages))}
+    def needed(name: str) -> bool:  # a stage the config does not need is skipped without a line
+        return name not in stages or stages[name].applies_to(config)
+
+    return {name: run_stage(config, stages, name, log=log if needed(name) else lambda _: None)
+            for name in (names or list(stages))}
