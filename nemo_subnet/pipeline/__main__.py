@@ -57,7 +57,8 @@ def print_launch(config, names: list[str] | None, *, nodes: int, gpus_per_node: 
     for name in names or list(stages):
         if name not in stages:
             raise UserError(f"unknown stage {name!r}; stages: {', '.join(stages)}")
-        kind = stages[name].kind_of(config)
+        # a stage the config does not need (the teacher cache under online KD) skips in one process, no GPU
+        kind = stages[name].kind_of(config) if stages[name].applies_to(config) else "host"
         res = stage_resources(kind, nodes=nodes, gpus_per_node=gpus_per_node, nproc_per_node=nproc_per_node)
         print(kind, res.nodes, res.ranks_per_node, res.gpus_per_node)
 
