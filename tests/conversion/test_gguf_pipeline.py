@@ -40,3 +40,22 @@ def test_recipe_runs_from_a_gguf_teacher(tmp_path):
     exported = json.loads((out / "export" / "student_hf" / "config.json").read_text())
     assert exported["model_type"] == "llama" and exported["vocab_size"] == TOKENIZER_TOKENS
     assert (out / "export" / "generation.txt").read_text().startswith("def ")
+    completions = json.loads((out / "export" / "completions.json").read_text())
+    assert list(completions) == ["teacher", "sub-network before training", "KD student", "random-init student"]
+    assert all(text.startswith("def ") for text in completions.values())
+    export = json.loads((out / ".stages" / "export.done.json").read_text())["summary"]
+    report = (out / "report" / "report.md").read_text()
+    assert f"| teacher | {export['teacher_test_ppl']:,.2f} |" in report and "## Completions" in report
+
+    # the teacher is measured on the students' own yardstick: the same evaluation of the extracted student
+    # gives the KD run's step-0 (init) validation perplexity
+    from nemo_subnet import config as configs
+    from nemo_subnet.pipeline.evaluate_model import evaluate_model
+    from nemo_subnet.training.config import TrainConfig
+    from nemo_subnet.training.metrics import read_metrics
+
+    run = configs.load(TrainConfig, out / "configs" / "distill.yaml")
+    init = read_metrics(out / "distill", "valid")[0]
+    assert init["tokens"] == 0
+    assert evaluate_model(out / "extract", run)["valid_ppl"] == pytest.approx(init["valid_ppl"], rel=1e-4)
+
