@@ -177,6 +177,7 @@ def collect(study_dir: Path, rows: list, seeds: list[int]) -> dict[str, list[dic
 def write_report(config, results: dict[str, list[dict]], out: Path) -> dict:
     """study.md, study.csv (per row), study_seeds.csv (per row and seed), comparisons.csv, curves; returns the
     summary. Rows or seeds not finished yet are reported as such."""
+    from nemo_subnet.study.run import TEACHER_EVAL
     from nemo_subnet.study.verdicts import comparisons, verdict_lines
 
     out = Path(out)
@@ -193,7 +194,11 @@ def write_report(config, results: dict[str, list[dict]], out: Path) -> dict:
     done = sum(e["seeds"] for e in summary["rows"])
     status = (f"**Status: {done} of {len(rows) * len(config.seeds)} (row, seed) runs finished** (seeds with a "
               f"finished reference: {summary['seeds'] or 'none'}).")
-    head = [f"# nemo-subnet study\n", f"Scale: {config.scale}.", "", status, "",
+    teacher_path = Path(config.out_dir) / TEACHER_EVAL
+    teacher = json.loads(teacher_path.read_text()) if teacher_path.is_file() else None
+    teacher_line = [] if teacher is None else [
+        f"The teacher on the same samples: valid ppl {teacher['valid_ppl']:.2f}, test ppl {teacher['test_ppl']:.2f}.", ""]
+    head = [f"# nemo-subnet study\n", f"Scale: {config.scale}.", "", status, "", *teacher_line,
             "Target of a seed: random_ref's final valid perplexity in that seed (random init, CE, "
             f"{config.long_factor}x the token budget, annealed at its own length); 'x less compute': that seed's "
             "random_ref compute over the row's compute to target (importance, search and cache build included). "

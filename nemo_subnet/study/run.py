@@ -39,6 +39,8 @@ from nemo_subnet.files import write_text_atomic
 from nemo_subnet.pipeline.config import section
 from nemo_subnet.study.config import CacheSpec, Init, Row, StudyConfig
 
+TEACHER_EVAL = "base/teacher_eval.json"
+"""The teacher's valid / test perplexity on the students' evaluation samples (context for the target)."""
 STRATEGY = {"minitron": "proxy", "random_search": "random", "evolutionary": "evolutionary"}
 
 
@@ -66,6 +68,18 @@ class Study:
         run_pipeline(self.base, ["data", "teacher", "importance"], log=self.log)
         self.teacher_ckpt = self.out / "base" / "teacher" / "model"
         self.teacher_cfg = read_model_config(self.teacher_ckpt)
+        self.evaluate_teacher()
+
+    def evaluate_teacher(self) -> dict:
+        """The teacher's valid and test perplexity on the students' own (fixed) samples: ``teacher_eval.json``."""
+        from nemo_subnet.pipeline.evaluate_model import evaluate_model
+        from nemo_subnet.pipeline.stages import train_run
+
+        path = self.out / TEACHER_EVAL
+        if not path.is_file():
+            spec = section(self.base.student_train, **{"data.eval_seed": self.config.eval_seed})
+            _atomic_json(path, evaluate_model(self.teacher_ckpt, train_run(spec, self.out, self.data_dir)))
+        return json.loads(path.read_text())
 
     @property
     def data_dir(self) -> Path:
