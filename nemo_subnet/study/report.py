@@ -53,6 +53,7 @@ def seed_metrics(row: str, seed: dict, target: float, reference_flops: float, eq
     compute_tt = tokens_at(compute_curve(seed), target)
     return {"row": row, "seed": seed["seed"], "tokens": seed["tokens"], "start_valid_ppl": seed["curve"][0][1],
             "final_valid_ppl": seed["curve"][-1][1], "test_ppl": seed["test_ppl"], "target": target,
+            "starts_below_target": seed["curve"][0][1] <= target,
             "tokens_to_target": tokens_at(seed["curve"], target), "compute_to_target": compute_tt,
             "compute_ratio": reference_flops / compute_tt if compute_tt else None,
             "valid_ppl_at_equal_compute": value_at(compute_curve(seed), equal_compute),
@@ -93,6 +94,7 @@ def summarize(rows: list, results: dict[str, list[dict]]) -> dict:
             metrics.append(seed_metrics(row.name, seed, ref["curve"][-1][1], total_flops(ref), equal))
         per_seed += metrics
         entry = {"row": row.name, "group": row.group, "init": row.init.name, "teacher": row.teacher,
+                 "starts_below_target": sum(m["starts_below_target"] for m in metrics),
                  "cache": row.cache.name if row.cache else "", "tokens_rule": row.tokens, "seeds": len(metrics),
                  "tokens": metrics[0]["tokens"] if metrics else None,
                  "hf_parameters": metrics[0]["hf_parameters"] if metrics else None,
@@ -111,6 +113,10 @@ def _fmt(mean, se=None, digits=2, sci=False, n=None, seeds=None) -> str:
     return text + (f" ({n}/{seeds})" if n is not None and seeds and n < seeds else "")
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
 def markdown_table(summary: dict) -> list[str]:
     lines = ["| row | seeds | start valid ppl | test ppl | tokens | tokens to target | FLOPs to target | "
              "x less compute than random_ref | valid ppl at equal compute | student / teacher / importance / search "
@@ -120,12 +126,14 @@ def markdown_table(summary: dict) -> list[str]:
         flops = " / ".join(_fmt(e[k], None, 1, True) for k in ("student_flops", "teacher_flops", "importance_flops",
                                                                   "search_flops", "cache_flops"))
         params = "—" if e["student_parameters"] is None else \
-            f"{e['student_parameters'] / 1e6:.1f}M ({e['hf_parameters'] / 1e6:.1f}M)"
+            f"{_count(e['student_parameters'])} ({_count(e['hf_parameters'])})"
+        to_target = _fmt(e["tokens_to_target"], e["tokens_to_target_se"], 0, n=e["tokens_to_target_n"], seeds=s)
+        if e["starts_below_target"]:  # reaching the target is then no training at all
+            to_target += f" (starts below the target in {e['starts_below_target']}/{s})"
         lines.append("| " + " | ".join([
             e["row"], str(s), _fmt(e["start_valid_ppl"], e["start_valid_ppl_se"], 0),
             _fmt(e["test_ppl"], e["test_ppl_se"], 1), "—" if e["tokens"] is None else f"{e['tokens']:,}",
-            _fmt(e["tokens_to_target"], e["tokens_to_target_se"], 0, n=e["tokens_to_target_n"], seeds=s),
-            _fmt(e["compute_to_target"], e["compute_to_target_se"], 2, True, e["compute_to_target_n"], s),
+            to_target, _fmt(e["compute_to_target"], e["compute_to_target_se"], 2, True, e["compute_to_target_n"], s),
             _fmt(e["compute_ratio"], e["compute_ratio_se"], 2, n=e["compute_ratio_n"], seeds=s),
             _fmt(e["valid_ppl_at_equal_compute"], e["valid_ppl_at_equal_compute_se"], 1,
                  n=e["valid_ppl_at_equal_compute_n"], seeds=s), flops, params]) + " |")
@@ -192,8 +200,10 @@ def write_report(config, results: dict[str, list[dict]], out: Path) -> dict:
     if pairs:
         write_csv_atomic(out / "comparisons.csv", list(pairs[0]), pairs)
     done = sum(e["seeds"] for e in summary["rows"])
+    hours = sum(s["wall_s"] for runs in results.values() for s in runs) / 3600
     status = (f"**Status: {done} of {len(rows) * len(config.seeds)} (row, seed) runs finished** (seeds with a "
-              f"finished reference: {summary['seeds'] or 'none'}).")
+              f"finished reference: {summary['seeds'] or 'none'}; {hours:.2f} h of training recorded, searches, "
+              "caches and shared stages not included).")
     teacher_path = Path(config.out_dir) / TEACHER_EVAL
     teacher = json.loads(teacher_path.read_text()) if teacher_path.is_file() else None
     teacher_line = [] if teacher is None else [
