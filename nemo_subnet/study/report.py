@@ -8,6 +8,7 @@ Definitions (the report states them too):
 - compute of a run after t tokens: its init's importance + search FLOPs + its share of a teacher cache's build
   + t x (student fwd+bwd + teacher forward when online) FLOPs per token; compute-to-target is the crossing on
   the (compute, valid ppl) curve (``training.tokens_to_target.tokens_at``, linear between evaluations);
+- x fewer tokens: random_ref's tokens over the row's tokens to target, in the same seed;
 - x less compute: the seed's random_ref compute (all of it: it reaches its final perplexity at its end) over the
   row's compute-to-target in the same seed; mean ± SE over the seeds that reached it;
 - equal compute: valid ppl at the seed's smallest final compute over all rows (every run got that far).
@@ -49,13 +50,14 @@ def total_flops(seed: dict) -> float:
     return compute_curve(seed)[-1][0]
 
 
-def seed_metrics(row: str, seed: dict, target: float, reference_flops: float, equal_compute: float) -> dict:
-    compute_tt = tokens_at(compute_curve(seed), target)
+def seed_metrics(row: str, seed: dict, target: float, reference: dict, equal_compute: float) -> dict:
+    compute_tt, tokens_tt = tokens_at(compute_curve(seed), target), tokens_at(seed["curve"], target)
     return {"row": row, "seed": seed["seed"], "tokens": seed["tokens"], "start_valid_ppl": seed["curve"][0][1],
             "final_valid_ppl": seed["curve"][-1][1], "test_ppl": seed["test_ppl"], "target": target,
             "starts_below_target": seed["curve"][0][1] <= target,
-            "tokens_to_target": tokens_at(seed["curve"], target), "compute_to_target": compute_tt,
-            "compute_ratio": reference_flops / compute_tt if compute_tt else None,
+            "tokens_to_target": tokens_tt, "compute_to_target": compute_tt,
+            "tokens_ratio": reference["tokens"] / tokens_tt if tokens_tt else None,
+            "compute_ratio": total_flops(reference) / compute_tt if compute_tt else None,
             "valid_ppl_at_equal_compute": value_at(compute_curve(seed), equal_compute),
             "student_flops": seed["tokens"] * seed["student_train_flops_per_token"],
             "teacher_flops": seed["tokens"] * seed["teacher_forward_flops_per_token"],
@@ -75,7 +77,7 @@ def mean_se(values: list) -> tuple[float | None, float | None, int]:
 
 
 SUMMARIZED = ("start_valid_ppl", "test_ppl", "final_valid_ppl", "valid_ppl_at_equal_compute", "tokens_to_target",
-              "compute_to_target", "compute_ratio", "student_flops", "teacher_flops", "importance_flops",
+              "tokens_ratio", "compute_to_target", "compute_ratio", "student_flops", "teacher_flops", "importance_flops",
               "search_flops", "cache_flops", "total_flops")
 
 
@@ -91,7 +93,7 @@ def summarize(rows: list, results: dict[str, list[dict]]) -> dict:
                 continue
             ref = refs[seed["seed"]]
             equal = min(total_flops(s) for s in finished if s["seed"] == seed["seed"])
-            metrics.append(seed_metrics(row.name, seed, ref["curve"][-1][1], total_flops(ref), equal))
+            metrics.append(seed_metrics(row.name, seed, ref["curve"][-1][1], ref, equal))
         per_seed += metrics
         entry = {"row": row.name, "group": row.group, "init": row.init.name, "teacher": row.teacher,
                  "starts_below_target": sum(m["starts_below_target"] for m in metrics),
@@ -118,9 +120,9 @@ def _count(n: int) -> str:
 
 
 def markdown_table(summary: dict) -> list[str]:
-    lines = ["| row | seeds | start valid ppl | test ppl | tokens | tokens to target | FLOPs to target | "
-             "x less compute than random_ref | valid ppl at equal compute | student / teacher / importance / search "
-             "/ cache FLOPs | params (HF export) |", "|" + "---|" * 11]
+    lines = ["| row | seeds | start valid ppl | test ppl | tokens | tokens to target | x fewer tokens | FLOPs to "
+             "target | x less compute than random_ref | valid ppl at equal compute | student / teacher / importance / "
+             "search / cache FLOPs | params (HF export) |", "|" + "---|" * 12]
     for e in summary["rows"]:
         s = e["seeds"]
         flops = " / ".join(_fmt(e[k], None, 1, True) for k in ("student_flops", "teacher_flops", "importance_flops",
@@ -133,7 +135,9 @@ def markdown_table(summary: dict) -> list[str]:
         lines.append("| " + " | ".join([
             e["row"], str(s), _fmt(e["start_valid_ppl"], e["start_valid_ppl_se"], 0),
             _fmt(e["test_ppl"], e["test_ppl_se"], 1), "—" if e["tokens"] is None else f"{e['tokens']:,}",
-            to_target, _fmt(e["compute_to_target"], e["compute_to_target_se"], 2, True, e["compute_to_target_n"], s),
+            to_target, "— (no tokens needed)" if e["starts_below_target"] == s and s else
+            _fmt(e["tokens_ratio"], e["tokens_ratio_se"], 2, n=e["tokens_ratio_n"], seeds=s),
+            _fmt(e["compute_to_target"], e["compute_to_target_se"], 2, True, e["compute_to_target_n"], s),
             _fmt(e["compute_ratio"], e["compute_ratio_se"], 2, n=e["compute_ratio_n"], seeds=s),
             _fmt(e["valid_ppl_at_equal_compute"], e["valid_ppl_at_equal_compute_se"], 1,
                  n=e["valid_ppl_at_equal_compute_n"], seeds=s), flops, params]) + " |")
