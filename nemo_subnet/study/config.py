@@ -1,6 +1,6 @@
 """What a study measures: one teacher, one student token budget, rows of (init, teacher signal, tokens), seeds.
 
-Rows (``study_rows``), each trained once per seed; the seed sets the data order, a random init's weights and
+Rows (``study_rows``; ``Row.tier`` orders the runs), each trained once per seed; the seed sets the data order, a random init's weights and
 the searches' seeds, while the valid / test samples stay fixed (``eval_seed``), so every comparison is paired:
 
 - ``random_ref``: random init, CE, ``long_factor`` x the token budget, its LR annealed at its own length. Its
@@ -78,6 +78,9 @@ class Row:
     """budget: the student token budget; reference: long_factor x it (random_ref); kd_compute: as many tokens as
     the same init's online-KD run costs in FLOPs (teacher forward included)."""
     group: str = "inits"
+    tier: int = 3
+    """Run order: every seed of tier 1's rows first, then tier 2's, ... (a study cut short has the most telling
+    comparisons on every seed, not every row on one seed)."""
 
     @property
     def kd(self) -> bool:
@@ -114,18 +117,23 @@ class StudyConfig:
 def study_rows(config: StudyConfig) -> list[Row]:
     main, b = config.base.search.space.granularity.value, config.budget
     init = {kind: Init(kind, main, b) for kind in SHORT}
-    rows = [Row("random_ref", init["random"], "none", tokens="reference", group="reference")]
-    for kind in ("evolutionary", "random", "minitron", "firstk", "random_search"):  # run order: most telling first
-        rows.append(Row(f"{SHORT[kind]}_kd", init[kind], "online"))
-        rows.append(Row(f"{SHORT[kind]}_ce", init[kind], "none", tokens="kd_compute"))
     evo = init["evolutionary"]
-    rows += [Row(f"evosearch_cache_k{k}", evo, "cache", CacheSpec("sample", k), group="kd variants")
-             for k in config.cache_k]
+    k_small, k_big = sorted(config.cache_k)[0], sorted(config.cache_k)[-1]
+    rows = [Row("random_ref", init["random"], "none", tokens="reference", group="reference", tier=1)]
+    tiers = {("evolutionary", "online"): 1, ("random", "online"): 2, ("evolutionary", "none"): 2}
+    for kind in SHORT:
+        for teacher in ("online", "none"):
+            rows.append(Row(f"{SHORT[kind]}_{'kd' if teacher == 'online' else 'ce'}", init[kind], teacher,
+                            tokens="budget" if teacher == "online" else "kd_compute",
+                            tier=tiers.get((kind, teacher), 3 if teacher == "online" else 4)))
+    rows += [Row(f"evosearch_cache_k{k}", evo, "cache", CacheSpec("sample", k), group="kd variants",
+                 tier=2 if k == k_big else 5) for k in sorted({k_small, k_big})]
     rows.append(Row(f"evosearch_top{config.top_k_tail}_tail", evo, "cache", CacheSpec("topk", config.top_k_tail),
-                    group="kd variants"))
-    rows.append(Row("evosearch_full_kd", Init("evolutionary", main, b, "full"), "online", group="search variants"))
+                    group="kd variants", tier=5))
+    rows.append(Row("evosearch_full_kd", Init("evolutionary", main, b, "full"), "online", group="search variants",
+                    tier=5))
     rows.append(Row(f"evosearch_{config.layerwise}_kd", Init("evolutionary", config.layerwise, b), "online",
-                    group="search variants"))
+                    group="search variants", tier=5))
     return rows
 
 

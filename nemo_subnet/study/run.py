@@ -13,7 +13,7 @@ random search's first candidates). The valid and test samples are the same for e
 
 Resumable per (row, seed): a finished run writes ``runs/<row>/seed<k>/result.json`` atomically and a rerun reads
 it back; inits (``inits/<name>[/seed<k>]/init.json``) and caches (``caches/<spec>/seed<k>``) likewise. The order is
-seed-major (every row of seed 1, then seed 2, ...), so a study cut short still has complete, paired seeds.
+by tier (``Row.tier``), then seed: a study cut short has its most telling comparisons on every seed, paired.
 
 FLOPs (counted separately, summed for compute-to-target; report.py):
 - student fwd+bwd: 3 x ``models.counting.forward_flops_per_token`` of the student trained (its model.yaml);
@@ -251,7 +251,7 @@ def _first_k(subnet: dict) -> dict:
 
 
 def run_study(config: StudyConfig, *, rows: list[str] | None = None, log=print) -> dict[str, list[dict]]:
-    """Every row (or the named ones) for every seed, seed-major; returns {row: [per-seed results so far]}."""
+    """Every row (or the named ones) for every seed, by tier, then seed; returns {row: [per-seed results]}."""
     from nemo_subnet.runtime import runtime_scope
 
     study = Study(config, log)
@@ -259,7 +259,8 @@ def run_study(config: StudyConfig, *, rows: list[str] | None = None, log=print) 
     wanted = config.rows() if rows is None else [r for r in config.rows() if r.name in rows]
     results: dict[str, list[dict]] = {row.name: [] for row in wanted}
     with runtime_scope(tp=1, pp=1, seed=config.base.student_train.seed):  # one single-process runtime for every run
-        for seed in config.seeds:
-            for row in wanted:
-                results[row.name].append(study.run_seed(row, seed))
-    return results
+        for tier in sorted({row.tier for row in wanted}):
+            for seed in config.seeds:
+                for row in (r for r in wanted if r.tier == tier):
+                    results[row.name].append(study.run_seed(row, seed))
+    return {name: sorted(runs, key=lambda r: config.seeds.index(r["seed"])) for name, runs in results.items()}
