@@ -164,7 +164,8 @@ class Study:
         result = build_teacher_cache(build)
         seq = spec_run.data.seq_length
         served = sum(1 for row in self.config.rows() if row.cache == spec)  # runs of this seed that read it
-        info = {"path": str(result.out), "served": served,
+        info = {"path": str(result.out), "served": served, "build_s": round(result.seconds, 1),
+                "bytes_per_token": result.bytes_per_token,
                 "build_flops": result.covered * seq * self.teacher_forward_flops(seq)}
         _atomic_json(info_path, info)
         return info
