@@ -85,7 +85,7 @@ def main() -> None:
     from nemo_subnet.models import build_gpt_model
     from nemo_subnet.runtime import init_runtime
     from nemo_subnet.training.config import DistillConfig, TrainConfig
-    from nemo_subnet.training.loop import _build_student, _dtype, _Step
+    from nemo_subnet.training.loop import _build_student, _Step
     from nemo_subnet.training.teacher import StudentWithTeacher
 
     runtime = init_runtime(tp=1, pp=1, seed=1234)
@@ -94,7 +94,7 @@ def main() -> None:
     config = TrainConfig.from_dict({"init": {"random": "unused.yaml"}, "data": {
         "path": ".", "seq_length": p["seq"], "micro_batch_size": p["mbs"], "global_batch_size": p["mbs"] * p["nmb"]},
         "distill": {"teacher": "unused", "alpha_ce": 0.5, "beta_kd": 0.5}})
-    dtype = _dtype(config)
+    dtype = config.parallel.params_dtype()
     data = batches(p["vocab"], p["seq"], p["mbs"], p["nmb"], runtime.device)
     teacher = build_gpt_model(teacher_cfg, params_dtype=dtype)
 

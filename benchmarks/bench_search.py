@@ -100,9 +100,7 @@ def stage_importance(args, ckpt: Path, data: Path) -> Path:
         cfg, model = load_supernet(ckpt)
         calib = load_batches(data, cfg, split="train", num_batches=8, seq_length=args.seq_length,
                              micro_batch_size=args.micro_batch_size)
-        drop = load_batches(data, cfg, split="valid", num_batches=args.val_batches, seq_length=args.seq_length,
-                            micro_batch_size=args.micro_batch_size)
-        compute_importance(model, cfg, calib, ImportanceConfig(), layer_drop_data=drop).save(out)
+        compute_importance(model, cfg, calib, ImportanceConfig()).save(out)  # cosine layers: what the search reads
     return out
 
 

@@ -3,11 +3,13 @@
     python benchmarks/gpu_acceptance.py --out acceptance/        # or: bash benchmarks/gpu_acceptance.sh --out ...
 
 Sections (benchmarks/acceptance/, one child process each, each with its own time budget; a failed
-section does not stop the others): environment; kernels (Triton vs torch mirror vs reference, values and
-gradients, up to N x V > 2^31); speed (fused linear + KD vs eager, torch.compile, Liger-Kernel: time and
-peak memory); setup (data, teacher); train_resume (bf16 KD run through `nemo-subnet train`, SIGKILL,
---resume); mfu; hf_parity (import / export on the GPU); search (masked super-network); tp2 (2+ GPUs,
-else skipped with the reason). Writes <out>/acceptance.json and <out>/acceptance.md (atomically, after
+section does not stop the others): environment; setup (data, a bf16 teacher with a Llama-3 vocabulary);
+kernels (Triton vs torch mirror vs reference, values and gradients, up to N x V > 2^31); speed (fused linear
++ KD vs eager; torch.compile and Liger-Kernel time-boxed, never failing the section); train_resume (the
+default KD run, alpha_ce 0 on the fused output path, through `nemo-subnet train`, SIGKILL, --resume);
+kd_step (KD step vs student step + teacher forward, CUDA events; the loss's GEMMs; counted FLOPs); mfu;
+hf_parity (import / export on the GPU); search (bf16, candidates per second); parallel (TP=2 and PP=2, 2+
+GPUs, else skipped with the reason). Writes <out>/acceptance.json and <out>/acceptance.md (atomically, after
 every section), logs under <out>/logs/. Exit code 0 when every section passed or was skipped, 1 when one
 failed or did not run, 2 when there is no CUDA GPU (nothing is run).
 
@@ -41,7 +43,7 @@ def parse_args(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
                    "in nemo_subnet/training/metrics.py; H100 / H200 989e12 bf16 dense)")
     p.add_argument("--sections", nargs="+", metavar="NAME", help="run only these sections (and what they need)")
     p.add_argument("--time-limit", type=float, help="seconds for the whole run (default: 480 on one GPU, plus the "
-                   "TP=2 section's budget with two or more)")
+                   "parallel section's budget with two or more)")
     p.add_argument("--budget", action="append", default=[], metavar="SECTION=SECONDS",
                    help="override one section's time budget (repeatable), e.g. --budget train_resume=300")
     p.add_argument("--smoke-cpu", action="store_true", help=argparse.SUPPRESS)
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    time_limit = args.time_limit or profile.time_limit + (profile.budgets["tp2"] if gpus >= 2 else 0)
+    time_limit = args.time_limit or profile.time_limit + (budgets["parallel"] if gpus >= 2 else 0)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = (args.work_dir or Path(tempfile.mkdtemp(prefix="nemo_subnet_acceptance_"))).resolve()

@@ -5,7 +5,8 @@ zero-argument closure that computes a scalar loss from freshly prepared inputs) 
 (provider, mode, case). Results are appended to a CSV (with device name and git commit) by writing a
 temporary file and renaming it; `plot` draws time and peak memory per provider.
 
-Timing: CUDA events on GPU, perf_counter on CPU; median over `reps` after `warmup`. Peak memory: CUDA's
+Timing (`Stopwatch`, `time_calls_ms`): CUDA events recorded around the work on GPU (the host does not wait between
+reps' launches), perf_counter on CPU; median over `reps` after `warmup`. Peak memory: CUDA's
 max_memory_allocated above the pre-call baseline; on CPU the peak of live tensor storage created during
 the call, tracked through a TorchDispatchMode (a separate, untimed run).
 """
@@ -74,6 +75,47 @@ def _step(fn: Callable[[], torch.Tensor], mode: Mode) -> None:
         loss.backward()
 
 
+class Stopwatch:
+    """Milliseconds of GPU (CUDA events recorded on the current stream around the work) or host work."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def __enter__(self):
+        if self.cuda:
+            self._start, self._end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cuda:
+            self._end.record()
+        else:
+            self.ms = (time.perf_counter() - self._t0) * 1e3
+
+    def elapsed_ms(self) -> float:
+        """The interval's milliseconds (waits for the GPU to finish it)."""
+        if self.cuda:
+            self._end.synchronize()
+            return self._start.elapsed_time(self._end)
+        return self.ms
+
+
+def time_calls_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> list[float]:
+    """Milliseconds of each of ``reps`` calls of ``fn`` after ``warmup`` calls (CUDA events on GPU)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    watches = []
+    for _ in range(reps):
+        with Stopwatch(device) as watch:
+            fn()
+        watches.append(watch)
+    return [w.elapsed_ms() for w in watches]
+
+
 def _time_ms(fn: Callable[[], torch.Tensor], mode: Mode, device: torch.device, warmup: int, reps: int) -> float:
     for _ in range(warmup):
         _step(fn, mode)
@@ -82,14 +124,13 @@ def _time_ms(fn: Callable[[], torch.Tensor], mode: Mode, device: torch.device, w
         if mode is Mode.BWD:
             loss = fn()
             _sync(device)
-            start = time.perf_counter()
-            loss.backward()
+            with Stopwatch(device) as watch:
+                loss.backward()
         else:
             _sync(device)
-            start = time.perf_counter()
-            _step(fn, mode)
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
+            with Stopwatch(device) as watch:
+                _step(fn, mode)
+        times.append(watch.elapsed_ms())
     return statistics.median(times)
 
 

@@ -9,15 +9,20 @@ Ops (each: Triton kernels on CUDA, a pure-torch mirror on CPU, an autograd Funct
     vocab_parallel_topk     the teacher's global top-k (values, ids) from sharded logits or hidden + weight
     vocab_parallel_topk_kd_loss  top-k KD (+ CE) on sharded student logits, no dense teacher
     fused_linear_topk_kd_loss    the same from hidden states and the output-weight shard, chunked
+    vocab_parallel_sample   what a teacher cache stores: K draws from the teacher's softmax(t / T) (or its
+                            top-k with their masses), from sharded logits or hidden + weight
+    fused_linear_sampled_kd_loss  CE against that sparse target (sampled: unbiased KD gradient), fused, chunked
 `reference` holds naive definitions used by tests and benchmarks. See docs/kernels.md.
 """
 
 from ._common import Backend, Divergence, Reduction, interpreter_active
 from .fused_linear_kd_loss import FusedLinearKDLossFunction, default_chunk_size, fused_linear_kd_loss
+from .fused_linear_sampled_kd_loss import FusedLinearSampledKDLossFunction, fused_linear_sampled_kd_loss
 from .fused_linear_topk_kd_loss import FusedLinearTopKKDLossFunction, fused_linear_topk_kd_loss
 from .kd_loss import LogitKDLossFunction, kd_loss
 from .topk_kd_loss import TopKKDLossFunction, topk_kd_loss
 from .vocab_parallel_kd_loss import vocab_parallel_kd_loss
+from .vocab_parallel_sample import vocab_parallel_sample
 from .vocab_parallel_topk import vocab_parallel_topk
 from .vocab_parallel_topk_kd_loss import VocabParallelTopKKDLossFunction, vocab_parallel_topk_kd_loss
 
@@ -39,4 +44,7 @@ __all__ = [
     "fused_linear_topk_kd_loss",
     "VocabParallelTopKKDLossFunction",
     "FusedLinearTopKKDLossFunction",
+    "vocab_parallel_sample",
+    "fused_linear_sampled_kd_loss",
+    "FusedLinearSampledKDLossFunction",
 ]

@@ -1,5 +1,5 @@
-"""Per-block passes of the sparse top-k distillation loss on a vocabulary shard (shared by the logits op and
-the fused-linear op).
+"""Per-block passes of the sparse-teacher distillation losses on a vocabulary shard (shared by the top-k logits
+op, the fused-linear top-k op and the fused-linear sampled op, which differ only in the [n, k] divergence).
 
 The teacher is (values, global ids) [n, k]; the student block s [n, V_local] holds global columns
 [vocab_start, vocab_start + V_local). Forward, per block of rows:
@@ -40,8 +40,11 @@ class TopKSaved:
 
 
 def topk_forward_rows(s, values, ids, w, labels, spec: LossSpec, triton_path: bool, n_valid: int,
-                      vocab_start: int = 0, group=None):
-    """→ (per-row loss [n] before the token weight, per-row CE [n] or None, TopKSaved)."""
+                      vocab_start: int = 0, group=None, divergence=None):
+    """→ (per-row loss [n] before the token weight, per-row CE [n] or None, TopKSaved).
+
+    divergence: per-row D [n] of (x = s/T at the ids [n, k], lse of x [n]), differentiable in both; default the
+    top-k divergence against softmax(values / T) (another sparse teacher passes its own, values None)."""
     stats = _rowwise.row_stats(s, None, w, labels, spec, triton_path, n_valid, vocab_start)
     lse_s, _, lse_1, _, ce = _rowwise.combine_stats(stats, spec, group)  # its KD term is unused here
     local = ids - vocab_start  # [n, k]
@@ -53,7 +56,10 @@ def topk_forward_rows(s, values, ids, w, labels, spec: LossSpec, triton_path: bo
     with torch.enable_grad():
         x_leaf = (x_k * spec.inv_temp).requires_grad_()
         lse_leaf = lse_s.detach().requires_grad_()
-        per_row = spec.kd_scale * _topk_divergence(x_leaf, lse_leaf, values, spec)
+        if divergence is None:
+            per_row = spec.kd_scale * _topk_divergence(x_leaf, lse_leaf, values, spec)
+        else:
+            per_row = spec.kd_scale * divergence(x_leaf, lse_leaf)
         d_x, d_lse = torch.autograd.grad((w * per_row).sum(), (x_leaf, lse_leaf))
     loss = per_row.detach()
     active = w != 0

@@ -4,9 +4,10 @@ tokens, never holding an [N, V] tensor.
 Per chunk of C tokens: student logits h_c W^T and teacher logits (h'_c W'^T, or a slice of given teacher
 logits) go into two [C, V] buffers in the input dtype (cuBLAS, fp32 accumulation); the row kernels of
 `_rowwise.py` compute the loss and then overwrite the student buffer with d loss / d logits in place;
-two more matmuls turn it into the chunk's grad_hidden rows and accumulate grad_weight. Everything happens in
-forward (recomputing the matmuls in backward would cost 2 more of the 6 N*V*H matmuls); backward only
-scales the stored gradients by the upstream scalar.
+two more matmuls turn it into the chunk's grad_hidden rows and accumulate grad_weight (in fp32,
+`_linear_grads.py`). Everything happens in forward (recomputing the matmuls in backward would cost 2 more of
+the 6 N*V*H matmuls); backward only scales the stored gradients by the upstream scalar. Outside grad mode
+(the logged CE at alpha_ce = 0, validation, the search) only the forward matmul(s) run per chunk.
 
 Vocab parallel (`group`): the weight is this rank's shard of Megatron's vocab partition, the row statistics of
 each chunk are merged over the group exactly as in `vocab_parallel_kd_loss`, so every rank gets the
@@ -19,6 +20,7 @@ import torch
 
 from . import _rowwise
 from ._common import Backend, Divergence, LossSpec, Reduction, make_spec, token_weights, use_triton
+from ._linear_grads import ChunkGrads, detach_outside_grad_mode, scaled_grads
 
 _CHUNK_ELEMENTS = 1 << 27  # logits per chunk buffer: 256 MiB in bf16; large enough that matmuls run at speed
 
@@ -40,7 +42,8 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
       + C * 16 floats                                           per-row statistics
     On CUDA nothing else scales with V (the gradient is written into the student buffer, in place); the CPU
     torch mirror adds a few fp32 [C, V] temporaries. At C = 1024, V = 128256, bf16: 0.5 GiB of buffers.
-    grad_weight accumulates in the weight's dtype (one rounding per chunk in bf16).
+    grad_weight accumulates in fp32 ([V, H] fp32, plus one bounded block of each chunk's product in bf16)
+    and is rounded to the weight's dtype once, in backward, after the upstream scale.
 
     Traffic per chunk: 3 matmuls of 2 C V H flops (+ the teacher's), the row kernels read the two buffers
     two or three times and write one. Upstream grad must be a scalar (reduction MEAN or SUM).
@@ -59,15 +62,7 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, teacher_hidden, teacher_weight, teacher_logits, labels, weights,
                 spec: LossSpec, triton_path: bool, n_valid: int, chunk_size: int, vocab_start: int = 0, group=None):
-        n_tokens = hidden.shape[0]
-        grad_hidden = hidden.new_empty(hidden.shape) if ctx.needs_input_grad[0] else None
-        grad_weight = weight.new_zeros(weight.shape) if ctx.needs_input_grad[1] else None
-        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        for start in range(0, n_tokens, chunk_size):
-            end = min(start + chunk_size, n_tokens)
-            h_c = hidden[start:end]  # [c, h]
-            s_c = h_c @ weight.t()  # [c, v]
+        def rows(s_c, start, end, want_grad):
             if teacher_logits is not None:
                 t_c = teacher_logits[start:end]  # [c, v]
             elif teacher_hidden is not None:
@@ -79,27 +74,55 @@ class FusedLinearKDLossFunction(torch.autograd.Function):
             loss_rows, saved, ce_rows = _rowwise.forward_rows(
                 s_c, t_c, w_c, l_c, spec, triton_path, n_valid, vocab_start, group
             )
-            total += (w_c * loss_rows).sum()
-            if ce_rows is not None:
-                total_ce += (w_c * ce_rows).sum()
-            if grad_hidden is None and grad_weight is None:
-                continue
-            g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, vocab_start, out=s_c)
-            if grad_hidden is not None:
-                torch.mm(g_c, weight, out=grad_hidden[start:end])
-            if grad_weight is not None:
-                grad_weight.addmm_(g_c.t(), h_c)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.mark_non_differentiable(total_ce)
-        return total, total_ce
+            ce = None if ce_rows is None else (w_c * ce_rows).sum()
+            g_c = None
+            if want_grad:
+                g_c = _rowwise.backward_rows(s_c, t_c, l_c, saved, w_c, spec, triton_path, n_valid, vocab_start,
+                                             out=s_c)
+            return (w_c * loss_rows).sum(), ce, g_c
+
+        return chunked_linear_forward(ctx, hidden, weight, chunk_size, rows)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_ce):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        go = grad_output.to(torch.float32)
-        grad_hidden = None if grad_hidden is None else grad_hidden * go.to(grad_hidden.dtype)
-        grad_weight = None if grad_weight is None else grad_weight * go.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None, None
+        return (*chunked_linear_backward(ctx, grad_output), None, None, None, None, None, None, None, None, None, None, None)
+
+
+def chunked_linear_forward(ctx, hidden, weight, chunk_size: int, rows):
+    """The token-chunk loop of every fused-linear op (this one, top-k, sampled): (loss, ce) fp32 scalars.
+
+    Per chunk of rows [start, end): s_c = hidden[start:end] W^T [c, v] (input dtype, fp32 accumulation), then
+    ``rows(s_c, start, end, want_grad)`` returns the chunk's (weighted loss sum, weighted CE sum or None, and
+    d loss / d s_c [c, v] or None when want_grad is False); the gradient may be written into s_c itself.
+    `ChunkGrads` turns it into the chunk's grad_hidden rows (G_c W) and adds G_c^T h_c into an fp32
+    grad_weight. The gradients are saved on ``ctx`` for `chunked_linear_backward`; the CE output is marked
+    non-differentiable. Nothing is built when autograd will not ask (``ctx.needs_input_grad``; callers detach
+    their inputs outside grad mode).
+    """
+    n_tokens = hidden.shape[0]
+    grads = ChunkGrads(hidden, weight, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
+    total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    for start in range(0, n_tokens, chunk_size):
+        end = min(start + chunk_size, n_tokens)
+        h_c = hidden[start:end]  # [c, h]
+        s_c = h_c @ weight.t()  # [c, v]
+        loss_c, ce_c, g_c = rows(s_c, start, end, grads.needed)
+        total += loss_c
+        if ce_c is not None:
+            total_ce += ce_c
+        if g_c is not None:
+            grads.add_chunk(start, end, g_c, h_c, weight)
+    ctx.save_for_backward(*grads.saved())
+    ctx.weight_dtype = weight.dtype
+    ctx.mark_non_differentiable(total_ce)
+    return total, total_ce
+
+
+def chunked_linear_backward(ctx, grad_output) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(grad_hidden, grad_weight) of `chunked_linear_forward`, times the upstream scalar in fp32, each in its
+    parameter's dtype."""
+    return scaled_grads(*ctx.saved_tensors, grad_output, ctx.weight_dtype)
 
 
 def fused_linear_kd_loss(
@@ -161,6 +184,8 @@ def fused_linear_kd_loss(
         spec = make_spec(Divergence.FORWARD_KL, 0.0, 1.0, False, 0.0, ce_weight)
     else:
         spec = make_spec(divergence, beta, temperature, scale_t2, kd_weight, ce_weight)
+    # no graph is built outside grad mode: then the op computes no gradient (needs_input_grad would say it must)
+    student_hidden, student_weight = detach_outside_grad_mode(student_hidden, student_weight)
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])  # [n, h]
     n_tokens, vocab = hidden.shape[0], student_weight.shape[0]
     if teacher_logits is not None:

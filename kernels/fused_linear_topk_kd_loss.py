@@ -4,8 +4,9 @@
 Per chunk of C tokens: s_c = h_c W_local^T into one [C, V/tp] buffer (input dtype, fp32 accumulation); the
 top-k passes of `_topk_rows.py` (stats merged over the TP group, x at the teacher's ids all-reduced, the
 [C, k] divergence) give the loss, then overwrite the buffer with d loss / d s_c in place; two matmuls turn
-it into the chunk's grad_hidden rows and accumulate grad_weight. As in `fused_linear_kd_loss`, everything
-happens in forward; backward only scales the stored gradients by the upstream scalar.
+it into the chunk's grad_hidden rows and accumulate grad_weight (fp32, `_linear_grads.py`). As in
+`fused_linear_kd_loss`, everything happens in forward, and outside grad mode only the forward matmul runs;
+backward only scales the stored gradients by the upstream scalar.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 
 from . import _topk_rows
 from ._common import Backend, Divergence, LossSpec, Reduction, token_weights, use_triton
-from .fused_linear_kd_loss import default_chunk_size
+from ._linear_grads import detach_outside_grad_mode
+from .fused_linear_kd_loss import chunked_linear_backward, chunked_linear_forward, default_chunk_size
 from .vocab_parallel_topk_kd_loss import topk_spec, topk_teacher_rows
 
 
@@ -40,43 +42,26 @@ class FusedLinearTopKKDLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, values, ids, labels, weights, spec: LossSpec, triton_path: bool,
                 n_valid: int, chunk_size: int, vocab_start: int, group):
-        n_tokens = hidden.shape[0]
-        grad_hidden = hidden.new_empty(hidden.shape) if ctx.needs_input_grad[0] else None
-        grad_weight = weight.new_zeros(weight.shape) if ctx.needs_input_grad[1] else None
-        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
-        total_ce = torch.zeros((), device=hidden.device, dtype=torch.float32)
         one = torch.ones((), device=hidden.device, dtype=torch.float32)  # upstream grad, applied in backward
-        for start in range(0, n_tokens, chunk_size):
-            end = min(start + chunk_size, n_tokens)
-            h_c = hidden[start:end]  # [c, h]
-            s_c = h_c @ weight.t()  # [c, v_local]
+
+        def rows(s_c, start, end, want_grad):
             w_c = weights[start:end]
             l_c = None if labels is None else labels[start:end]
             loss_rows, ce_rows, saved = _topk_rows.topk_forward_rows(
                 s_c, values[start:end], ids[start:end], w_c, l_c, spec, triton_path, n_valid, vocab_start, group
             )
-            total += (w_c * loss_rows).sum()
-            if ce_rows is not None:
-                total_ce += (w_c * ce_rows).sum()
-            if grad_hidden is None and grad_weight is None:
-                continue
-            g_c = _topk_rows.topk_backward_rows(s_c, l_c, saved, one, w_c, spec, triton_path, n_valid,
-                                                vocab_start, out=s_c)
-            if grad_hidden is not None:
-                torch.mm(g_c, weight, out=grad_hidden[start:end])
-            if grad_weight is not None:
-                grad_weight.addmm_(g_c.t(), h_c)
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        ctx.mark_non_differentiable(total_ce)
-        return total, total_ce
+            ce = None if ce_rows is None else (w_c * ce_rows).sum()
+            g_c = None
+            if want_grad:
+                g_c = _topk_rows.topk_backward_rows(s_c, l_c, saved, one, w_c, spec, triton_path, n_valid,
+                                                    vocab_start, out=s_c)
+            return (w_c * loss_rows).sum(), ce, g_c
+
+        return chunked_linear_forward(ctx, hidden, weight, chunk_size, rows)
 
     @staticmethod
     def backward(ctx, grad_output, _grad_ce):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        go = grad_output.to(torch.float32)
-        grad_hidden = None if grad_hidden is None else grad_hidden * go.to(grad_hidden.dtype)
-        grad_weight = None if grad_weight is None else grad_weight * go.to(grad_weight.dtype)
-        return grad_hidden, grad_weight, None, None, None, None, None, None, None, None, None, None
+        return (*chunked_linear_backward(ctx, grad_output), None, None, None, None, None, None, None, None, None, None)
 
 
 def fused_linear_topk_kd_loss(
@@ -117,6 +102,7 @@ def fused_linear_topk_kd_loss(
         raise ValueError("ce_weight != 0 needs labels")
     if return_ce and ce_weight == 0.0:
         raise ValueError("return_ce needs the CE term in the loss (ce_weight != 0)")
+    student_hidden, student_weight = detach_outside_grad_mode(student_hidden, student_weight)  # see fused_linear_kd_loss
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])  # [n, h]
     n_tokens, vocab = hidden.shape[0], student_weight.shape[0]
     if student_weight.shape[1] != hidden.shape[1]:

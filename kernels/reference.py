@@ -125,3 +125,47 @@ def topk_kd_loss_reference(
     w = _weights(s.shape[0], s.device, labels, ignore_index, loss_mask).to(dtype)
     out = _reduce(per_token, w, reduction)
     return out.reshape(lead) if Reduction(reduction) is Reduction.NONE else out
+
+
+def sampled_kd_loss_reference(
+    student_logits: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_probs: torch.Tensor | None = None,
+    *,
+    tail: bool = False,
+    temperature: float = 1.0,
+    scale_t2: bool = True,
+    labels: torch.Tensor | None = None,
+    ignore_index: int = -100,
+    loss_mask: torch.Tensor | None = None,
+    reduction: Reduction = Reduction.MEAN,
+    vocab_size: int | None = None,
+    kd_weight: float = 1.0,
+    ce_weight: float = 0.0,
+) -> torch.Tensor:
+    """Same contract as `fused_linear_sampled_kd_loss`, on full logits: the dense target P^ (draws' counts / K, or
+    the given masses) scattered into [n, vocab], CE(P^, softmax(s / T)); with the tail, the leftover mass against
+    the student's mass off the ids (its mask built densely)."""
+    lead, v = student_logits.shape[:-1], student_logits.shape[-1]
+    vocab_size = v if vocab_size is None else vocab_size
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)
+    k = teacher_ids.shape[-1]
+    s = student_logits.reshape(-1, v)[:, :vocab_size].to(dtype)  # [n, vocab]
+    ids = teacher_ids.reshape(-1, k).long()
+    mass = torch.full(ids.shape, 1.0 / k, dtype=dtype, device=s.device) if teacher_probs is None else (
+        teacher_probs.reshape(-1, k).to(dtype))
+    p = torch.zeros_like(s).scatter_add(1, ids, mass)  # [n, vocab]: the dense empirical / top-k target
+    log_q = torch.log_softmax(s / temperature, dim=-1)
+    per_token = -(p * log_q).sum(-1)
+    if tail:
+        off = torch.ones_like(s).scatter(1, ids, 0.0)  # 1 off the ids
+        q_tail = (log_q.exp() * off).sum(-1)
+        p_tail = (1.0 - mass.sum(-1)).clamp(min=0.0)
+        per_token = per_token - torch.where(p_tail > 0, p_tail * torch.log(q_tail), 0.0)
+    per_token = kd_weight * (temperature**2 if scale_t2 else 1.0) * per_token
+    if ce_weight != 0.0:
+        safe = torch.where(labels.reshape(-1) == ignore_index, 0, labels.reshape(-1))
+        per_token = per_token + ce_weight * F.cross_entropy(s, safe, reduction="none")
+    w = _weights(s.shape[0], s.device, labels, ignore_index, loss_mask).to(dtype)
+    out = _reduce(per_token, w, reduction)
+    return out.reshape(lead) if Reduction(reduction) is Reduction.NONE else out

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "nemo_subnet.conversion.cli",
     "nemo_subnet.data.cli",
     "nemo_subnet.training.cli",
+    "nemo_subnet.teacher_cache.cli",
     "nemo_subnet.subnet.cli",
     "nemo_subnet.importance.cli",
     "nemo_subnet.search.cli",

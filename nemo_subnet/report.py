@@ -104,12 +104,32 @@ def _plot_search(candidates: list[dict], budget: float | None, path: Path) -> No
     if budget:
         ax.axvline(budget, color="gray", linestyle=":", label="parameter budget")
     ax.set_xlabel("parameters")
-    ax.set_ylabel("search-split perplexity")
+    ax.set_ylabel("search-split perplexity (sub-network)")
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _compute_line(out: Path) -> list[str]:
+    """Importance and search FLOPs as the two stages recorded them."""
+    parts = []
+    scores = out / "importance" / "scores.safetensors"
+    if scores.is_file():
+        from nemo_subnet.importance.scores import ImportanceScores
+
+        meta = ImportanceScores.load(scores).meta
+        if "flops" in meta:
+            parts.append(f"importance {meta['flops']:.3e} FLOPs ({meta['passes']} forward pass(es), "
+                         f"{meta['tokens']:,} tokens)")
+    summary = out / "search" / "summary.json"
+    if summary.is_file():
+        s = json.loads(summary.read_text())
+        if "flops" in s:
+            rungs = ", ".join(f"rung {r['rung']}: {r['evaluations']} x {r['batches']} batches" for r in s["rungs"])
+            parts.append(f"search {s['flops']:.3e} FLOPs ({s['evaluations']} evaluations, {s['tokens']:,} tokens; {rungs})")
+    return [f"Compute: {'; '.join(parts)}.", ""] if parts else []
 
 
 def _params(ckpt: Path) -> int | None:
@@ -169,7 +189,7 @@ def reach_cells(reach: dict, first_interval: dict) -> list[list]:
 
 
 def write_report(out: Path, report_dir: Path) -> dict:
-    from nemo_subnet.search.results import read_candidates
+    from nemo_subnet.search.results import merge_evaluations, read_candidates
 
     out, report_dir = Path(out), Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -187,19 +207,22 @@ def write_report(out: Path, report_dir: Path) -> dict:
     # teacher and search
     teacher = _marker(out, "teacher").get("summary", {})
     extract = _marker(out, "extract").get("summary", {})
-    candidates = read_candidates(out / "search")
+    candidates = merge_evaluations(read_candidates(out / "search"))  # each at the highest rung it reached
     teacher_params = _params(out / "teacher" / "model")
     sections += ["## Sub-network search", ""]
     if candidates:
         search = json.loads((out / "search" / "search.json").read_text())
-        lo, hi = search["bounds"]
+        bounds = search["bounds"]
+        lo, hi = bounds[0] if isinstance(bounds[0], list) else bounds  # a family: the first budget's (the student's)
         teacher_valid = _marker(out, "export").get("summary", {}).get("teacher_valid_ppl", teacher.get("valid_ppl"))
         sections += [f"Teacher: {_fmt(teacher_params)} parameters, validation perplexity {_fmt(teacher_valid)} "
                      f"(on the students' validation samples). Budget: {_fmt(lo)}–{_fmt(hi)} parameters; "
                      f"{search['strategy']} search over a {search['space']['granularity']} space, "
                      f"{len(candidates)} sub-networks evaluated by their perplexity on the search split (held out "
-                     "from training, validation and test).", ""]
-        best = sorted(candidates, key=lambda c: c["objective"])[:5]
+                     "from training, validation and test; the extracted student's number).", ""]
+        sections += _compute_line(out)
+        top = max(c["rung"] for c in candidates)  # full-fidelity values are the comparable ones
+        best = sorted((c for c in candidates if c["rung"] == top), key=lambda c: c["objective"])[:5]
         sections += [_table(["rank", "parameters", "fraction of teacher", "search-split ppl", "sub-network"],
                             [[i + 1, c["params"], c["params"] / teacher_params if teacher_params else None,
                               c["objective"], _describe(c["subnet"])] for i, c in enumerate(best)]), ""]

@@ -1,7 +1,8 @@
 """Where the stages run: NeMo-Run executors from one small ``LaunchConfig`` (overridable field by field).
 
 - ``local``: this machine; multi-rank stages under torchrun (``LocalExecutor(launcher="torchrun")``).
-- ``slurm``: ``SlurmExecutor`` (nodes, GPUs per node, partition, account, time, optional container);
+- ``slurm``: ``SlurmExecutor`` (nodes, GPUs per node, partition, account, time, CPUs per rank, memory, whole
+  nodes for GPU jobs, optional container);
   multi-rank stages under torchrun with SLURM-derived rendezvous. Submitted from a login node through a
   ``LocalTunnel`` (default) or from elsewhere through an ``SSHTunnel`` (``ssh_host``).
 
@@ -24,6 +25,7 @@ was never copied there.
 
 import getpass
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -38,6 +40,8 @@ from nemo_subnet.pipeline import kinds
 from nemo_subnet.pipeline.kinds import StageResources
 from nemo_subnet.recipes.slurm_signals import signal_setup_lines
 
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
+"""``--mem``: a whole number with an optional unit (SLURM reads it per node)."""
 REQUIRE_CUDA_VAR = "NEMO_SUBNET_REQUIRE_CUDA"
 """= ``nemo_subnet.runtime.gpu_request.REQUIRE_CUDA_VAR`` (spelled out: importing the runtime loads megatron)."""
 
@@ -69,6 +73,19 @@ class LaunchConfig:
     SIGTERM, finish their current step, save a checkpoint and exit; then the job requeues itself. It must cover
     one training step plus one checkpoint save (a 1B student with its optimizer state writes ~16 GB). Also
     torchrun's wait for its workers to exit after SIGTERM (``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``; 30 s by default)."""
+    exclusive: bool = True
+    """SLURM ``--exclusive`` on every job that requests GPUs: the job owns its nodes, so no other job's ranks, data
+    loaders or NCCL proxy threads share their CPUs, memory or NICs. False: share nodes (then size ``mem`` and
+    ``cpus_per_rank`` to this job's part of a node). Jobs without GPUs (data, report) never ask for it."""
+    mem: str | None = "0"
+    """SLURM ``--mem`` (per node) of every job that requests GPUs: ``"0"`` is all of the node's memory (SLURM's
+    convention), e.g. ``"480G"`` a fixed amount. None: the partition's default, often a few GB per allocated CPU,
+    with which 8 ranks loading an 8B checkpoint on the host can be OOM-killed. Jobs without GPUs keep the default."""
+    cpus_per_rank: PositiveInt | None = None
+    """CPU cores per rank (its data loader, NCCL proxy threads, host-side checkpoint (de)serialization): SLURM
+    ``--cpus-per-task`` = this x the ranks of the task (one torchrun task runs every rank of a node). None: 8 per
+    rank of a GPU stage (fits 8-GPU nodes of 64+ cores), 1 per rank of a CPU stage (its ranks run one thread).
+    Without it SLURM gives a task one CPU, and every rank of a node would share it."""
     container_image: str | None = None
     """Optional container (pyxis/enroot ``--container-image``) with this project installed."""
     container_mounts: list[str] = field(default_factory=list)
@@ -87,6 +104,9 @@ class LaunchConfig:
         if self.eval_ranks is not None and self.gpus_per_node and self.eval_ranks > self.gpus_per_node:
             yield "eval_ranks", (f"{self.eval_ranks}: must be between 1 and gpus_per_node={self.gpus_per_node} "
                                  "(importance and search run on one node)")
+        if self.mem is not None and not _SLURM_MEM.match(self.mem):
+            yield "mem", (f"{self.mem!r}: expected SLURM's --mem form, a number with an optional K, M, G or T suffix "
+                          "(\"0\": all of the node's memory), or null for the partition's default")
 
 
 def eval_ranks(launch: LaunchConfig) -> int:
@@ -132,6 +152,23 @@ def slurm_reachable() -> str | None:
     return None
 
 
+GPU_RANK_CPUS = 8
+"""Default CPU cores per rank of a GPU stage (``LaunchConfig.cpus_per_rank``)."""
+
+
+def slurm_resources(launch: LaunchConfig, res: StageResources) -> dict:
+    """``SlurmExecutor`` keyword arguments for CPUs, memory and node exclusivity of a stage (see LaunchConfig)."""
+    per_rank = launch.cpus_per_rank or (GPU_RANK_CPUS if res.gpus_per_node else 1)
+    # under torchrun one task per node runs every rank of the node; otherwise each task is one rank
+    kwargs: dict = {"cpus_per_task": per_rank * (res.ranks_per_node if res.launcher == "torchrun" else 1)}
+    if res.gpus_per_node:
+        if launch.mem is not None:
+            kwargs["mem"] = str(launch.mem)
+        if launch.exclusive:
+            kwargs["exclusive"] = True
+    return kwargs
+
+
 def slurm_executor(launch: LaunchConfig, res: StageResources, *, requeue_on_time_limit: bool) -> run.SlurmExecutor:
     if launch.ssh_host:
         tunnel = run.SSHTunnel(host=launch.ssh_host, user=launch.ssh_user or os.environ.get("USER", ""),
@@ -147,7 +184,8 @@ def slurm_executor(launch: LaunchConfig, res: StageResources, *, requeue_on_time
                   time=launch.time, packager=run.Packager(), tunnel=tunnel, env_vars=task_env(launch, res),
                   launcher=res.launcher, signal=f"B:USR1@{launch.signal_grace_s}",
                   additional_parameters={"requeue": True},
-                  setup_lines=signal_setup_lines(requeue_on_time_limit=requeue_on_time_limit))
+                  setup_lines=signal_setup_lines(requeue_on_time_limit=requeue_on_time_limit),
+                  **slurm_resources(launch, res))
     if res.gpus_per_node:
         kwargs["gpus_per_node"] = res.gpus_per_node
     if launch.container_image:

@@ -8,8 +8,8 @@ of the MEAN); in the huge case the mirror does too, so neither needs several fp3
 
 Tolerances (as tests/kernels): losses rtol 1e-5 (x5 on CUDA: the GPU's approximate exp / log), atol 1e-6
 (5e-6 on CUDA); gradients elementwise |a - e| <= rtol |e| + rtol max|e| with rtol 1e-5 fp32 (x5 on CUDA),
-1.6e-2 bf16 (its rounding). The fused op in bf16 also rounds its logits and accumulates grad_weight per
-chunk in bf16: 1e-3 on the loss and 3e-2 on gradients.
+1.6e-2 bf16 (its rounding). The fused op in bf16 also rounds its logits (and each chunk's grad_weight product,
+summed in fp32): 1e-3 on the loss and 3e-2 on gradients.
 """
 
 from __future__ import annotations

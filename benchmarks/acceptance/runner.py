@@ -45,21 +45,23 @@ class Section:
 SECTIONS = (
     Section("environment", "GPU, driver, CUDA, package versions, commit.", "environment:run", in_parent=True,
             always=True),
-    Section("setup", "Prepared stdlib data (sentencepiece), a teacher checkpoint, a student model YAML.",
-            "fixtures:run"),  # first: three sections wait for it
+    Section("setup", "Prepared stdlib data (sentencepiece), a bf16 teacher checkpoint with a Llama-3 vocabulary, a "
+            "student model YAML.", "fixtures:run"),  # first: four sections wait for it
     Section("kernels", "Compiled Triton vs the torch mirror vs the naive reference; values and gradients; odd and "
             "production shapes, fp32 and bf16, one N x V > 2^31 case.", "kernel_checks:run"),
-    Section("speed", "Fused linear + KD (fwd+bwd) vs eager, torch.compile and Liger-Kernel: time and peak memory.",
-            "speed:run"),
-    Section("train_resume", "bf16 KD run through `nemo-subnet train`; the same run SIGKILLed mid-run and resumed.",
-            "training:train_resume", needs=("setup",)),
-    Section("mfu", "Throughput and model FLOPs utilisation of the KD step (reference run's metrics).", "training:mfu",
-            needs=("train_resume",), in_parent=True),
+    Section("speed", "Fused linear + KD (fwd+bwd) vs eager; torch.compile and Liger-Kernel in time-boxed children: "
+            "time (CUDA events) and peak memory.", "speed:run"),
+    Section("train_resume", "The default KD run (alpha_ce 0, fused output under auto, bf16) through `nemo-subnet "
+            "train`; the same run SIGKILLed mid-run and resumed.", "training:train_resume", needs=("setup",)),
+    Section("kd_step", "The KD step vs the student step + the teacher forward (CUDA events); GEMMs of the loss; "
+            "counted FLOPs vs the MFU formula.", "kd_step:run", needs=("setup",)),
+    Section("mfu", "The reference run's logged step time and MFU against kd_step's measurement.", "kd_step:mfu",
+            needs=("train_resume", "kd_step"), in_parent=True),
     Section("hf_parity", "HF import -> logits vs transformers; export -> reload; fp32 and bf16.", "hf_parity:run"),
-    Section("search", "`nemo-subnet search` on the masked super-network; full config == unmasked model.",
-            "search_check:run", needs=("setup",)),
-    Section("tp2", "The KD run at TP=2 under torchrun vs TP=1 (2+ GPUs).", "training:tp2",
-            needs=("setup", "train_resume"), precheck="training:tp2_precheck"),
+    Section("search", "`nemo-subnet search` in the teacher's bf16: candidates per second; full config == unmasked "
+            "model.", "search_check:run", needs=("setup",)),
+    Section("parallel", "The KD run at TP=2 from scratch and PP=2 resumed, vs the one-GPU reference (2+ GPUs).",
+            "parallel_runs:run", needs=("setup", "train_resume"), precheck="parallel_runs:precheck"),
 )
 BY_NAME = {s.name: s for s in SECTIONS}
 

@@ -28,7 +28,7 @@ from typing import Literal, Mapping, Sequence, TypeVar
 import yaml
 
 from nemo_subnet.config.files import read_yaml
-from nemo_subnet.config.typed import (ConfigError, apply_overrides, describe_type, field_types, from_dict,
+from nemo_subnet.config.typed import (ConfigError, _merged, apply_overrides, describe_type, field_types, from_dict,
                                       optional_arm, set_path, to_dict, unwrap)
 
 T = TypeVar("T")
@@ -146,10 +146,13 @@ def _show(value) -> str:
 
 
 def config_from_arguments(cls: type[T], args: argparse.Namespace, *, required: Sequence[str] = (),
-                          flag_names: Mapping[str, str] = ()) -> T:
-    """The config of a parsed command line: defaults < --config FILE < flags < KEY=VALUE overrides.
+                          flag_names: Mapping[str, str] = (), base: T | None = None) -> T:
+    """The config of a parsed command line: defaults < ``base`` < --config FILE < flags < KEY=VALUE overrides
+    (``base``: a config the command derived from another file, e.g. teacher-cache's --for-run).
     ``required`` dotted fields must end up set; ConfigError lists every problem at once."""
     data = read_yaml(args.config) if getattr(args, "config", None) else {}
+    if base is not None:
+        data = _merged(to_dict(base), data)
     for dest, raw in vars(args).items():
         if dest.startswith(_DEST):
             path = dest[len(_DEST):]

@@ -128,6 +128,7 @@ def _convert(hint, value, where: str, errors: list[str]):
             attempt: list[str] = []
             converted = _convert(arm, value, where, attempt)
             if converted is not _INVALID:
+                errors.extend(attempt)  # a dataclass arm that read but broke one of its rules (``problems``)
                 return converted
             if len([a for a in arms if a is not type(None)]) == 1 or dataclasses.is_dataclass(arm):
                 errors.extend(attempt)  # X | None, or a mapping for the dataclass arm: its own messages are precise

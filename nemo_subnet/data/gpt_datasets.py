@@ -137,7 +137,7 @@ def build_gpt_datasets(config: GPTDataConfig, train_samples: int, valid_samples:
     prefixes = {split: str(split_path(data_dir, metadata, split)) for split in splits}
     if test_samples is not None:
         _check_split_length(config, metadata, "test")
-    tokenizer = _EodTokenizer(metadata["vocab_size"], metadata["eod"], _fingerprint(prefixes.values()))
+    tokenizer = _EodTokenizer(metadata["vocab_size"], metadata["eod"], split_fingerprint(prefixes.values()))
     blends = [([prefixes["train"]], None), ([prefixes["valid"]], None),
               ([prefixes["test"]], None) if test_samples is not None else None]
     sizes = [train_samples, valid_samples, test_samples]
@@ -172,7 +172,9 @@ def hf_tokenizer_dir(data_dir: str | Path) -> Path | None:
     return path if metadata["tokenizer"].get("hf_tokenizer") else None
 
 
-def _fingerprint(prefixes) -> str:
+def split_fingerprint(prefixes) -> str:
+    """A short hash of the splits' document lengths (their .idx files): megatron's cache key, and a teacher cache's
+    record of the data it was built from."""
     digest = hashlib.sha256()
     for prefix in prefixes:
         digest.update(Path(f"{prefix}.idx").read_bytes())  # lengths of every document: small, and changes with the data

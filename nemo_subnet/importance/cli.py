@@ -1,6 +1,6 @@
 """`nemo-subnet importance`: activation importance scores of a checkpoint from calibration batches.
 
-Flags generated from ``ImportanceConfig`` (``--no-layer-drop``, ``--batches``, ...); ``--config FILE`` reads the
+Flags generated from ``ImportanceConfig`` (``--layer-metric``, ``--batches``, ...); ``--config FILE`` reads the
 same settings from YAML (what the pipeline's importance stage hands it).
 """
 
@@ -34,6 +34,7 @@ def run_importance(config) -> int:
     from nemo_subnet.errors import UserError
     from nemo_subnet.importance.collect import compute_importance
     from nemo_subnet.importance.evaluation import load_batches, load_supernet
+    from nemo_subnet.importance.scores import LayerMetric
     from nemo_subnet.runtime import runtime_scope
 
     try:
@@ -42,7 +43,7 @@ def run_importance(config) -> int:
             common = dict(seq_length=config.seq_length, micro_batch_size=config.micro_batch_size, seed=config.seed)
             data = load_batches(config.data, cfg, split=config.split, num_batches=config.batches, **common)
             drop_data = None
-            if config.layer_drop:
+            if LayerMetric(config.layer_metric) is LayerMetric.PERPLEXITY:  # the only reader of layer-drop losses
                 drop_data = load_batches(config.data, cfg, split="valid",
                                          num_batches=config.layer_drop_batches or config.batches, **common)
             scores = compute_importance(model, cfg, data, config, layer_drop_data=drop_data)
@@ -54,5 +55,7 @@ def run_importance(config) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
     if runtime.is_main:
-        print(f"importance of {cfg.num_layers} layers from {scores.tokens:,} tokens -> {config.out}")
+        meta = scores.meta
+        print(f"importance of {cfg.num_layers} layers: {meta['passes']} forward pass(es) ({meta['passes'] - 1} "
+              f"layer-drop), {meta['tokens']:,} tokens, {meta['flops']:.3e} FLOPs -> {config.out}")
     return 0

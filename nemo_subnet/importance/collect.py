@@ -12,8 +12,13 @@ Layers live on different PP stages: statistics are indexed by the global layer (
 zero on layers this stage does not hold, and summed over the PP group (max for ``max_abs``); then summed
 over the DP group. Every rank ends with the same, complete scores.
 
-Layer-drop perplexity (optional, one evaluation per layer): ``set_subnet(layers=[all but i])`` and the
-validation loss of evaluation.py.
+Layer-drop perplexity (only for ``layer_metric: perplexity``, the one consumer: 1 + L evaluations):
+``set_subnet(layers=[all but i])`` and the validation loss of evaluation.py. The default (cosine) metric
+comes from the calibration pass itself, so the stage is one forward pass over the calibration tokens.
+
+The stage shows its progress on the main rank (pass k of n, tokens/s, time left) and records what it
+computed in ``scores.meta``: passes, tokens and forward FLOPs (models/counting.py's counter, through
+search/objective.py's ``forward_flops``; a layer-drop pass is charged for the layers it runs).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from nemo_subnet.config import PositiveInt
 from nemo_subnet.importance.evaluation import EvalData, evaluate_loss
-from nemo_subnet.importance.scores import STATS, Aggregation, ImportanceScores, shape_of
+from nemo_subnet.importance.scores import STATS, Aggregation, ImportanceScores, LayerMetric, shape_of
 from nemo_subnet.models.config import ModelConfig
 from nemo_subnet.subnet.config import SubnetConfig
 from nemo_subnet.runtime import compute_device
@@ -42,8 +47,12 @@ class ImportanceConfig:
 
     aggregation: Aggregation = Aggregation.L2
     """Default aggregation stored with the scores (every aggregation stays computable from the file)."""
-    layer_drop: bool = True
-    """Also measure the perplexity increase of dropping each layer (one extra evaluation per layer)."""
+    layer_metric: LayerMetric = LayerMetric.COSINE
+    """The layer metric the search will read. ``cosine`` comes from the calibration pass at no extra cost;
+    ``perplexity`` adds 1 + L evaluations (the loss with each layer alone dropped), so ask for it only
+    when the search uses ``layer_metric: perplexity``."""
+    progress: bool = True
+    """Show a progress bar on the main rank: pass k of n, tokens/s, time left."""
     ckpt: Path | None = None
     """Model checkpoint directory (required)."""
     data: Path | None = None
@@ -57,11 +66,42 @@ class ImportanceConfig:
     seq_length: PositiveInt = 128
     micro_batch_size: PositiveInt = 4
     layer_drop_batches: PositiveInt | None = None
-    """Validation micro-batches of the layer-drop perplexities (valid split; default: ``batches``)."""
+    """Validation micro-batches of each layer-drop perplexity (``layer_metric: perplexity`` only; valid split;
+    default: ``batches``)."""
     tp: PositiveInt = 1
     pp: PositiveInt = 1
     seed: int = 1234
     """Seed of the dataset shuffles."""
+
+
+class _Progress:
+    """One bar over all passes' tokens (main rank only): ``pass k/n``, tokens/s and time left from tqdm."""
+
+    def __init__(self, passes: list[int], enabled: bool):
+        self.passes, self.k, self.bar = passes, 0, None
+        if enabled and (not dist.is_initialized() or dist.get_rank() == 0):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=sum(passes), unit="tok", unit_scale=True, dynamic_ncols=True)
+            self.next_pass()
+
+    def next_pass(self) -> None:
+        self.k += 1
+        if self.bar is not None:
+            self.bar.set_description(f"importance pass {self.k}/{len(self.passes)}")
+
+    def update(self, tokens: int) -> None:
+        if self.bar is not None:
+            self.bar.update(tokens)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _tokens(data: EvalData) -> int:
+    """Global tokens of one pass over ``data`` (every DP rank's micro-batches)."""
+    return data.global_batches * data.micro_batch_size * data.seq_length
 
 
 class _Accumulator:
@@ -95,10 +135,13 @@ def _reduce_pp_dp(t: torch.Tensor, op) -> torch.Tensor:
     return t
 
 
-def _run_forward(model, data: EvalData) -> None:
+def _run_forward(model, data: EvalData, progress: _Progress) -> None:
+    per_batch = _tokens(data) // data.global_batches * parallel_state.get_data_parallel_world_size()
+
     def forward_step(data_iterator, step_model):
         batch = next(data_iterator)
         output = step_model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"))
+        progress.update(per_batch)  # host arithmetic only: no sync
         return output, lambda out: (out.sum() * 0.0, {})
 
     get_forward_backward_func()(
@@ -113,11 +156,18 @@ def compute_importance(model, cfg: ModelConfig, data: EvalData, config: Importan
     """Scores of every FFN neuron, head, query group, hidden channel and layer; collective over all ranks.
 
     ``model`` is this rank's ElasticGPTModel; ``data`` this rank's calibration batches; layer-drop
-    perplexities are measured on ``layer_drop_data`` (default: ``data``).
+    perplexities (``layer_metric: perplexity`` only) are measured on ``layer_drop_data`` (default: ``data``).
     """
+    from nemo_subnet.search.objective import forward_flops
     from nemo_subnet.subnet.masks import MaskedNorm
 
     config = config or ImportanceConfig()
+    layer_drop = LayerMetric(config.layer_metric) is LayerMetric.PERPLEXITY
+    eval_data = layer_drop_data or data
+    if layer_drop and cfg.num_layers < 2:
+        raise ValueError("layer-drop importance (layer_metric perplexity) needs at least 2 layers")
+    passes = [_tokens(data)] + ([_tokens(eval_data)] * (1 + cfg.num_layers) if layer_drop else [])
+    progress = _Progress(passes, config.progress)
     model.eval()
     model.reset_subnet()
     tp = parallel_state.get_tensor_model_parallel_world_size()
@@ -162,7 +212,7 @@ def compute_importance(model, cfg: ModelConfig, data: EvalData, config: Importan
                 handles.append(module.register_forward_hook(norm_hook))
         for layer in model.decoder.layers:
             handles += layer_hooks(layer)
-        _run_forward(model, data)
+        _run_forward(model, data, progress)
     finally:
         for handle in handles:
             handle.remove()
@@ -187,19 +237,29 @@ def compute_importance(model, cfg: ModelConfig, data: EvalData, config: Importan
     tensors["layer.cosine"] = cosine / max(n_tokens, 1.0)
 
     meta = {"calibration_batches": data.global_batches, "seq_length": data.seq_length,
-            "micro_batch_size": data.micro_batch_size}
-    if config.layer_drop:
-        eval_data = layer_drop_data or data
-        base = evaluate_loss(model, cfg, eval_data)
-        dropped = []
-        for i in range(L):
-            if L == 1:
-                raise ValueError("layer-drop importance needs at least 2 layers")
-            model.set_subnet(SubnetConfig(layers=[j for j in range(L) if j != i]))
-            dropped.append(evaluate_loss(model, cfg, eval_data))
-        model.reset_subnet()
-        tensors["layer.loss"] = torch.tensor(dropped, dtype=torch.float64)
-        tensors["base_loss"] = torch.tensor([base], dtype=torch.float64)
-        meta["layer_drop_batches"] = eval_data.global_batches
+            "micro_batch_size": data.micro_batch_size, "layer_metric": LayerMetric(config.layer_metric).value}
+    flops = {"calibration": forward_flops(cfg, SubnetConfig(), data.seq_length) * passes[0], "layer_drop": 0.0}
+    try:
+        if layer_drop:
+            progress.next_pass()
+            base = evaluate_loss(model, cfg, eval_data)
+            progress.update(passes[1])
+            dropped = []
+            for i in range(L):
+                progress.next_pass()
+                kept = SubnetConfig(layers=[j for j in range(L) if j != i])
+                model.set_subnet(kept)
+                dropped.append(evaluate_loss(model, cfg, eval_data))
+                progress.update(passes[1])
+                flops["layer_drop"] += forward_flops(cfg, kept, eval_data.seq_length) * passes[1]  # skipped: not run
+            model.reset_subnet()
+            flops["layer_drop"] += forward_flops(cfg, SubnetConfig(), eval_data.seq_length) * passes[1]  # the base
+            tensors["layer.loss"] = torch.tensor(dropped, dtype=torch.float64)
+            tensors["base_loss"] = torch.tensor([base], dtype=torch.float64)
+            meta["layer_drop_batches"] = eval_data.global_batches
+    finally:
+        progress.close()
+    meta.update(passes=len(passes), pass_tokens=passes, tokens=sum(passes), flops=sum(flops.values()),
+                flops_by_part=flops)
     return ImportanceScores(model=shape_of(cfg), tokens=int(n_tokens), tensors=tensors,
                             aggregation=Aggregation(config.aggregation), meta=meta)

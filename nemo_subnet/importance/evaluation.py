@@ -7,6 +7,12 @@ sums of per-token losses and token counts are all-reduced over the DP group, so 
 same perplexity. Pipeline parallelism: megatron's forward-only schedule; the last stage computes the
 loss and the sums are all-reduced over the PP group (other stages contribute zeros). Tensor
 parallelism: the vocab-parallel cross entropy of training (padding columns excluded).
+
+The loss is training's chunked CE from the final hidden states and the output-weight shard (the output
+layer deferred for the duration, ``training/output_layer.py``; ``fused_linear_kd_loss``'s CE-only mode
+without autograd): logits exist one chunk at a time in the model's dtype with fp32 row statistics, never
+as ``[b, s, V/tp]`` and never upcast whole (the logits path held the logits, an fp32 copy, its clone and
+megatron's fp32 working copies: ~3 fp32 copies per micro-batch).
 """
 
 from __future__ import annotations
@@ -107,6 +113,7 @@ def _all_reduce(values: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
 def evaluate_loss(model, cfg: ModelConfig, data: EvalData) -> float:
     """Mean per-token cross entropy (nats) over all DP ranks' batches; the same value on every rank."""
     from nemo_subnet.training.distill import LMOutput, cross_entropy
+    from nemo_subnet.training.output_layer import hidden_output, is_deferred, output_weight
 
     model.eval()
     device = compute_device()
@@ -116,20 +123,22 @@ def evaluate_loss(model, cfg: ModelConfig, data: EvalData) -> float:
         batch = next(data_iterator)
         output = step_model(batch["tokens"], batch["position_ids"], attention_mask=batch.get("attention_mask"))
 
-        def loss_func(logits):  # [b, s, v_local]
+        def loss_func(output):  # [b, s, h] (final hidden states), or [b, s, v_local] from a model without one
             mask = batch["loss_mask"].float()
             n_tokens = mask.sum()
-            mean = cross_entropy(LMOutput(logits.float()), batch["labels"], mask, cfg.vocab_size)
+            out = LMOutput(output, output_weight(step_model) if is_deferred(step_model) else None)
+            mean = cross_entropy(out, batch["labels"], mask, cfg.vocab_size)
             sums[0] += (mean * n_tokens).double()
             sums[1] += n_tokens.double()
-            return logits.sum() * 0.0, {}
+            return output.sum() * 0.0, {}
 
         return output, loss_func
 
-    get_forward_backward_func()(
-        forward_step_func=forward_step, data_iterator=iter(data.batches), model=[model],
-        num_microbatches=len(data.batches), seq_length=data.seq_length, micro_batch_size=data.micro_batch_size,
-        forward_only=True)
+    with hidden_output(model):
+        get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(data.batches), model=[model],
+            num_microbatches=len(data.batches), seq_length=data.seq_length, micro_batch_size=data.micro_batch_size,
+            forward_only=True)
     sums = _all_reduce(sums).cpu()
     if sums[1] <= 0:
         from nemo_subnet.cli import UserError

@@ -113,7 +113,8 @@ class ImportanceScores:
         if metric is LayerMetric.COSINE:
             return self.tensors["layer.cosine"].double()
         if "layer.loss" not in self.tensors:
-            raise ValueError("these scores have no layer-drop perplexities (compute them with layer_drop=True)")
+            raise ValueError("these scores have no layer-drop perplexities: make them with `nemo-subnet importance "
+                             "--layer-metric perplexity`")
         return self.tensors["layer.loss"].double().exp() - self.tensors["base_loss"].double().exp()
 
     @property

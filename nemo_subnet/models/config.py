@@ -81,7 +81,8 @@ class ModelConfig:
     make_vocab_size_divisible_by: int = 128
     """Padding granularity of the vocabulary; independent of TP so checkpoints reshard freely."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Dtype the weights are stored in (the source checkpoint's)."""
+    """Dtype the weights are stored in (the source checkpoint's; a trained model's, its run's precision) and that
+    every stage loading the checkpoint computes in unless told otherwise (importance, search, extract, export)."""
     hidden_dropout: float = 0.0
     attention_dropout: float = 0.0
     layer_num_attention_heads: list[int] | None = None
@@ -115,6 +116,15 @@ class ModelConfig:
     @property
     def torch_dtype(self) -> torch.dtype:
         return getattr(torch, self.dtype)
+
+    def stored_as(self, dtype: torch.dtype) -> "ModelConfig":
+        """This config with ``dtype`` saying the weights are held in ``dtype``: what a checkpoint of a model
+        trained in another precision than its source's must record (a bf16 run from an fp32 init or random
+        YAML stores bf16 weights; recorded as float32, every later stage would reload them in fp32)."""
+        names = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+        if dtype not in names:
+            raise ValueError(f"weights in {dtype} cannot be recorded; allowed: {', '.join(names.values())}")
+        return dataclasses.replace(self, dtype=names[dtype])
 
     def check_parallel(self, tp: int, pp: int) -> None:
         """Raise ValueError naming the dimension that TP or PP cannot split."""
@@ -156,6 +166,18 @@ class ModelConfig:
         return cls.from_dict(yaml.safe_load(Path(path).read_text()))
 
 
+def initialize_on_host(perform_initialization: bool, on_gpu: bool) -> bool:
+    """Megatron's ``use_cpu_initialization``: draw random weights on the host, then move them to the GPU.
+
+    A random init then depends on neither TP nor the device: megatron draws each TP-sharded weight whole from
+    the host's default generator (seeded per pipeline stage by ``init_runtime``) and keeps this rank's slice,
+    so TP=1 and TP=2, CPU and GPU, get the same weights. Its GPU initialization instead draws each shard from
+    the rank's own model-parallel stream (seed + 2718 + tp_rank): a TP=2 init would differ from TP=1's.
+    Cost on GPU: each rank draws the full (unsharded) weights on the host, once, for a random init only; a
+    model built to receive a checkpoint (``perform_initialization=False``) allocates on the GPU directly."""
+    return perform_initialization or not on_gpu
+
+
 def to_transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, *, params_dtype: torch.dtype | None = None,
                           perform_initialization: bool = True, execution=None):
     """Megatron TransformerConfig for ``cfg`` at a given layout. Fusions off: they need CUDA/apex and
@@ -195,7 +217,7 @@ def to_transformer_config(cfg: ModelConfig, tp: int = 1, pp: int = 1, *, params_
         pipeline_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         fp16=params_dtype == torch.float16,
-        use_cpu_initialization=not on_gpu,
+        use_cpu_initialization=initialize_on_host(perform_initialization, on_gpu),
         perform_initialization=perform_initialization,
         bias_activation_fusion=False,
         bias_dropout_fusion=False,

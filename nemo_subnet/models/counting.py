@@ -45,8 +45,14 @@ def count_parameters(cfg: ModelConfig, *, include_padding: bool = True) -> int:
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
-    """QK^T and attention x V of one token's forward over every layer (what selective recompute repeats)."""
+    """QK^T and attention x V of one token's forward over every layer."""
     return float(sum(2 * 2 * seq_length * cfg.layer_sizes(i)[0] * cfg.kv_channels for i in range(cfg.num_layers)))
+
+
+def mlp_flops_per_token(cfg: ModelConfig) -> float:
+    """The MLPs of one token's forward over every layer (what selective recompute repeats): 2 FLOPs per weight."""
+    per_weight = cfg.hidden_size * (3 if cfg.gated_mlp else 2)  # linear_fc1 (gate | up), linear_fc2
+    return float(sum(2 * per_weight * cfg.layer_sizes(i)[2] for i in range(cfg.num_layers)))
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_length: int) -> float:

@@ -37,10 +37,12 @@ WIRED = (
     "data.out", "teacher_train.run_dir", "teacher_train.init.from_checkpoint", "teacher_train.init.random",
     "teacher_train.data.path", "teacher_train.distill.teacher", "student_train.run_dir",
     "student_train.init.from_checkpoint", "student_train.init.random", "student_train.data.path",
-    "student_train.distill.teacher", "importance.ckpt", "importance.data", "importance.out", "search.ckpt",
-    "search.data", "search.out", "search.scores",
+    "student_train.distill.teacher", "importance.ckpt", "importance.data", "importance.out",
+    "importance.layer_metric", "search.ckpt", "search.data", "search.out", "search.scores",
 )
-"""Fields the stages fill in (where each stage reads its inputs and writes its outputs): leave them unset."""
+"""Fields the stages fill in (where each stage reads its inputs and writes its outputs, and what importance
+computes for the search: ``importance.layer_metric`` is ``search.layer_metric``, so the layer-drop passes run
+only when the search reads them): leave them unset."""
 
 _TRAIN_RENAMED = {"steps": "schedule.train_steps", "warmup_steps": "schedule.warmup_steps", "lr": "optimizer.lr",
                   "min_lr": "optimizer.min_lr", "seq_length": "data.seq_length",
@@ -52,7 +54,8 @@ _TRAIN_RENAMED = {"steps": "schedule.train_steps", "warmup_steps": "schedule.war
                   "overlap_grad_reduce": "parallel.overlap_grad_reduce",
                   "overlap_param_gather": "parallel.overlap_param_gather",
                   "distributed_optimizer": "optimizer.use_distributed_optimizer"}
-_DISTILL_FIELDS = ("alpha_ce", "beta_kd", "temperature", "divergence", "beta_jsd", "top_k", "fused_output")
+_DISTILL_FIELDS = ("alpha_ce", "beta_kd", "temperature", "divergence", "beta_jsd", "top_k", "fused_output",
+                   "teacher_source", "cache")
 
 
 @dataclass
@@ -150,7 +153,8 @@ class PipelineConfig:
                            ("test", "the report's final numbers are measured on it")):
             if getattr(self.data, f"{split}_fraction") <= 0:
                 yield f"data.{split}_fraction", f"must be > 0: the pipeline needs a {split} split ({use})"
-        if self.search.budget is None and not (isinstance(self.search.space, SearchSpace) and self.search.space.budget):
+        if self.search.budget is None and self.search.budgets is None and not (
+                isinstance(self.search.space, SearchSpace) and self.search.space.budget):
             yield "search.budget", "required: the student's parameters, a fraction of the teacher's (0.34) or a count"
         limit = self.teacher_positions()
         for name in ("teacher_train.data.seq_length", "student_train.data.seq_length", "importance.seq_length",
@@ -180,6 +184,9 @@ class PipelineConfig:
             yield "hf_model", f"{self.hf_model}: no such HF model directory (config.json missing) or .gguf file"
         if isinstance(self.search.space, Path) and not self.search.space.is_file():
             yield "search.space", f"{self.search.space}: no such search-space file"
+        cache = self.student_train.distill.cache
+        if cache is not None and not Path(cache).is_dir():
+            yield "student_train.distill.cache", f"{cache}: no such teacher-cache directory (nemo-subnet teacher-cache)"
 
     def validate(self) -> "PipelineConfig":
         """Raise a UserError listing every problem of every stage's section, and every file it names that is

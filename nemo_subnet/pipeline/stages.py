@@ -57,10 +57,13 @@ def latest_checkpoint(run_dir: Path) -> Path:
 def train_run(spec: TrainConfig, run_dir: Path, data_dir: Path, *, init_checkpoint: Path | None = None,
               init_random: Path | None = None, teacher: Path | None = None) -> TrainConfig:
     """The ``nemo-subnet train`` config of one training run of a pipeline section (the study builds its runs
-    with it too): the section's settings, this run's directory, data, init and teacher (None: plain CE)."""
+    with it too): the section's settings, this run's directory, data, init and teacher (None: plain CE, which
+    reads no teacher cache either: ``distill.teacher_source`` falls back to online)."""
     path = lambda p: None if p is None else Path(p)  # noqa: E731
+    no_teacher = {} if teacher is not None else {"distill.teacher_source": "online", "distill.cache": None}
     return section(spec, run_dir=Path(run_dir), **{"data.path": Path(data_dir), "init.from_checkpoint": path(init_checkpoint),
-                                                   "init.random": path(init_random), "distill.teacher": path(teacher)})
+                                                   "init.random": path(init_random), "distill.teacher": path(teacher),
+                                                   **no_teacher})
 
 
 def _child_config(ctx: StageContext, name: str, config) -> Path:
@@ -123,34 +126,50 @@ def teacher(ctx: StageContext) -> dict:
 
 
 def importance(ctx: StageContext) -> dict:
+    """Scores for the search: layer-drop perplexities only when its layer metric reads them (``perplexity``);
+    the default cosine metric needs the calibration pass alone."""
     ctx.dir.mkdir(parents=True, exist_ok=True)
     run = section(ctx.config.importance, ckpt=teacher_checkpoint(ctx.out), data=search_data(ctx.out),
-                  out=ctx.dir / "scores.safetensors")
+                  out=ctx.dir / "scores.safetensors", layer_metric=ctx.config.search.layer_metric)
     ctx.cli("importance", "--config", _child_config(ctx, "importance", run))
     return {"scores": str(run.out)}
 
 
 def search(ctx: StageContext) -> dict:
-    """``best.yaml`` (what ``extract`` slices), ``candidates.jsonl`` (every evaluated sub-network with its
-    parameters and perplexity on the search split, for the report), ``summary.json``, plots. Resumable: the
-    search continues its run directory without re-evaluating finished candidates."""
-    from nemo_subnet.search.results import read_candidates
+    """``best.yaml`` (what ``extract`` slices), ``candidates.jsonl`` (every evaluation of every sub-network with
+    its parameters and perplexity on the search split, for the report), ``summary.json``, plots. Resumable: the
+    search continues its run directory without re-evaluating finished candidates.
 
+    With a family of budgets (``search.budgets``) the search writes ``best_<target>.yaml`` per budget; the
+    pipeline trains one student, from the first target's (``student``); the others stay for ``nemo-subnet
+    extract``."""
     run = section(ctx.config.search, ckpt=teacher_checkpoint(ctx.out), data=search_data(ctx.out), out=ctx.dir,
                   scores=ctx.path("importance") / "scores.safetensors")
     ctx.cli("search", "--config", _child_config(ctx, "search", run))
     if not ctx.is_main:  # rank 0 wrote the results; the marker records its summary
         return {}
-    best = json.loads((ctx.dir / "summary.json").read_text())["best"]
-    return {"best_ppl": best["objective"], "best_params": best["params"], "candidates": len(read_candidates(ctx.dir))}
+    summary, student = json.loads((ctx.dir / "summary.json").read_text()), student_subnet(ctx.config)
+    chosen = next((b for b in summary["budgets"] if b["file"] == student), None)
+    if chosen is None:
+        raise StageError(f"the search found no sub-network in the first budget's band ({student}): more evaluations "
+                         "or a wider tolerance")
+    return {"best_ppl": chosen["best"]["objective"], "best_params": chosen["best"]["params"],
+            "candidates": summary["candidates"], "student": chosen["file"]}
+
+
+def student_subnet(config: PipelineConfig) -> str:
+    """The search's file the student is extracted from: best.yaml, or the first target's of a family."""
+    from nemo_subnet.search.results import best_file
+
+    return best_file(config.search.budgets.targets if config.search.budgets else None)
 
 
 def extract(ctx: StageContext) -> dict:
     from nemo_subnet.subnet.extract import ExtractConfig
 
     layout = ctx.config.student_train.parallel  # the student must shard at the layout it trains at
-    run = ExtractConfig(ckpt=teacher_checkpoint(ctx.out), subnet=ctx.path("search") / "best.yaml", out=ctx.dir,
-                        tp=layout.tp, pp=layout.pp)
+    run = ExtractConfig(ckpt=teacher_checkpoint(ctx.out), subnet=ctx.path("search") / student_subnet(ctx.config),
+                        out=ctx.dir, tp=layout.tp, pp=layout.pp)
     ctx.cli("extract", "--config", _child_config(ctx, "extract", run))
     from nemo_subnet.models.config import ModelConfig
     from nemo_subnet.models.counting import count_parameters
@@ -217,7 +236,7 @@ def build_stages() -> dict[str, Stage]:
         Stage("data", data, reads=("data", "hf_model"), kind="host", help="tokenize the corpus (train a tokenizer)"),
         Stage("teacher", teacher, ("data",), ("hf_model", "teacher", "teacher_train"), kind=teacher_kind,
               resumable=True, help="import the HF teacher or pretrain it"),
-        Stage("importance", importance, ("teacher",), ("importance",), kind="evaluate",
+        Stage("importance", importance, ("teacher",), ("importance", "search.layer_metric"), kind="evaluate",
               help="activation importance of heads, neurons, channels, layers"),
         # resumable: the search CLI continues a run directory without re-evaluating finished candidates
         Stage("search", search, ("importance",), ("search",), kind="evaluate", resumable=True,

@@ -4,6 +4,8 @@
         --global-batch-size 256 --dp 8 --gpu H100
     nemo-subnet plan --teacher llama-3.1-70b --student llama-3.1-8b --seq-length 4096 --global-batch-size 1024 \\
         --cluster --gpus 64x8 --gpu H100 --sequence-parallel --fused-output --tokens 100B
+    nemo-subnet plan --teacher llama-3.1-70b --student llama-3.1-8b ... --teacher-cache 12    # train from a cache
+    nemo-subnet plan --teacher llama-3.1-70b --student llama-3.1-8b ... --teacher-cache 12 --cache-build --tp 8
 
 Sizes take suffixes (``--tokens 100B``, ``--student-params 8B``, ``--seq-length 4K``; nemo_subnet.config.parse_count).
 """
@@ -11,6 +13,7 @@ Sizes take suffixes (``--tokens 100B``, ``--student-params 8B``, ``--seq-length 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -52,6 +55,11 @@ def register(subparsers) -> None:
     p.add_argument("--chunk-size", type=_count, help="tokens per chunk of the fused output (default: the kernel's)")
     p.add_argument("--top-k", type=int, help="top-k teacher distribution")
     p.add_argument("--alpha-ce", type=float, default=0.0, help="CE weight in the loss (0: CE for the logs only)")
+    p.add_argument("--teacher-cache", type=int, metavar="K", help="train from a teacher cache of K ids per token "
+                   "(distill.teacher_source: cache): no teacher in the step; the cache's bytes and read bandwidth")
+    p.add_argument("--cache-method", choices=("sample", "topk"), default="sample", help="the cache's method")
+    p.add_argument("--cache-build", action="store_true", help="plan the cache build instead (the teacher forward "
+                   "only at --tp/--pp/--dp and --micro-batch-size): memory, tokens/s, the days --tokens take, bytes")
     p.add_argument("--overlap-grad-reduce", action="store_true", help="DP gradient reduce hidden behind backward")
     p.add_argument("--overlap-param-gather", action="store_true", help="distributed optimizer's all-gather hidden")
     p.add_argument("--adam", choices=("fused", "foreach"), default="fused",
@@ -82,26 +90,78 @@ def run_plan(args: argparse.Namespace) -> int:
             student = uniform_subnet(teacher, parse_count(args.student_params))
         else:
             student = resolve_model(args.student)
+        cache = args.teacher_cache
+        if (cache is not None or args.cache_build) and teacher is None:
+            raise ValueError("--teacher-cache / --cache-build need --teacher (the model the cache comes from)")
+        if args.cache_build and cache is None:
+            raise ValueError("--cache-build needs --teacher-cache K (the ids the cache stores per token)")
+        if cache is not None and teacher.padded_vocab_size != student.padded_vocab_size:
+            raise ValueError(f"vocab mismatch: teacher padded vocab {teacher.padded_vocab_size} != student "
+                             f"{student.padded_vocab_size}; distillation needs the same tokenizer")
         opts = PlanOptions(
             seq_length=args.seq_length, micro_batch_size=args.micro_batch_size, global_batch_size=args.global_batch_size,
             tp=args.tp, pp=args.pp, dp=args.dp, precision=args.precision, recompute=args.recompute,
             recompute_num_layers=args.recompute_num_layers, sequence_parallel=args.sequence_parallel,
-            distributed_optimizer=not args.no_distributed_optimizer, fused_output=args.fused_output,
+            distributed_optimizer=not args.no_distributed_optimizer, fused_output=args.fused_output or cache is not None,
+            teacher_cache=cache, cache_method=args.cache_method,
             chunk_size=args.chunk_size, top_k=args.top_k, alpha_ce=args.alpha_ce, backend=args.backend, adam=args.adam,
             overlap_grad_reduce=args.overlap_grad_reduce, overlap_param_gather=args.overlap_param_gather)
+        if args.cache_build:
+            from nemo_subnet.plan.cache import plan_cache_build
+
+            build = plan_cache_build(teacher, dataclasses.replace(opts, fused_output=False), device, k=cache,
+                                     method=args.cache_method, mfu=args.mfu)
+            report = cache_build_dict(teacher, opts, build, device, args.tokens)
+            print(json.dumps(report, indent=2) if args.json else format_cache_build(report))
+            return 0
+        in_step = None if cache is not None else teacher  # from a cache, no teacher in the step
         gpus_per_node = 8
         if args.cluster:
             nodes, gpus_per_node = parse_gpus(args.gpus)
-            found = best_layout(student, teacher, opts, device, nodes, gpus_per_node, mfu=args.mfu)
+            found = best_layout(student, in_step, opts, device, nodes, gpus_per_node, mfu=args.mfu)
             opts, memory, timing = found.options, found.memory, found.time
         else:
-            memory = plan_memory(student, teacher, opts)
-            timing = step_time(student, teacher, opts, device, mfu=args.mfu)
+            memory = plan_memory(student, in_step, opts)
+            timing = step_time(student, in_step, opts, device, mfu=args.mfu)
     except (ValueError, FileNotFoundError) as err:
         raise UserError(str(err)) from None
     report = to_dict(student, teacher, opts, memory, timing, device, args.tokens, gpus_per_node)
     print(json.dumps(report, indent=2) if args.json else format_text(report))
     return 0
+
+
+def cache_build_dict(teacher, opts, build, device, tokens) -> dict:
+    from nemo_subnet.models.counting import count_parameters
+
+    report = {"teacher": {"parameters": count_parameters(teacher), "hidden": teacher.hidden_size,
+                          "layers": teacher.num_layers, "vocab": teacher.padded_vocab_size},
+              "layout": {"tp": opts.tp, "pp": opts.pp, "dp": opts.dp, "gpus": opts.tp * opts.pp * opts.dp,
+                         "micro_batch_size": opts.micro_batch_size, "seq_length": opts.seq_length},
+              "cache": {"k": opts.teacher_cache, "method": opts.cache_method, "bytes_per_token": build.bytes_per_token},
+              "memory_per_gpu": {"total_bytes": build.memory_bytes, "gpu_bytes": device.hbm_bytes,
+                                 "fits": build.memory_bytes <= device.hbm_bytes, "parts_bytes": build.parts},
+              "time": {"gpu": device.name, "mfu_assumed": build.mfu, "tokens_per_s": build.tokens_per_s,
+                       "write_bytes_per_s": build.write_bytes_per_s, "model_flops_per_token": build.flops_per_token}}
+    if tokens:
+        report["time"].update(tokens=tokens, days=tokens / build.tokens_per_s / 86400)
+        report["cache"]["storage_bytes"] = tokens * build.bytes_per_token
+    return report
+
+
+def format_cache_build(r: dict) -> str:
+    t, lay, c, mem, tm = r["teacher"], r["layout"], r["cache"], r["memory_per_gpu"], r["time"]
+    lines = [f"teacher cache build: {t['parameters'] / 1e6:,.1f}M-parameter teacher forward only, "
+             f"tp={lay['tp']} pp={lay['pp']} dp={lay['dp']} ({lay['gpus']} GPUs), micro-batch {lay['micro_batch_size']}"
+             f" x seq {lay['seq_length']}; K={c['k']} ({c['method']}), {c['bytes_per_token']} bytes per token"]
+    for name, value in mem["parts_bytes"].items():
+        lines.append(f"  {name:<24} {value / GIB:9.2f} GiB")
+    lines.append(f"  {'total':<24} {mem['total_bytes'] / GIB:9.2f} GiB of {mem['gpu_bytes'] / GIB:.0f} GiB on "
+                 f"{tm['gpu']}: {'fits' if mem['fits'] else 'DOES NOT FIT'}")
+    lines.append(f"  {tm['tokens_per_s']:,.0f} tokens/s at MFU {tm['mfu_assumed']:.2f}, writing "
+                 f"{tm['write_bytes_per_s'] / 2**20:,.1f} MiB/s")
+    if "days" in tm:
+        lines.append(f"  {tm['tokens']:.3g} tokens: {tm['days']:.2f} days, {c['storage_bytes'] / 2**40:.2f} TiB")
+    return "\n".join(lines)
 
 
 def to_dict(student, teacher, opts, memory, timing, device, tokens, gpus_per_node) -> dict:
@@ -133,6 +193,16 @@ def to_dict(student, teacher, opts, memory, timing, device, tokens, gpus_per_nod
     if tokens:
         report["time"]["tokens"] = tokens
         report["time"]["days"] = tokens / timing.tokens_per_s / 86400
+    if opts.teacher_cache:
+        from nemo_subnet.plan.cache import cache_bytes_per_token
+
+        size = cache_bytes_per_token(teacher, opts.teacher_cache, opts.cache_method)
+        nodes = max(1, -(-world // gpus_per_node))
+        report["teacher_cache"] = {"k": opts.teacher_cache, "method": opts.cache_method, "bytes_per_token": size,
+                                   "read_bytes_per_s": timing.tokens_per_s * size,
+                                   "read_bytes_per_s_per_node": timing.tokens_per_s * size / nodes}
+        if tokens:
+            report["teacher_cache"]["storage_bytes"] = tokens * size
     return report
 
 
@@ -164,6 +234,11 @@ def format_text(r: dict) -> str:
                  f"{tm['model_flops_per_token'] / 1e9:.2f} GFLOP per token")
     if "days" in tm:
         lines.append(f"  {tm['tokens']:.3g} tokens: {tm['days']:.2f} days")
+    if "teacher_cache" in r:
+        c = r["teacher_cache"]
+        lines.append(f"teacher cache K={c['k']} ({c['method']}): no teacher in the step; {c['bytes_per_token']} bytes per "
+                     f"token, read at {c['read_bytes_per_s'] / 2**20:,.1f} MiB/s ({c['read_bytes_per_s_per_node'] / 2**20:,.1f}"
+                     " per node)" + (f"; {c['storage_bytes'] / 2**40:.2f} TiB for the tokens" if "storage_bytes" in c else ""))
     return "\n".join(lines)
 
 

@@ -16,8 +16,8 @@ On the CPU backend torch's RMSNorm is composite and also keeps the fp32 normalis
 CUDA's fused RMSNorm keeps the input and rstd only.
 
 Attention and MLP terms are split over TP; the residual side too with sequence parallelism. Selective
-recompute (Megatron's core_attn) drops the logsumexp only (with flash attention there are no scores to
-drop: q, k, v are the checkpoint's inputs and the output is linear_proj's input); full recompute keeps one ``h`` per
+recompute (Megatron's ``mlp`` module, models/execution.py) drops the MLP terms (its input, ln2's output, is
+kept anyway); full recompute keeps one ``h`` per
 block of ``recompute_num_layers`` layers and recomputes one block at a time in backward. In 1F1B the first
 stage holds ``min(pp, microbatches)`` micro-batches in flight, the last one.
 
@@ -26,7 +26,9 @@ holds them: the teacher's logits; the student's logits and their ``[b, s]``-majo
 copies (alpha_ce = 0); top-k: (values, ids) [N, k] instead of the teacher's logits; the KD kernel's temporaries (Triton: none in forward, the gradient in backward;
 the CPU torch mirrors: 20-24 bytes per element, TORCH_KD_*); the output layer's backward (gradient, its contiguous copy,
 the weight gradient). The fused-output path replaces all of them by ``C x V/tp`` chunk buffers, the student's
-``grad_hidden`` and ``grad_weight`` and the teacher's final hidden states.
+``grad_hidden`` and fp32 ``grad_weight`` (scaled into the weight's dtype in backward) and the teacher's final
+hidden states; from a teacher cache, by one chunk buffer and the micro-batch's cached ids [N, K] (no teacher at
+all: plan/cache.py).
 
 State: weights in the parameter dtype, fp32 gradient buffers (megatron DDP ``grad_reduce_in_fp32``),
 Adam moments (+ fp32 master weights in bf16), sharded over DP by the distributed optimizer; torch's
@@ -44,6 +46,8 @@ from nemo_subnet.models.counting import layer_parameters, norm_parameters
 
 DTYPE_BYTES = {"bf16": 2, "fp32": 4}
 FP32 = 4
+LINEAR_GRAD_BLOCK = 1 << 25
+"""= ``kernels/_linear_grads.BLOCK_ELEMENTS``: elements of one transient block of the fused op's gradients."""
 # CPU torch mirrors of the KD row kernels (kernels/_rowwise.py), bytes per [N, V] element alive at once
 # beyond the two logits inputs (fp32 inputs; counted from the code and seen by torch.profiler):
 # stats pass: x, y, P, y - x (4 x fp32) + isfinite's abs (fp32) and three bool masks = 23;
@@ -84,6 +88,11 @@ class PlanOptions:
     """Time only (parallel.overlap_grad_reduce): the DP gradient reduction hidden behind backward."""
     overlap_param_gather: bool = False
     """Time only (parallel.overlap_param_gather): the distributed optimizer's all-gather hidden."""
+    teacher_cache: int | None = None
+    """K ids per token read from a teacher cache (distill.teacher_source: cache): plan with teacher None (no teacher
+    in the step); the fused path holds the batch's cached ids and one chunk buffer (plan/cache.py)."""
+    cache_method: Literal["sample", "topk"] = "sample"
+    """The cache's method: topk rows also carry K float16 masses."""
 
     @property
     def num_microbatches(self) -> int:
@@ -113,6 +122,9 @@ def check_options(opts: PlanOptions, student: ModelConfig, teacher: ModelConfig 
         raise ValueError("sequence_parallel needs tp > 1")
     if opts.top_k is not None and opts.top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {opts.top_k}")
+    if opts.teacher_cache is not None and (opts.teacher_cache < 1 or teacher is not None or not opts.fused_output
+                                           or opts.top_k is not None):
+        raise ValueError("teacher_cache needs K >= 1, the fused output, no top_k, and no teacher in the step")
     if opts.chunk_size is not None and opts.chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {opts.chunk_size}")
     for name, cfg in (("student", student), ("teacher", teacher)):
@@ -176,12 +188,10 @@ def layer_activation_bytes(cfg: ModelConfig, layer: int, opts: PlanOptions) -> f
     heads, groups, ffn = cfg.layer_sizes(layer)
     sp = opts.tp if opts.sequence_parallel else 1
     residual = (3 if cfg.parallel_residual else 4) * h * e + 2 * _norm_stats(cfg, opts)
-    attention = ((heads + 2 * groups) * d + heads * d + groups * d + heads * d) * e  # qkv, q, k, SDPA output
-    if opts.recompute != "selective":
-        attention += heads * FP32  # logsumexp
+    attention = ((heads + 2 * groups) * d + heads * d + groups * d + heads * d) * e + heads * FP32  # + logsumexp
     if cfg.qk_layernorm:
         attention += (heads * d * e if heads != groups else 0) + (heads + groups) * FP32
-    mlp = (5 if cfg.gated_mlp else 2) * ffn * e
+    mlp = 0 if opts.recompute == "selective" else (5 if cfg.gated_mlp else 2) * ffn * e  # selective: recomputed
     return residual / sp + (attention + mlp) / opts.tp + rope_bytes_per_position(cfg) / opts.micro_batch_size
 
 
@@ -247,9 +257,17 @@ def _loss_phases(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOp
 
         c = min(n, opts.chunk_size or default_chunk_size(n, v))
         held = 0.0 if teacher is None else (n * opts.top_k * (FP32 + 8) if opts.top_k else n * teacher.hidden_size * e)
-        chunk = c * v * (2 * e + (TORCH_KD_FWD_BYTES if opts.backend == "cpu" else 0))
-        grads = n * h * e + weight_grad  # grad_hidden and grad_weight, formed in forward
-        return {"loss": {"teacher": held, "kd": chunk + grads}, "output backward": {"teacher": 0.0, "kd": grads}}
+        buffers = 2  # the student's chunk logits and the teacher's
+        if opts.teacher_cache:  # the micro-batch's cached int32 ids (+ float16 masses) on the device; no teacher chunk
+            held, buffers = n * opts.teacher_cache * (FP32 + (2 if opts.cache_method == "topk" else 0)), 1
+        chunk = c * v * (buffers * e + (TORCH_KD_FWD_BYTES if opts.backend == "cpu" else 0))
+        # grad_hidden and grad_weight, formed in forward; grad_weight summed in fp32 from bf16 row blocks of
+        # each chunk's product (kernels/_linear_grads.py), scaled and rounded to the weight's dtype in backward
+        block = min(v * h, LINEAR_GRAD_BLOCK) * e if e != FP32 else 0.0
+        held_grads = n * h * e + v * h * FP32
+        scaled = n * h * e + weight_grad + (min(n * h, LINEAR_GRAD_BLOCK) * FP32 if e != FP32 else 0.0)
+        return {"loss": {"teacher": held, "kd": chunk + held_grads + block},
+                "output backward": {"teacher": 0.0, "kd": held_grads + scaled}}
     phases: dict[str, dict[str, float]] = {}
     t_bytes = 0.0
     if teacher is not None:

@@ -2,7 +2,7 @@
 
 FLOPs per token: the one counter (``models.counting.forward_flops_per_token``, as training's MFU): the student's
 forward x 3 (backward = 2 forwards) + the teacher's forward; full recompute adds one student forward,
-selective recompute one core-attention forward. Compute time = FLOPs per GPU / (peak x MFU), the MFU an
+selective recompute one MLP forward. Compute time = FLOPs per GPU / (peak x MFU), the MFU an
 assumption the plan states (kernel efficiency; communication is added on top). On top:
 
 - tensor-parallel all-reduces (or SP's all-gather + reduce-scatter, the same volume) of ``[s, b, h]`` over
@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nemo_subnet.models.config import ModelConfig
-from nemo_subnet.models.counting import attention_flops_per_token, forward_flops_per_token
+from nemo_subnet.models.counting import forward_flops_per_token, mlp_flops_per_token
 from nemo_subnet.plan.hardware import GPU
 from nemo_subnet.plan.memory import DTYPE_BYTES, FP32, PlanOptions, stage_parameters
 
@@ -61,7 +61,7 @@ def step_time(student: ModelConfig, teacher: ModelConfig | None, opts: PlanOptio
     if opts.recompute == "full":
         hardware_flops += forward_flops_per_token(student, s)
     elif opts.recompute == "selective":
-        hardware_flops += attention_flops_per_token(student, s)
+        hardware_flops += mlp_flops_per_token(student)
     tokens = opts.global_batch_size * s
     world = opts.tp * opts.pp * opts.dp
     compute = tokens * hardware_flops / world / (device.peak_flops(opts.precision) * mfu)

@@ -88,6 +88,18 @@ def detect_launch_env(environ: dict | None = None) -> LaunchEnv:
     return LaunchEnv(0, 1, 0, "127.0.0.1", _free_port(), "single")
 
 
+PIPELINE_SEED_STRIDE = 100
+"""Seed offset per pipeline stage (Megatron-LM's ``_set_random_seed``: ``seed + 100 * pp_rank``)."""
+
+
+def stage_seed(seed: int, pp_rank: int) -> int:
+    """The seed of a pipeline stage's streams. Every stage holds different layers: with one seed, stage k would
+    draw its layers' init (and dropout masks) from the same stream as stage 0. TP ranks of a stage share it
+    (a TP-sharded weight is drawn whole and split, see models/config.py) and DP replicas too (megatron's DDP
+    never broadcasts the initial weights: replicas agree because they draw the same numbers)."""
+    return seed + PIPELINE_SEED_STRIDE * pp_rank
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -102,7 +114,7 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
     """
     from megatron.core import parallel_state, tensor_parallel
 
-    from nemo_subnet.runtime.gpu_request import check_requested_gpus
+    from nemo_subnet.runtime.gpu_request import check_distinct_gpus, check_requested_gpus, local_device_index
 
     if tp > 1:
         # megatron orders each TP collective before the matmul it overlaps with by issuing both to one hardware
@@ -114,13 +126,8 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
         raise ValueError(f"world size {launch.world_size} is not divisible by tp*pp = {tp}*{pp}")
     use_cuda = torch.cuda.is_available()
     if use_cuda:
-        if launch.local_rank >= torch.cuda.device_count():
-            # never wrap around (two ranks on one GPU): the launcher started more ranks than GPUs visible
-            raise RuntimeError(
-                f"local rank {launch.local_rank} but only {torch.cuda.device_count()} GPU(s) visible "
-                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start at most "
-                f"{torch.cuda.device_count()} ranks per node")
-        torch.cuda.set_device(launch.local_rank)
+        # never wrap around (two ranks on one GPU); one visible GPU (srun --gpus-per-task=1) is device 0
+        torch.cuda.set_device(local_device_index(launch.local_rank, torch.cuda.device_count()))
     else:
         cpu_backend.install()
     device = cpu_backend.compute_device()
@@ -132,12 +139,19 @@ def init_runtime(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_minutes: in
             rank=launch.rank, world_size=launch.world_size,
             timeout=timedelta(minutes=timeout_minutes),
         )
+        if use_cuda and launch.world_size > 1:
+            placements = [None] * launch.world_size
+            uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
+            dist.all_gather_object(placements, (socket.gethostname(), uuid))
+            check_distinct_gpus(placements)
     if parallel_state.model_parallel_is_initialized():
         if (parallel_state.get_tensor_model_parallel_world_size(), parallel_state.get_pipeline_model_parallel_world_size()) != (tp, pp):
             parallel_state.destroy_model_parallel()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
 
+    # python / numpy / torch default streams, and megatron's tracker (its per-TP-rank stream: seed + 2718 + tp_rank)
+    seed = stage_seed(seed, parallel_state.get_pipeline_model_parallel_rank())
     seed_everything(seed)
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
     return Runtime(rank=launch.rank, world_size=launch.world_size, tp=tp, pp=pp,

@@ -6,6 +6,12 @@ disastrous on a cluster where a mis-set ``--gpus-per-node`` or a container witho
 ``NEMO_SUBNET_REQUIRE_CUDA=<GPUs requested per node>`` on every GPU task, and this check (called at the top of
 ``init_runtime`` and of every pipeline stage) turns a missing or too small GPU set into a ``UserError``
 naming what was requested and what the process can see.
+
+Which GPU a rank takes (``local_device_index``): its local rank when it sees one GPU per rank of the node
+(torchrun, or ``srun`` without per-task binding), and device 0 when it sees exactly one (``srun
+--gpus-per-task=1`` / ``--gpu-bind``: SLURM gives every task its own ``CUDA_VISIBLE_DEVICES``, while
+``SLURM_LOCALID`` still counts the node's tasks). Once the process group exists, ``check_distinct_gpus``
+fails every rank with one line if two ranks of one host ended up on the same physical GPU.
 """
 
 from __future__ import annotations
@@ -51,3 +57,29 @@ def check_requested_gpus(environ: dict | None = None) -> None:
     if ranks_here > count:
         raise UserError(f"{ranks_here} ranks on this node but only {count} GPU(s) visible ({seen}); each rank needs "
                         "its own GPU: launch one rank per allocated GPU")
+
+
+def local_device_index(local_rank: int, visible: int) -> int:
+    """The CUDA device index of a rank with node-local rank ``local_rank`` that sees ``visible`` GPUs."""
+    from nemo_subnet.cli import UserError
+
+    if visible == 1:
+        return 0  # per-task binding (or a one-GPU node): this task's GPU is the only one it sees
+    if 0 <= local_rank < visible:
+        return local_rank
+    raise UserError(f"local rank {local_rank} but only {visible} GPU(s) visible (CUDA_VISIBLE_DEVICES="
+                    f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): start at most {visible} ranks per node, "
+                    "or bind one GPU per task (srun --gpus-per-task=1)")
+
+
+def check_distinct_gpus(placements: list[tuple[str, str]]) -> None:
+    """``placements[rank]`` = (host, GPU UUID) of every rank: raise UserError when two ranks share a GPU."""
+    from nemo_subnet.cli import UserError
+
+    owner: dict[tuple[str, str], int] = {}
+    for rank, place in enumerate(placements):
+        place = tuple(place)
+        if place in owner:
+            raise UserError(f"ranks {owner[place]} and {rank} both run on GPU {place[1]} of host {place[0]}: each rank "
+                            "needs its own GPU (check CUDA_VISIBLE_DEVICES / the launcher's GPU binding)")
+        owner[place] = rank

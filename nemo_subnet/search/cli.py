@@ -1,8 +1,9 @@
 """`nemo-subnet search`: find the best sub-network under a parameter budget (see docs/search.md).
 
 Flags generated from ``SearchConfig`` (the long-standing short names kept: ``--budget``, ``--tolerance``,
-``--population``, ``--val-batches``, ``--seq-length``, ``--micro-batch-size``, ``--compile``); ``--config FILE``
-reads the same settings from YAML (what the pipeline's search stage hands it).
+``--population``, ``--val-batches``, ``--seq-length``, ``--micro-batch-size``, ``--compile``, ``--forward``,
+``--rungs``, ``--reduction``, ``--budgets`` for ``budgets.targets``); ``--config FILE`` reads the same settings
+from YAML (what the pipeline's search stage hands it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import argparse
 FLAG_ALIASES = {
     "budget.target": ["--budget"], "budget.tolerance": ["--tolerance"], "strategy_config.population": ["--population"],
     "eval.batches": ["--val-batches"], "eval.seq_length": ["--seq-length"],
-    "eval.micro_batch_size": ["--micro-batch-size"], "eval.compile": ["--compile"],
+    "eval.micro_batch_size": ["--micro-batch-size"], "eval.compile": ["--compile"], "eval.forward": ["--forward"],
+    "eval.rungs": ["--rungs"], "eval.reduction": ["--reduction"], "budgets.targets": ["--budgets"],
 }
 
 
@@ -22,9 +24,11 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("search", help="search the best sub-network under a parameter budget",
                               description="Random, evolutionary or importance-proxy search over a YAML search space; "
-                                          "objective: validation perplexity of the masked super-network. Resumes "
-                                          "a killed run in --out without re-evaluating finished candidates. "
-                                          "--budget is a fraction of the model (<= 1) or a count (160M).")
+                                          "objective: validation perplexity of the sub-network (the extracted "
+                                          "student's), evaluated at its own size, with successive halving over "
+                                          "evaluation tokens. Resumes a killed run in --out without re-evaluating "
+                                          "finished candidates. --budget is a fraction of the model (<= 1) or a "
+                                          "count (160M); --budgets 0.25 0.33 0.5 searches a family at once.")
     add_config_arguments(p, SearchConfig, aliases=FLAG_ALIASES)
     p.set_defaults(func=_search)
 
@@ -48,6 +52,13 @@ def run_search_command(config) -> int:
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"best of {len(result.records)} candidates ({result.evaluated} evaluated now): perplexity "
-              f"{result.best_objective:.4f}, {result.best_params:,} parameters -> {result.run_dir / 'best.yaml'}")
+        import json
+
+        summary = json.loads((result.run_dir / "summary.json").read_text())
+        print(f"{len(result.records)} candidates, {summary['evaluations']} evaluations ({result.evaluated} run now), "
+              f"{summary['tokens']:,} tokens, {summary['flops']:.3e} FLOPs")
+        for b in result.budgets:
+            target = "" if b["target"] is None else f"budget {b['target']:g}: "
+            print(f"{target}best of {b['candidates']} candidates: perplexity {b['objective']:.4f}, {b['params']:,} "
+                  f"parameters -> {result.run_dir / b['file']}")
     return 0

@@ -1,17 +1,21 @@
 """A search's run directory: every candidate as it is evaluated, then the best, the Pareto front and plots.
 
-    RUN/search.json      what was searched (space, budget, strategy, seed, model); resume checks it
-    RUN/candidates.jsonl one line per evaluated candidate, appended and flushed (fsync) as soon as known
-    RUN/candidates.csv   the same as a table (written at the end)
-    RUN/best.yaml        the best sub-network (a SubnetConfig: `nemo-subnet extract --subnet RUN/best.yaml`)
-    RUN/pareto.csv       candidates not dominated in (parameters, perplexity)
+    RUN/search.json      what was searched (space, budget(s), strategy, seed, model, rungs); resume checks it
+    RUN/candidates.jsonl one line per evaluation, appended and flushed (fsync) as soon as known
+    RUN/candidates.csv   one row per candidate, at the highest rung it reached (written at the end)
+    RUN/best.yaml        the best sub-network (a SubnetConfig: `nemo-subnet extract --subnet RUN/best.yaml`);
+                         a family of budgets writes best_<budget>.yaml per budget instead
+    RUN/pareto.csv       full-fidelity candidates not dominated in (parameters, perplexity)
     RUN/progress.png     objective of every candidate and the best so far, by evaluation
     RUN/pareto.png       parameters vs perplexity, the front highlighted
-    RUN/summary.json     best candidate, counts, timings
+    RUN/summary.json     best candidate(s) per budget, counts, timings, tokens and FLOPs in all and per rung
 
-A record: ``index, key`` (the genome's active part), ``subnet`` (the SubnetConfig as a dict),
-``objective``, ``params``, ``flops_per_token``, ``eval_seconds``, ``time`` (seconds since the search
-started, over all sessions) and strategy extras (e.g. ``proxy_score``).
+A candidate's first line: ``index, key`` (the genome's active part), ``rung`` (0), ``objective``,
+``batches``/``tokens``/``flops`` (of this evaluation: validation micro-batches, tokens, executed forward
+FLOPs), ``eval_seconds``, ``time`` (seconds since the search started, over all sessions), ``params``,
+``flops_per_token`` (training FLOPs of the sub-network), ``budget`` (a family's bin), strategy extras
+(e.g. ``proxy_score``) and ``subnet`` (the SubnetConfig as a dict). A promotion to a higher rung is a
+line with the same ``index`` and ``key`` and its own ``rung, objective, batches, tokens, flops, ...``.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ from nemo_subnet.files import read_jsonl, write_csv_atomic, write_jsonl_atomic, 
 
 SEARCH_FILE = "search.json"
 CANDIDATES = "candidates.jsonl"
+
+
+def best_file(targets, index: int = 0) -> str:
+    """The file holding the best sub-network of budget ``index`` of ``targets`` (None or one target: best.yaml)."""
+    return f"best_{targets[index]:g}.yaml" if targets is not None and len(targets) > 1 else "best.yaml"
 
 
 def read_candidates(run_dir: str | Path) -> list[dict]:
@@ -78,19 +87,41 @@ class RunDir:
             self._file.close()
             self._file = None
 
-    def finish(self, records: list[dict], best: dict, summary: dict, *, plots: bool = True) -> None:
+    def finish(self, records: list[dict], best: dict[str, dict], summary: dict, *, plots: bool = True) -> None:
+        """``best``: file name -> the record of the sub-network it holds."""
         if not self.writer or not records:
             return
         from nemo_subnet.subnet.config import SubnetConfig
 
         self.close()
-        SubnetConfig.from_dict(best["subnet"]).save(self.path / "best.yaml")
+        for name, record in best.items():
+            SubnetConfig.from_dict(record["subnet"]).save(self.path / name)
         _write_csv(self.path / "candidates.csv", records)
-        front = pareto_front(records)
+        top = max(r.get("rung", 0) for r in records)  # the front compares full-fidelity values only
+        front = pareto_front([r for r in records if r.get("rung", 0) == top])
         _write_csv(self.path / "pareto.csv", front)
         write_text_atomic(self.path / "summary.json", json.dumps(summary, indent=2))
         if plots:
             plot(records, front, self.path)
+
+
+def merge_evaluations(evaluations: list[dict]) -> list[dict]:
+    """One record per candidate from candidates.jsonl's lines: its first line, with ``objective``, ``rung``,
+    ``batches`` and ``tokens`` of the highest rung it reached, ``objectives`` (one per rung) and
+    ``flops`` / ``eval_seconds`` summed over its evaluations. In the order candidates were first asked."""
+    merged: dict[int, dict] = {}
+    for record in sorted(evaluations, key=lambda r: r.get("rung", 0)):
+        if record.get("rung", 0) == 0:
+            merged[record["index"]] = dict(record, rung=0, objectives=[record["objective"]])
+            continue
+        candidate = merged[record["index"]]
+        candidate["objectives"].append(record["objective"])
+        candidate.update(rung=record["rung"], objective=record["objective"],
+                         **{k: record[k] for k in ("batches", "tokens") if k in record})
+        for k in ("flops", "eval_seconds"):
+            if k in record:
+                candidate[k] = candidate.get(k, 0) + record[k]
+    return [merged[i] for i in sorted(merged)]
 
 
 def pareto_front(records: list[dict]) -> list[dict]:
@@ -104,7 +135,7 @@ def pareto_front(records: list[dict]) -> list[dict]:
 
 
 def _write_csv(path: Path, records: list[dict]) -> None:
-    columns = ["index", "objective", "params", "flops_per_token", "eval_seconds", "time"]
+    columns = ["index", "objective", "rung", "params", "flops_per_token", "eval_seconds", "time"]
     extra = sorted({k for r in records for k in r} - set(columns) - {"subnet", "key"})
     write_csv_atomic(path, columns + extra + ["subnet"], ({**r, "subnet": json.dumps(r["subnet"])} for r in records))
 

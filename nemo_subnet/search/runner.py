@@ -1,46 +1,70 @@
-"""Run a search: a strategy asks, an objective evaluates, the run directory records; resumable.
+"""Run a search as configured: the search's settings (typed dataclasses), their checks, and the wiring.
 
-``search_loop`` knows nothing of models: it takes a resolved space, a strategy and any objective
-``SubnetConfig -> float`` (tests use a pure-Python one). ``run_search(SearchConfig)`` wires the real
-pieces: checkpoint -> masked super-network, prepared data -> validation batches, importance scores.
-
-Resume: candidates.jsonl holds every finished evaluation. A restarted search replays the strategy from
-its seed, and whenever it asks a candidate already in the file it is told the recorded value instead of
-evaluating it again; strategies are deterministic given the told values, so the replay walks the same
-path and picks up exactly where the killed run stopped.
+``run_search(SearchConfig)`` wires the real pieces into ``search_loop`` (loop.py, which knows nothing of
+models): checkpoint -> super-network, prepared data -> validation batches (a prefix of them per
+fidelity rung), importance scores, the objective at the candidate's own size (or masked), a budget or a
+family of budgets. Everything a user can get wrong is checked in ``prepare`` before a model is built.
+Resume (loop.py) replays candidates.jsonl; search.json records what was searched so a different search
+in the same directory is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from nemo_subnet.config import NonNegativeInt, PositiveInt
+from typing import Annotated, Iterator
+
+from nemo_subnet.config import NonNegativeInt, PositiveInt, Range, check
 from nemo_subnet.importance.scores import LayerMetric
-from nemo_subnet.search.objective import flops_per_token
+from nemo_subnet.search.fidelity import DEFAULT_REDUCTION, DEFAULT_RUNGS
+from nemo_subnet.search.loop import SearchResult, search_loop
+from nemo_subnet.search.objective import EvalForward
 from nemo_subnet.search.results import RunDir
-from nemo_subnet.search.space import Budget, ResolvedSpace, SearchSpace, SearchSpaceError, check_budget, resolve_space
+from nemo_subnet.search.space import (Budget, BudgetFamily, ResolvedSpace, SearchSpace, SearchSpaceError, check_budget,
+                                      resolve_space)
 from nemo_subnet.search.strategies import Strategy, StrategyConfig, StrategyName, make_strategy
-from nemo_subnet.subnet.config import SubnetConfig
 
 
 @dataclass
 class EvalConfig:
     batches: PositiveInt = 8
-    """Validation micro-batches per candidate (global; split over data-parallel ranks)."""
+    """Validation micro-batches per candidate at full fidelity (global; split over data-parallel ranks)."""
     seq_length: PositiveInt = 128
     micro_batch_size: PositiveInt = 4
     skip_batches: NonNegativeInt = 0
     """Validation micro-batches skipped first (keep them for a final, unbiased test of the winner)."""
     seed: int = 1234
     """Seed of the dataset's sample shuffle."""
+    forward: EvalForward | None = None
+    """``compact``: each candidate runs at its own size, built from the resident weights (a 1/3 candidate costs
+    about 1/3 of a teacher forward); ``masked``: the super-network with masks (no weight copy; the choice for
+    ``compile`` and for evaluations too short to pay for a candidate's build). Same perplexities. Unset:
+    compact, or masked with ``compile``."""
     compile: bool = False
     """Evaluate with the super-network's static-graph mode compiled once (``compile_supernet``): no
-    recompilation per candidate, skipped layers still computed. Pays off on GPU for many candidates."""
+    recompilation per candidate, skipped layers still computed. Evaluates masked. Pays off on GPU for many
+    candidates."""
+    rungs: PositiveInt = DEFAULT_RUNGS
+    """Successive-halving rungs over evaluation tokens (search/fidelity.py): every candidate is evaluated on
+    ``batches / reduction**(rungs-1)`` micro-batches, the best ``1/reduction`` of each rung are promoted to
+    ``reduction`` x more, the last rung is the full ``batches``. 1 = off (every candidate on all batches)."""
+    reduction: Annotated[int, Range(ge=2)] = DEFAULT_REDUCTION
+    """Tokens ratio between consecutive rungs, and the inverse of the share promoted (with ``rungs`` > 1)."""
+
+    def __post_init__(self):
+        self.forward = None if self.forward is None else EvalForward(self.forward)
+
+    @property
+    def executed_forward(self) -> EvalForward:
+        """``forward``, or its default: compact, masked with ``compile``."""
+        return self.forward or (EvalForward.MASKED if self.compile else EvalForward.COMPACT)
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.compile and self.forward is EvalForward.COMPACT:
+            yield "forward", ("compact runs each candidate outside the compiled super-network: with compile use "
+                              "forward masked (or leave forward unset)")
 
 
 @dataclass
@@ -57,9 +81,11 @@ class SearchConfig:
     space: SearchSpace | Path = field(default_factory=SearchSpace)
     budget: Budget | None = None
     """Overrides the space's budget."""
+    budgets: BudgetFamily | None = None
+    """A family of budgets searched at once instead of ``budget`` (``budgets.targets``, ``budgets.tolerance``)."""
     strategy: StrategyName = StrategyName.EVOLUTIONARY
     evaluations: PositiveInt = 100
-    """Distinct candidates evaluated (replayed ones from a resumed run count)."""
+    """Distinct candidates evaluated (replayed ones from a resumed run count), over all budgets."""
     seed: int = 0
     scores: Path | None = None
     """Importance scores (``nemo-subnet importance``) for importance ordering and the proxy strategy."""
@@ -72,16 +98,9 @@ class SearchConfig:
     progress: bool = True
     plots: bool = True
 
-
-@dataclass
-class SearchResult:
-    best: SubnetConfig
-    best_objective: float
-    best_params: int
-    run_dir: Path
-    records: list[dict]
-    evaluated: int
-    """Candidates evaluated in this session (the rest were replayed from the run directory)."""
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.budget is not None and self.budgets is not None:
+            yield "budgets", "give budget (one target) or budgets (a family), not both"
 
 
 @dataclass
@@ -89,109 +108,74 @@ class Prepared:
     """Everything checked before any model is built: bad input fails here, fast."""
 
     rspace: ResolvedSpace
-    bounds: tuple[int, int]
+    bounds: list[tuple[int, int]]
+    budgets: list[Budget]
     strategy: Strategy
     scores: object | None
     description: dict
+
+
+def _budgets(config: SearchConfig, space: SearchSpace, rspace: ResolvedSpace) -> tuple[list[Budget], list]:
+    budgets = config.budgets.budgets() if config.budgets else [config.budget or space.budget]
+    if budgets[0] is None:
+        raise SearchSpaceError("no parameter budget: give --budget (fraction of the model or a count), --budgets "
+                               "(a family) or budget: in the space")
+    bounds = [check_budget(rspace, budget) for budget in budgets]
+    order = sorted(range(len(bounds)), key=lambda i: bounds[i])
+    for a, b in zip(order, order[1:]):
+        if bounds[b][0] <= bounds[a][1]:
+            raise SearchSpaceError(
+                f"budgets {budgets[a].target:g} and {budgets[b].target:g} overlap ({bounds[a][0]:,}..{bounds[a][1]:,} "
+                f"and {bounds[b][0]:,}..{bounds[b][1]:,} parameters): use budgets further apart or a smaller tolerance")
+    return budgets, bounds
 
 
 def prepare(config: SearchConfig, cfg) -> Prepared:
     missing = [name for name in ("ckpt", "data", "out") if getattr(config, name) is None]
     if missing:
         raise SearchSpaceError(f"a search needs {', '.join(missing)} (--{' --'.join(missing)})")
+    check(config)  # a config built in Python gets the checks of a loaded one (ranges, rules between fields)
+    ev = config.eval
     space = config.space if isinstance(config.space, SearchSpace) else SearchSpace.load(config.space)
-    budget = config.budget or space.budget
-    if budget is None:
-        raise SearchSpaceError("no parameter budget: give --budget (fraction of the model or a count) or budget: in the space")
-    if config.evaluations < 1:
-        raise SearchSpaceError(f"evaluations must be at least 1, got {config.evaluations}")
     rspace = resolve_space(space, cfg)
-    bounds = check_budget(rspace, budget)
+    budgets, bounds = _budgets(config, space, rspace)
     scores = None
     if config.scores is not None:
         from nemo_subnet.importance.scores import ImportanceScores
 
         scores = ImportanceScores.load(config.scores)
         scores.check_model(cfg)
+        if LayerMetric(config.layer_metric) is LayerMetric.PERPLEXITY and not scores.has_layer_drop:
+            raise SearchSpaceError(f"layer metric perplexity, but {config.scores} has no layer-drop perplexities: make "
+                                   "them with `nemo-subnet importance --layer-metric perplexity`")
     if scores is None and space.ordering.value == "importance":
         raise SearchSpaceError("the space orders units by importance but no scores were given: pass --scores FILE "
                                "(from `nemo-subnet importance`) or set ordering: first_k")
     strategy = make_strategy(config.strategy, rspace, bounds, config.seed, config.strategy_config,
                              scores=scores, layer_metric=config.layer_metric)
+    family = len(budgets) > 1
     description = {
-        "space": {**space.to_dict(), "budget": dataclasses.asdict(budget)}, "choices": rspace.choices,
-        "bounds": list(bounds), "strategy": StrategyName(config.strategy).value, "seed": config.seed,
+        "space": {**space.to_dict(), "budget": None if family else dataclasses.asdict(budgets[0])},
+        "choices": rspace.choices, "bounds": [list(b) for b in bounds] if family else list(bounds[0]),
+        "strategy": StrategyName(config.strategy).value, "seed": config.seed,
         "strategy_config": dataclasses.asdict(config.strategy_config), "model": str(Path(config.ckpt).resolve()),
         "scores": str(Path(config.scores).resolve()) if config.scores else None,
         "layer_metric": LayerMetric(config.layer_metric).value,
-        # compile is how candidates are evaluated, not which search this is: a run resumes with it on or off
-        "eval": {k: v for k, v in dataclasses.asdict(config.eval).items() if k != "compile"},
+        # compile and forward are how candidates are evaluated (same numbers), not which search this is
+        "eval": {k: v for k, v in dataclasses.asdict(ev).items() if k not in ("compile", "forward")},
         "data": str(Path(config.data).resolve()),
     }
-    return Prepared(rspace, bounds, strategy, scores, description)
-
-
-def search_loop(rspace: ResolvedSpace, strategy: Strategy, objective: Callable[[SubnetConfig], float],
-                run_dir: RunDir, evaluations: int, *, previous: list[dict] = (), scores=None,
-                layer_metric: LayerMetric = LayerMetric.COSINE, seq_length: int = 128,
-                progress: bool = True, plots: bool = True) -> SearchResult:
-    done = {tuple(r["key"]): r for r in previous}
-    records: list[dict] = []
-    elapsed_before = max((r["time"] for r in previous), default=0.0)
-    start = time.perf_counter()
-    evaluated = 0
-    bar = _progress_bar(evaluations, progress and run_dir.writer)
-    try:
-        while len(records) < evaluations:
-            genome = strategy.ask()
-            if genome is None:
-                break
-            key = rspace.key(genome)
-            record = done.get(key)
-            if record is None:
-                subnet = rspace.subnet(genome, scores, layer_metric)
-                sizes = rspace.sizes(genome)
-                t0 = time.perf_counter()
-                value = float(objective(subnet))
-                record = {"index": len(records), "key": list(key), "objective": value if math.isfinite(value) else float("inf"),
-                          "params": rspace.params(genome), "flops_per_token": flops_per_token(rspace.cfg, sizes, seq_length),
-                          "eval_seconds": round(time.perf_counter() - t0, 4),
-                          "time": round(elapsed_before + time.perf_counter() - start, 3),
-                          **strategy.extras(genome), "subnet": subnet.to_dict()}
-                run_dir.append(record)
-                evaluated += 1
-            strategy.tell(genome, record["objective"])
-            records.append(record)
-            if bar is not None:
-                best = min(records, key=lambda r: r["objective"])
-                bar.set_postfix_str(f"best ppl {best['objective']:.3f} @ {best['params']:,} params", refresh=False)
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-        run_dir.close()
-    if not records:
-        raise SearchSpaceError("the strategy proposed no candidate")
-    best = min(records, key=lambda r: (r["objective"], r["index"]))
-    summary = {"best": {k: v for k, v in best.items()}, "candidates": len(records), "evaluated_this_session": evaluated,
-               "replayed": len(records) - evaluated, "seconds": round(elapsed_before + time.perf_counter() - start, 3),
-               "best_at_evaluation": best["index"] + 1}
-    run_dir.finish(records, best, summary, plots=plots)
-    return SearchResult(best=SubnetConfig.from_dict(best["subnet"]), best_objective=best["objective"],
-                        best_params=best["params"], run_dir=run_dir.path, records=records, evaluated=evaluated)
-
-
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="cand", desc="search", dynamic_ncols=True)
+    if family:
+        description["budgets"] = [dataclasses.asdict(b) for b in budgets]
+    return Prepared(rspace, bounds, budgets, strategy, scores, description)
 
 
 def run_search(config: SearchConfig) -> SearchResult:
     """Search as configured; collective under torchrun (every rank evaluates its share of the batches)."""
     import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from nemo_subnet.search.fidelity import rung_batches
 
     from nemo_subnet.checkpointing import read_model_config
     from nemo_subnet.importance.evaluation import load_batches, load_supernet
@@ -199,23 +183,26 @@ def run_search(config: SearchConfig) -> SearchResult:
     from nemo_subnet.search.objective import SupernetPerplexity
 
     prepared = prepare(config, read_model_config(config.ckpt))  # bad input fails before any process group
+    ev = config.eval
     with runtime_scope(tp=config.tp, pp=config.pp, seed=config.seed) as runtime:
+        rungs = rung_batches(ev.batches, ev.rungs, ev.reduction, parallel_state.get_data_parallel_world_size())
+        description = {**prepared.description, "rungs": rungs}  # the schedule depends on DP: a resume must match
         run_dir = RunDir(config.out, writer=runtime.is_main)
         state = [None, None]
         if runtime.is_main:
-            resumed = run_dir.start(prepared.description, overwrite=config.overwrite)
+            resumed = run_dir.start(description, overwrite=config.overwrite)
             state = [resumed, run_dir.read_candidates() if resumed else []]
         if dist.is_initialized():
             dist.broadcast_object_list(state, src=0)
         cfg, model = load_supernet(config.ckpt)
-        ev = config.eval
         if ev.compile:
             from nemo_subnet.subnet.supernet import compile_supernet
 
             compile_supernet(model)
         data = load_batches(config.data, cfg, split="valid", num_batches=ev.batches, seq_length=ev.seq_length,
                             micro_batch_size=ev.micro_batch_size, seed=ev.seed, skip_batches=ev.skip_batches)
-        return search_loop(prepared.rspace, prepared.strategy, SupernetPerplexity(model, cfg, data), run_dir,
-                           config.evaluations, previous=state[1], scores=prepared.scores,
-                           layer_metric=config.layer_metric, seq_length=ev.seq_length, progress=config.progress,
-                           plots=config.plots)
+        objective = SupernetPerplexity(model, cfg, data, forward=ev.executed_forward)
+        return search_loop(prepared.rspace, prepared.strategy, objective, run_dir, config.evaluations,
+                           previous=state[1], scores=prepared.scores, layer_metric=config.layer_metric,
+                           seq_length=ev.seq_length, rungs=rungs, reduction=ev.reduction, budgets=prepared.budgets,
+                           progress=config.progress, plots=config.plots)

@@ -101,6 +101,26 @@ class Budget:
 
 
 @dataclass
+class BudgetFamily:
+    """Several budgets searched at once: one importance pass, one run, the best sub-network per budget
+    (``best_<target>.yaml``); the strategy keeps an elite and a fidelity ladder per budget."""
+
+    targets: list[PositiveFloat]
+    """Parameters of each sub-network, as ``Budget.target``: fractions (``[0.25, 0.33, 0.5]``) or counts."""
+    tolerance: Annotated[float, Range(ge=0, lt=1)] = 0.05
+    """Accepted relative deviation around every target; the bands must not overlap."""
+
+    def problems(self):
+        if not self.targets:
+            yield "targets", "empty; give one target or more (e.g. [0.25, 0.5])"
+        elif len(set(self.targets)) < len(self.targets):
+            yield "targets", f"{self.targets} repeats a target; give each once"
+
+    def budgets(self) -> list[Budget]:
+        return [Budget(target, self.tolerance) for target in self.targets]
+
+
+@dataclass
 class SearchSpace:
     granularity: Granularity = Granularity.FINE_LAYERWISE
     ordering: Ordering = Ordering.IMPORTANCE

@@ -1,10 +1,17 @@
 """Search strategies behind one ask/tell interface, independent of how a candidate is evaluated.
 
 ``ask() -> Genome | None`` proposes the next candidate (None: the strategy has nothing more to propose),
-``tell(genome, value)`` reports its objective (lower is better). Every proposed genome lies inside the
+``tell(genome, value)`` reports its objective (lower is better; telling a genome again replaces its value,
+as multi-fidelity does when a candidate is measured on more tokens). Every proposed genome lies inside the
 parameter budget (``BudgetSampler``) and is new to the strategy. Strategies draw randomness only from
 their own ``random.Random(seed)``, so a run is a pure function of (space, budget, seed, told values):
 replaying the told values of a killed run reproduces its asks exactly, which is how resume works.
+
+A family of budgets (``bounds`` a list of non-overlapping (lower, upper) bins, as whittle's stratified
+search) is one strategy: asks go to the bins in turn, each bin samples and repairs into its own band, the
+evolutionary elite and the proxy ranking are per bin, so each budget's candidates compete with their own
+size while sharing one run, one importance pass and one set of validation batches. One bin is the plain
+search, draw for draw.
 
 - ``RandomSearch``: uniform random genomes, repaired into the budget.
 - ``EvolutionarySearch``: steady-state genetic algorithm. The first ``population`` asks are random;
@@ -115,26 +122,59 @@ class BudgetSampler:
             "tries; the band may be too narrow for the space's choices (raise the tolerance or change the budget)")
 
 
+Bounds = tuple[int, int]
+
+
 class Strategy(ABC):
-    def __init__(self, space: ResolvedSpace, bounds: tuple[int, int], seed: int, config: StrategyConfig | None = None):
+    def __init__(self, space: ResolvedSpace, bounds: Bounds | list[Bounds], seed: int,
+                 config: StrategyConfig | None = None):
         self.space = space
         self.config = config or StrategyConfig()
         self.rng = random.Random(seed)
-        self.sampler = BudgetSampler(space, *bounds, self.rng)
+        self.bins: list[Bounds] = [tuple(b) for b in bounds] if isinstance(bounds[0], (tuple, list)) else [tuple(bounds)]
+        self.samplers = [BudgetSampler(space, lower, upper, self.rng) for lower, upper in self.bins]
         self.seen: set = set()
+        self.bin_of: dict = {}
+        """Key -> index of the bin that proposed it."""
         self.told: list[tuple[Genome, float]] = []
+        self._told_at: dict = {}
+        self._asks = 0
+
+    @property
+    def sampler(self) -> BudgetSampler:
+        return self.samplers[0]
 
     @abstractmethod
-    def propose(self) -> Genome | None: ...
+    def propose(self, bin_index: int) -> Genome | None: ...
 
     def ask(self) -> Genome | None:
-        genome = self.propose()
-        if genome is not None:
-            self.seen.add(self.space.key(genome))
-        return genome
+        """The next candidate, from the bins in turn (a bin with nothing left passes to the next)."""
+        start, self._asks = self._asks, self._asks + 1
+        for offset in range(len(self.bins)):
+            bin_index = (start + offset) % len(self.bins)
+            genome = self.propose(bin_index)
+            if genome is not None:
+                key = self.space.key(genome)
+                self.seen.add(key)
+                self.bin_of[key] = bin_index
+                return genome
+        return None
 
     def tell(self, genome: Genome, value: float) -> None:
+        key = self.space.key(genome)
+        if key in self._told_at:  # a better measurement of the same candidate (a higher rung)
+            self.told[self._told_at[key]] = (genome, value)
+            return
+        self._told_at[key] = len(self.told)
         self.told.append((genome, value))
+
+    def told_in(self, bin_index: int) -> list[tuple[Genome, float]]:
+        if len(self.bins) == 1:
+            return self.told
+        return [(g, v) for g, v in self.told if self.bin_of[self.space.key(g)] == bin_index]
+
+    def seen_in(self, bin_index: int) -> int:
+        return len(self.seen) if len(self.bins) == 1 else sum(b == bin_index for b in self.bin_of.values())
 
     def extras(self, genome: Genome) -> dict:
         """Strategy-specific fields recorded with the candidate."""
@@ -142,13 +182,13 @@ class Strategy(ABC):
 
 
 class RandomSearch(Strategy):
-    def propose(self) -> Genome | None:
-        return self.sampler.sample(self.seen, tries=self.config.max_tries)
+    def propose(self, bin_index: int) -> Genome | None:
+        return self.samplers[bin_index].sample(self.seen, tries=self.config.max_tries)
 
 
 class EvolutionarySearch(Strategy):
-    def _elite(self) -> list[tuple[Genome, float]]:
-        return sorted(self.told, key=lambda gv: gv[1])[: self.config.population]
+    def _elite(self, bin_index: int) -> list[tuple[Genome, float]]:
+        return sorted(self.told_in(bin_index), key=lambda gv: gv[1])[: self.config.population]
 
     def _tournament(self, elite) -> Genome:
         contenders = self.rng.sample(elite, min(self.config.tournament, len(elite)))
@@ -169,18 +209,19 @@ class EvolutionarySearch(Strategy):
                 genome[i] = self.rng.randrange(n)
         return tuple(genome)
 
-    def _child(self) -> Genome:
-        elite = self._elite()
+    def _child(self, bin_index: int) -> Genome:
+        elite = self._elite(bin_index)
         first = self._tournament(elite)
         if self.rng.random() < self.config.crossover_prob and len(elite) > 1:
             second = self._tournament(elite)
             first = tuple(a if self.rng.random() < 0.5 else b for a, b in zip(first, second))
         return self._mutate(first)
 
-    def propose(self) -> Genome | None:
-        if len(self.seen) < self.config.population or not self.told:
-            return self.sampler.sample(self.seen, tries=self.config.max_tries)
-        return self.sampler.sample(self.seen, self._child, tries=self.config.max_tries)
+    def propose(self, bin_index: int) -> Genome | None:
+        sampler = self.samplers[bin_index]
+        if self.seen_in(bin_index) < self.config.population or not self.told_in(bin_index):
+            return sampler.sample(self.seen, tries=self.config.max_tries)
+        return sampler.sample(self.seen, lambda: self._child(bin_index), tries=self.config.max_tries)
 
 
 def proxy_score(space: ResolvedSpace, genome: Genome, scores, layer_metric=None) -> float:
@@ -208,36 +249,39 @@ def proxy_score(space: ResolvedSpace, genome: Genome, scores, layer_metric=None)
 
 
 class ProxySearch(Strategy):
-    """Ranks by importance mass without evaluating; asks the ranking best first."""
+    """Ranks by importance mass without evaluating; asks the ranking best first (per bin)."""
 
     def __init__(self, space, bounds, seed, config=None, *, scores=None, layer_metric=None):
         super().__init__(space, bounds, seed, config)
         if scores is None:
             raise SearchSpaceError("strategy proxy needs importance scores (--scores)")
-        pool, keys = [], set()
-        for _ in range(self.config.proxy_samples):
-            genome = self.sampler.sample(keys, tries=self.config.max_tries)
-            if genome is None:
-                break  # small space exhausted
-            keys.add(space.key(genome))
-            pool.append(genome)
-        ranked = sorted(((proxy_score(space, g, scores, layer_metric), i, g) for i, g in enumerate(pool)),
-                        key=lambda t: (-t[0], t[1]))
-        self.proxy = {space.key(g): s for s, _, g in ranked}
-        self._queue = [g for _, _, g in ranked]
+        self.proxy, self._queues, keys = {}, [], set()
+        for sampler in self.samplers:
+            pool = []
+            for _ in range(self.config.proxy_samples):
+                genome = sampler.sample(keys, tries=self.config.max_tries)
+                if genome is None:
+                    break  # small space exhausted
+                keys.add(space.key(genome))
+                pool.append(genome)
+            ranked = sorted(((proxy_score(space, g, scores, layer_metric), i, g) for i, g in enumerate(pool)),
+                            key=lambda t: (-t[0], t[1]))
+            self.proxy.update({space.key(g): s for s, _, g in ranked})
+            self._queues.append([g for _, _, g in ranked])
 
     def extras(self, genome: Genome) -> dict:
         return {"proxy_score": round(self.proxy[self.space.key(genome)], 6)}
 
-    def propose(self) -> Genome | None:
-        while self._queue:
-            genome = self._queue.pop(0)
+    def propose(self, bin_index: int) -> Genome | None:
+        queue = self._queues[bin_index]
+        while queue:
+            genome = queue.pop(0)
             if self.space.key(genome) not in self.seen:
                 return genome
         return None
 
 
-def make_strategy(name: StrategyName | str, space: ResolvedSpace, bounds: tuple[int, int], seed: int,
+def make_strategy(name: StrategyName | str, space: ResolvedSpace, bounds: Bounds | list[Bounds], seed: int,
                   config: StrategyConfig | None = None, *, scores=None, layer_metric=None) -> Strategy:
     try:
         name = StrategyName(name)

@@ -21,7 +21,7 @@ FLOPs (counted separately, summed for compute-to-target; report.py):
 - importance: what the importance stage recorded (its scores' ``meta["flops"]``: only the passes it ran), charged
   to every init that read the scores (Minitron, first-k, both searches);
 - search: what the search recorded (``summary.json`` ``flops``: every evaluation's executed forward FLOPs at every
-  rung); first-k is charged Minitron's (it takes that pick's sizes);
+  rung, at the candidate's own size when evaluated compact); first-k is charged Minitron's (it takes that pick's sizes);
 - teacher cache: the build's teacher forward over the samples it covers, divided by the runs that read it.
 """
 
@@ -140,7 +140,7 @@ class Study:
         run_search(section(s, ckpt=teacher_checkpoint(self.out / "base"), data=search_data(self.out / "base"), out=out,
                            scores=self.out / "base" / "importance" / "scores.safetensors",
                            space=section(s.space, granularity=init.granularity),
-                           budget=section(s.budget, target=init.budget), strategy=STRATEGY[init.kind],
+                           budget=section(s.budget, target=init.budget), budgets=None, strategy=STRATEGY[init.kind],
                            seed=search_seed(init.kind, seed), eval=section(s.eval, **changes),
                            evaluations=1 if init.kind == "minitron" else s.evaluations,
                            progress=False, plots=False, overwrite=True))

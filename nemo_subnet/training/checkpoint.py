@@ -3,7 +3,7 @@
 Layout of ``<run_dir>/checkpoints/step_XXXXXXX/`` (a superset of a model checkpoint, so
 ``checkpointing.load_model`` and export read it directly)::
 
-    model.yaml         the student's ModelConfig
+    model.yaml         the student's ModelConfig, ``dtype`` = the run's precision (what the weights are in)
     weights/           megatron dist_checkpointing (torch_dist): {"model": ..., "optimizer": ...};
                        model keys are the plain model checkpoint's, optimizer keys are prefixed "optimizer."
     train_state.json   step, consumed samples, tokens, LR-scheduler state, the parallel layout
@@ -101,7 +101,9 @@ def save_checkpoint(run_dir: Path, step: int, *, model, model_cfg: ModelConfig, 
         dist_checkpointing.save(_sharded_state(model, optimizer, False, optimizer_sharding), str(tmp / WEIGHTS))
         torch.save(rng_state(), tmp / RNG / f"rank_{_rank():05d}.pt")
         if main:
-            model_cfg.save(tmp / MODEL_CONFIG)
+            # the weights are in the run's precision, whatever the init's config said (model_checkpoint.py and
+            # every stage after it load them in this dtype)
+            model_cfg.stored_as(model.config.params_dtype).save(tmp / MODEL_CONFIG)
             if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
                 shutil.copytree(tokenizer_dir, tmp / TOKENIZER)
             # written last: its presence marks the directory as a complete checkpoint

@@ -107,6 +107,13 @@ class DistillConfig:
     forms logits chunk by chunk from them and this rank's output-weight shard, never [b, s, V/tp] at once
     (CE, KD, top-k and validation alike); off: full logits. auto: on where that saves memory, i.e. when a
     micro-batch's b * s tokens exceed one chunk of the fused op (about 2^27 / (V/tp) tokens)."""
+    teacher_source: Literal["online", "cache"] = "online"
+    """online: the teacher runs inside every micro-batch. cache: the loss reads the teacher's stored sparse
+    distribution from ``cache`` (built once by ``nemo-subnet teacher-cache``) and no teacher is built or loaded;
+    ``teacher`` still names it, to check the cache was built from it. Needs forward_kl and the fused output."""
+    cache: Path | None = None
+    """The teacher cache directory (teacher_source cache): its teacher, data, seed, seq_length, vocabulary and
+    temperature must be this run's, and it must cover train_steps * global_batch_size samples."""
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.teacher is not None and self.alpha_ce == 0 and self.beta_kd == 0:
@@ -114,6 +121,18 @@ class DistillConfig:
         if self.top_k is not None and (self.divergence is Divergence.REVERSE_KL or (
                 self.divergence is Divergence.JSD and self.beta_jsd == 1.0)):
             yield "top_k", "top_k needs forward_kl or jsd with beta_jsd < 1 (reverse KL is infinite off the top-k)"
+        if self.teacher_source == "online":
+            if self.cache is not None:
+                yield "cache", "read only with teacher_source: cache (it is online); leave it unset"
+            return
+        if self.cache is None:
+            yield "cache", "teacher_source: cache needs the cache directory (built by `nemo-subnet teacher-cache`)"
+        if self.divergence is not Divergence.FORWARD_KL:
+            yield "divergence", f"teacher_source: cache estimates forward_kl only, not {self.divergence.value}"
+        if self.top_k is not None:
+            yield "top_k", "does not apply to a cache: the cache's own method (sample or topk) decides; leave it unset"
+        if self.fused_output == "off":
+            yield "fused_output", "teacher_source: cache computes its loss from hidden states: auto or on, not off"
 
 
 @dataclass
@@ -160,8 +179,8 @@ class ParallelConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """auto: bf16 on GPU, fp32 on CPU."""
     recompute: Literal["none", "selective", "full"] = "none"
-    """Activation recompute: selective = core attention only (cheap, long sequences); full = whole layers
-    (one more forward, ~33% compute) in blocks of recompute_num_layers."""
+    """Activation recompute: selective = the MLPs (~64% of a layer's activations for ~+22% compute, Llama shapes;
+    models/execution.py); full = whole layers (one more forward, ~33% compute) in blocks of recompute_num_layers."""
     recompute_num_layers: PositiveInt = 1
     sequence_parallel: bool = False
     """Split norms / dropout / the residual stream along the sequence over TP (GPU, tp > 1)."""
@@ -171,6 +190,14 @@ class ParallelConfig:
     """With the distributed optimizer: all-gather updated parameters during the next forward (DP > 1)."""
     collective_timeout_minutes: PositiveInt = 30
     """How long a collective waits for a lost rank (a dead node) before the run fails on every rank."""
+
+    def params_dtype(self):
+        """The torch dtype ``precision`` means on this machine (auto: bf16 where CUDA is, else fp32)."""
+        import torch
+
+        if self.precision == "auto":
+            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
 
 
 @dataclass
@@ -211,6 +238,9 @@ class TrainConfig:
             yield "init", "needs exactly one of from_checkpoint: DIR or random: model.yaml"
         if self.data.path is None:
             yield "data.path", "required (a directory made by `nemo-subnet data prepare`)"
+        if self.distill.teacher_source == "cache" and self.distill.teacher is None:
+            yield "distill.teacher", ("teacher_source: cache needs the checkpoint the cache was built from (checked, "
+                                      "not loaded)")
 
     def validate(self) -> None:
         """Raise a UserError listing every problem of this run (the checks of loading a YAML, and its inputs)."""

@@ -21,6 +21,9 @@ weight (the tied embedding's, when tied).
   TP); the loss reads only them (``vocab_parallel_topk_kd_loss`` / ``fused_linear_topk_kd_loss``): P is
   the renormalised top-k distribution and no dense teacher is formed, at any TP.
 
+- cache (``distill.teacher_source: cache``): the teacher's stored K ids per token (``SparseTeacher``); the loss
+  is ``fused_linear_sampled_kd_loss``, CE against that sparse target, from hidden states + weight shard only.
+
 The kernels merge row statistics over the TP group, so every rank gets the full-vocabulary loss. The
 teacher runs inside each micro-batch of the student's schedule (teacher.py): its outputs are never cached
 across micro-batches. At alpha_ce = 0 the logged CE takes one more pass without autograd (on the fused
@@ -34,8 +37,9 @@ from dataclasses import dataclass
 import torch
 from megatron.core import parallel_state, tensor_parallel
 
-from nemo_subnet.kernels import (Reduction, default_chunk_size, fused_linear_kd_loss, fused_linear_topk_kd_loss,
-                                 vocab_parallel_kd_loss, vocab_parallel_topk, vocab_parallel_topk_kd_loss)
+from nemo_subnet.kernels import (Reduction, default_chunk_size, fused_linear_kd_loss, fused_linear_sampled_kd_loss,
+                                 fused_linear_topk_kd_loss, vocab_parallel_kd_loss, vocab_parallel_topk,
+                                 vocab_parallel_topk_kd_loss)
 from nemo_subnet.training.config import DistillConfig
 
 
@@ -51,6 +55,18 @@ class LMOutput:
     @property
     def local_vocab(self) -> int:
         return self.tensor.shape[-1] if self.weight is None else self.weight.shape[0]
+
+
+@dataclass
+class SparseTeacher:
+    """A teacher read from a cache (``distill.teacher_source: cache``): per token K global ids (+ their masses)."""
+
+    ids: torch.Tensor
+    """[b, s, K] sampled draws (mass 1/K each) or top-k ids."""
+    probs: torch.Tensor | None = None
+    """[b, s, K] the top-k's masses P_T(id); None for draws."""
+    tail: bool = False
+    """Top-k: 1 - sum(probs) is one more bin, the rest of the vocabulary."""
 
 
 def fused_output_enabled(setting: str, n_tokens: int, local_vocab: int) -> bool:
@@ -120,7 +136,7 @@ def lm_loss(student: LMOutput, labels: torch.Tensor, loss_mask: torch.Tensor, vo
     """(loss, {"loss", "ce", "kd"}) for one micro-batch.
 
     ``teacher``: None (plain CE), an ``LMOutput`` (dense KD; logits when the student's are, else hidden states
-    + weight shard) or a top-k (values, ids) pair from ``teacher_topk``."""
+    + weight shard), a top-k (values, ids) pair from ``teacher_topk``, or a ``SparseTeacher`` from a cache."""
     alpha, beta = weights
     mask = loss_mask.float()
     distilling = teacher is not None and beta != 0.0
@@ -137,7 +153,13 @@ def lm_loss(student: LMOutput, labels: torch.Tensor, loss_mask: torch.Tensor, vo
                       vocab_size=vocab_size, kd_weight=beta, ce_weight=alpha, return_ce=alpha != 0.0,
                       **_tp_args(student.local_vocab))
         fused = student.weight is not None
-        if isinstance(teacher, tuple):  # sparse top-k (values, ids)
+        if isinstance(teacher, SparseTeacher):  # from a teacher cache: CE against its sparse target, fused only
+            if not fused:
+                raise ValueError("a cached teacher needs the fused output (distill.fused_output auto or on)")
+            sparse = {key: value for key, value in common.items() if key not in ("divergence", "beta")}
+            out = fused_linear_sampled_kd_loss(student.tensor, student.weight, teacher.ids, teacher.probs,
+                                               tail=teacher.tail, **sparse)
+        elif isinstance(teacher, tuple):  # sparse top-k (values, ids)
             if fused:
                 out = fused_linear_topk_kd_loss(student.tensor, student.weight, *teacher, **common)
             else:

@@ -4,7 +4,8 @@ One step = ``num_microbatches = global_batch / (micro_batch * dp)`` micro-batche
 forward/backward schedule (1F1B for PP > 1, no-pipelining otherwise), grads reduced by megatron's
 DistributedDataParallel (``finalize_model_grads``), then the (distributed) megatron optimizer steps with
 grad-norm clipping, and ``OptimizerParamScheduler`` sets the LR (linear warmup, cosine/linear decay).
-With a teacher, its forward runs inside each micro-batch, on the same pipeline stages (see teacher.py).
+With a teacher, its forward runs inside each micro-batch, on the same pipeline stages (see teacher.py); from a
+teacher cache (``distill.teacher_source: cache``) none exists and each micro-batch carries its cached rows.
 
 Step ``k`` (1-based) uses the LR of scheduler step ``k``; the loss logged for step ``k`` is the mean over
 its micro-batches and data-parallel ranks, before the update. A step whose loss or gradients are not finite
@@ -37,6 +38,7 @@ from nemo_subnet.errors import UserError
 from nemo_subnet.data import GPTDataConfig, MicroBatchIterator, build_gpt_datasets, hf_tokenizer_dir, read_metadata, validate_data
 from nemo_subnet.models import ModelConfig, build_gpt_model
 from nemo_subnet.runtime import compute_device, init_runtime
+from nemo_subnet.teacher_cache.training import CachedTeacherIterator, cached_teacher, open_for_training
 from nemo_subnet.training import checkpoint as ckpt
 from nemo_subnet.training.config import CONFIG_FILE, TrainConfig
 from nemo_subnet.training.distill import LMOutput, describe_fused_output, fused_output_enabled, lm_loss, teacher_topk
@@ -83,13 +85,6 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _dtype(config: TrainConfig) -> torch.dtype:
-    precision = config.parallel.precision
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
 def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None, dict]:
     """Read model / teacher / data descriptions and check they fit, before anything heavy is built."""
     try:
@@ -107,13 +102,14 @@ def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None,
             f"vocab mismatch: teacher vocab_size {teacher_cfg.vocab_size} (padded {teacher_cfg.padded_vocab_size}) != "
             f"student vocab_size {student_cfg.vocab_size} (padded {student_cfg.padded_vocab_size}); "
             "distillation needs the same tokenizer")
-    for name, cfg in (("student", student_cfg), ("teacher", teacher_cfg)):
+    built_teacher = teacher_cfg if config.distill.teacher_source == "online" else None  # a cache builds none
+    for name, cfg in (("student", student_cfg), ("teacher", built_teacher)):
         if cfg is None:
             continue
         try:
             cfg.check_parallel(config.parallel.tp, config.parallel.pp)
             if name == "student":
-                config.execution.check(config.parallel.tp, cfg.num_layers // config.parallel.pp)
+                config.execution.check(config.parallel.tp, cfg.num_layers // config.parallel.pp, model=cfg)
         except ValueError as err:
             raise UserError(f"{name}: {err}") from None
         if cfg.max_position_embeddings < config.data.seq_length:
@@ -175,15 +171,18 @@ class _Step:
     (``distill.fused_output``), the last stages of both return final hidden states and the loss forms the
     logits chunk by chunk from them and the output-weight shards (output_layer.py, distill.py)."""
 
-    def __init__(self, config: TrainConfig, model_cfg: ModelConfig, ddp, pair: StudentWithTeacher | None):
+    def __init__(self, config: TrainConfig, model_cfg: ModelConfig, ddp, pair: StudentWithTeacher | None, cache=None):
         self.config = config
         self.vocab_size = model_cfg.vocab_size
-        self.ddp, self.pair = ddp, pair
+        self.ddp, self.pair, self.cache = ddp, pair, cache
         self.schedule = get_forward_backward_func()
         local_vocab = model_cfg.padded_vocab_size // parallel_state.get_tensor_model_parallel_world_size()
         n_tokens = config.data.micro_batch_size * config.data.seq_length
-        self.fused = fused_output_enabled(config.distill.fused_output, n_tokens, local_vocab)
-        self.fused_output_line = describe_fused_output(config.distill.fused_output, n_tokens, local_vocab)
+        setting = "on" if cache is not None else config.distill.fused_output  # the cache's loss is fused only
+        self.fused = fused_output_enabled(setting, n_tokens, local_vocab)
+        self.fused_output_line = describe_fused_output(setting, n_tokens, local_vocab)
+        if cache is not None:
+            self.fused_output_line += " (set by distill.teacher_source: cache, whose loss is fused only)"
         if self.fused:
             defer_logits(ddp)
             if pair is not None:
@@ -201,6 +200,8 @@ class _Step:
             teacher = self._output(model.take_teacher_output(), model.teacher)  # [b, s, v_local] or [b, s, h_t]
             if self.config.distill.top_k is not None:
                 teacher = teacher_topk(teacher, self.config.distill.top_k, self.vocab_size)  # [b, s, k] x 2
+        elif "teacher_ids" in batch and parallel_state.is_pipeline_last_stage():
+            teacher = cached_teacher(batch, self.cache)  # [b, s, K] from the teacher cache
         weights = self.config.loss_weights if teacher is not None else (1.0, 0.0)
 
         def loss_func(student):  # [b, s, v_local], or [b, s, h] when fused
@@ -280,6 +281,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     """Train (and distill) a student as configured; collective under torchrun / srun. See the module docstring."""
     config.validate()
     student_cfg, teacher_cfg, metadata = _check_inputs(config)
+    cache = open_for_training(config, student_cfg) if config.distill.teacher_source == "cache" else None
     runtime = init_runtime(tp=config.parallel.tp, pp=config.parallel.pp, seed=config.seed,
                            timeout_minutes=config.parallel.collective_timeout_minutes)
     if config.global_batch_size_error(runtime.dp):
@@ -292,12 +294,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
 
-    dtype = _dtype(config)
+    dtype = config.parallel.params_dtype()
     data = config.data
     num_microbatches = data.global_batch_size // (data.micro_batch_size * runtime.dp)
     model, ddp, optimizer, scheduler = _build_student(config, student_cfg, dtype)
     pair = None
-    if teacher_cfg is not None:
+    if teacher_cfg is not None and cache is None:
         # no recompute (no backward), but the student's sequence split: their hidden states travel together
         _, teacher_model = load_model(config.distill.teacher, params_dtype=dtype, execution=dataclasses.replace(
             config.execution, recompute="none"))
@@ -309,10 +311,14 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         raise UserError(f"logging.test_iters {config.logging.test_iters} is not a multiple of data_parallel {runtime.dp}")
     eval_samples = config.logging.eval_iters * data.micro_batch_size
     test_samples = config.logging.test_iters * data.micro_batch_size or None  # None: no test dataset built
-    datasets = build_gpt_datasets(_data_config(config, student_cfg), config.schedule.train_steps * data.global_batch_size,
-                                  eval_samples, test_samples)
+    run_samples = config.schedule.train_steps * data.global_batch_size
+    # with a cache, its dataset size: megatron's sample order depends on it, and the cache's rows follow that order
+    datasets = build_gpt_datasets(_data_config(config, student_cfg), cache.provenance.dataset_samples if cache else
+                                  run_samples, eval_samples, test_samples)
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), runtime.dp
     train_iter = MicroBatchIterator(datasets.train, data.micro_batch_size, dp_rank=dp_rank, dp_size=dp_size)
+    if cache is not None:
+        train_iter = CachedTeacherIterator(train_iter, cache, run_samples)
 
     layout = {"tp": runtime.tp, "pp": runtime.pp, "dp": runtime.dp, "world_size": runtime.world_size}
     step, tokens, skipped_at_resume = 0, 0, 0
@@ -324,12 +330,12 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 
     tokens_per_step = data.global_batch_size * data.seq_length
     flops_per_token = 3 * forward_flops_per_token(student_cfg, data.seq_length)
-    if teacher_cfg is not None:
+    if teacher_cfg is not None and cache is None:
         flops_per_token += forward_flops_per_token(teacher_cfg, data.seq_length)
     peak = peak_flops(config.logging.peak_flops, dtype)
     logger = MetricsLogger(run_dir, enabled=runtime.is_main, tensorboard=config.logging.tensorboard,
                            resume_step=step if resume else None)
-    stepper = _Step(config, student_cfg, ddp, pair)
+    stepper = _Step(config, student_cfg, ddp, pair, cache)
     if runtime.is_main:
         print(f"train: {stepper.fused_output_line}", flush=True)
     skips = _Skips(limit=config.optimizer.max_skipped_steps, total=skipped_at_resume)

@@ -69,6 +69,21 @@ def output_weight(model) -> torch.Tensor:
 
 
 @contextlib.contextmanager
+def hidden_output(model):
+    """Final hidden states instead of logits for the duration of a block (evaluation's chunked CE), then the
+    model's previous output again."""
+    layer = _output_layer(model)
+    owned = layer is not None and "forward" not in layer.__dict__
+    if owned:
+        defer_logits(model)
+    try:
+        yield
+    finally:
+        if owned:
+            del layer.__dict__["forward"]
+
+
+@contextlib.contextmanager
 def logits_output(model):
     """Plain logits for the duration of a block (validation, generation)."""
     layer = _output_layer(model)

@@ -88,6 +88,11 @@ def test_rules_between_fields_and_instances_built_in_python():
         configs.from_dict(Outer, {"inner": {"steps": 2, "mode": "on", "share": 7}})
     assert err.value.problems == ["inner.share: 7.0 is out of range; allowed: > 0 and < 1",
                                   "inner.mode: on needs steps >= 3"]
+    # a section that may be unset (``Inner | None``, ``Inner | Path``) reports its rules too
+    with pytest.raises(ConfigError, match=r"^maybe.mode: on needs steps >= 3$"):
+        configs.from_dict(Outer, {"maybe": {"steps": 2, "mode": "on"}})
+    with pytest.raises(ConfigError, match=r"^either.mode: on needs steps >= 3$"):
+        configs.check(Outer(either=Inner(steps=2, mode="on")))
     typed = configs.typed(Outer(color="blue", path="p", count="3"))  # as NeMo-Run's fiddle builds them: text
     assert (typed.color, typed.path, typed.count) == (Color.BLUE, Path("p"), 3)
     assert configs.updated(Outer(), {"inner.steps": 9, "tags": ["a"]}) == Outer(inner=Inner(steps=9, share=0.25),

@@ -12,7 +12,8 @@ import torch.distributed as dist
 
 from nemo_subnet.conversion.adapters import adapter_for_model_type
 from nemo_subnet.conversion.sharding import load_global_state
-from nemo_subnet.importance.collect import compute_importance
+from nemo_subnet.importance.collect import ImportanceConfig, compute_importance
+from nemo_subnet.importance.scores import LayerMetric
 from nemo_subnet.importance.evaluation import random_batches
 from nemo_subnet.models.tiny_hf import make_hf_model
 from nemo_subnet.runtime import init_runtime, shutdown_runtime
@@ -30,7 +31,8 @@ def scores_at(variant: str, tp: int, pp: int):
     supernet = build_supernet(cfg, perform_initialization=False)
     load_global_state(supernet, cfg, adapter.hf_to_megatron(cfg, hf.state_dict().__getitem__))
     data = random_batches(cfg.vocab_size, num_batches=BATCHES, seq_length=SEQ, micro_batch_size=MBS)
-    return compute_importance(supernet, cfg, data)
+    # the layer-drop evaluations too, so their layout independence is tested
+    return compute_importance(supernet, cfg, data, ImportanceConfig(layer_metric=LayerMetric.PERPLEXITY, progress=False))
 
 
 def main() -> int:

@@ -20,9 +20,10 @@ import torch
 import torch.distributed as dist
 from fused_output_testing import ce_reference, full_topk, make_inputs, topk_reference
 
-from nemo_subnet.kernels import (Backend, Divergence, Reduction, fused_linear_kd_loss, fused_linear_topk_kd_loss,
-                                 vocab_parallel_topk, vocab_parallel_topk_kd_loss)
-from nemo_subnet.kernels.reference import kd_loss_reference
+from nemo_subnet.kernels import (Backend, Divergence, Reduction, fused_linear_kd_loss, fused_linear_sampled_kd_loss,
+                                 fused_linear_topk_kd_loss, vocab_parallel_sample, vocab_parallel_topk,
+                                 vocab_parallel_topk_kd_loss)
+from nemo_subnet.kernels.reference import kd_loss_reference, sampled_kd_loss_reference
 from nemo_subnet.runtime import compute_device
 from nemo_subnet.runtime.cpu_backend import install as install_cpu_backend
 
@@ -42,6 +43,13 @@ CASES = {  # name: (op, options)
     "fused_topk_fkl_T2_ce": ("topk_fused", dict(divergence=FKL, temperature=2.0, ce_weight=0.5)),
     "fused_topk_jsd": ("topk_fused", dict(divergence=JSD, beta=0.5)),
     "fused_topk_jsd_ce_bf16": ("topk_fused", dict(divergence=JSD, beta=0.5, ce_weight=0.5, dtype=torch.bfloat16)),
+    "sample_logits": ("sample", dict(source="logits", method="sample")),
+    "sample_hidden": ("sample", dict(source="hidden", method="sample")),
+    "sample_topk_hidden": ("sample", dict(source="hidden", method="topk")),
+    "fused_sampled_T2_ce": ("sampled_fused", dict(method="sample", temperature=2.0, ce_weight=0.5)),
+    "fused_sampled_sum": ("sampled_fused", dict(method="sample", reduction=Reduction.SUM)),
+    "fused_topk_tail_ce": ("sampled_fused", dict(method="topk", temperature=2.0, ce_weight=0.3)),
+    "fused_sampled_ce_bf16": ("sampled_fused", dict(method="sample", ce_weight=0.5, dtype=torch.bfloat16)),
 }
 SHAPES = {"default": (37, 16, 512, 1001, 16), "small": (11, 16, 96, 181, 8)}  # n, h, v_local, vocab, k
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (2e-2, 5e-2)}  # (loss rtol, grad rtol * max|grad|)
@@ -85,6 +93,17 @@ def _losses(op, opts, x, v_local, start, vocab, backend, group, k):
             ce = {key: common[key] for key in ("labels", "loss_mask", "reduction", "vocab_size")}
             ref = lambda h, w: common["ce_weight"] * ce_reference(h @ w.T, **ce)  # noqa: E731  (CE only)
         return tp, tp1, ref
+    if op == "sampled_fused":
+        uniforms = torch.rand(teacher_logits.shape[0], k, generator=torch.Generator().manual_seed(5)).to(teacher_logits.device)
+        ids, probs = vocab_parallel_sample(teacher_logits, k=k, method=opts["method"], uniforms=uniforms,
+                                           temperature=kd["temperature"], vocab_size=vocab)
+        probs = probs if opts["method"] == "topk" else None
+        sparse = dict(tail=opts["method"] == "topk", temperature=kd["temperature"], **common)
+        ref = lambda h, w: sampled_kd_loss_reference(h @ w.T, ids, probs, **sparse)  # noqa: E731
+        tp = lambda h, w: fused_linear_sampled_kd_loss(h, w, ids, probs, group=group, vocab_start_index=start,  # noqa: E731
+                                                       chunk_size=8, backend=backend, **sparse)
+        tp1 = lambda h, w: fused_linear_sampled_kd_loss(h, w, ids, probs, chunk_size=8, backend=backend, **sparse)  # noqa: E731
+        return tp, tp1, ref
     values, ids = full_topk(teacher_logits, k, vocab)
     ref = lambda h, w: topk_reference(h @ w.T, values, ids, **common, **kd)  # noqa: E731
     if op == "topk_logits":
@@ -117,6 +136,8 @@ def run_case(name, op, opts, shape, backend, group, rank, world, device) -> str:
         torch.testing.assert_close(values, want_values, rtol=1e-6, atol=1e-6)
         return f"values={_max_diff(values, want_values):.1e}"
 
+    if op == "sample":
+        return _check_sample(opts, x, v_local, start, vocab, group, k)
     hidden = x["hidden"].detach().clone().requires_grad_()  # [n, h], replicated
     w_local = x["weight"].detach()[start:start + v_local].clone().requires_grad_()  # [v_local, h]
     tp, tp1, ref = _losses(op, opts, x, v_local, start, vocab, backend, group, k)
@@ -140,6 +161,25 @@ def run_case(name, op, opts, shape, backend, group, rank, world, device) -> str:
         assert g_weight.dtype == dtype and g_hidden.dtype == dtype
         diffs[label] = (_max_diff(loss, want), _max_diff(g_hidden, want_h), _max_diff(g_weight, want_w))
     return " ".join(f"{label}: loss={d[0]:.1e} hidden={d[1]:.1e} weight={d[2]:.1e}" for label, d in diffs.items())
+
+
+def _check_sample(opts, x, v_local, start, vocab, group, k) -> str:
+    """The teacher's draws (or top-k with masses) at TP=2 equal the single-device ones: the same uniforms land
+    on the same ids (the two CDFs differ by fp32 rounding only), the masses to 1e-5."""
+    teacher_logits = x["teacher_hidden"] @ x["teacher_weight"].T  # [n, v]
+    n = teacher_logits.shape[0]
+    uniforms = torch.rand(n, 4 * k, generator=torch.Generator().manual_seed(6)).to(teacher_logits.device)
+    args = dict(k=4 * k if opts["method"] == "sample" else k, method=opts["method"], uniforms=uniforms,
+                temperature=1.5, vocab_size=vocab)
+    if opts["source"] == "logits":
+        got = vocab_parallel_sample(teacher_logits[:, start:start + v_local], group=group, vocab_start_index=start, **args)
+    else:
+        got = vocab_parallel_sample(hidden=x["teacher_hidden"], weight=x["teacher_weight"][start:start + v_local],
+                                    group=group, vocab_start_index=start, chunk_size=8, **args)
+    want = vocab_parallel_sample(teacher_logits, **args)
+    assert torch.equal(got[0], want[0]), (got[0], want[0])
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-7)
+    return f"probs={_max_diff(got[1], want[1]):.1e}"
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from nemo_subnet.kernels._row_kernels import launch_config, recording
 HELPER = str(Path(triton_aot.__file__))
 REASON = triton_aot.missing_tools()
 needs_tools = pytest.mark.skipif(REASON is not None, reason=f"AOT compile check: {REASON}")
-OPS = {"kd_loss", "topk_kd_loss", "fused_linear_kd_loss", "vocab_parallel_kd_loss"}
+OPS = {"kd_loss", "topk_kd_loss", "fused_linear_kd_loss", "vocab_parallel_kd_loss", "fused_linear_sampled_kd_loss"}
 
 
 def _compile(subset: str, tmp_path, timeout: int) -> list[dict]:

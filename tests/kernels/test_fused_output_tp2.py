@@ -11,7 +11,8 @@ from fused_output_worker import CASES
 from torchrun_utils import run_torchrun
 
 WORKER = str(Path(__file__).with_name("fused_output_worker.py"))
-TRITON_CASES = ["fused_jsd_ce_logits", "fused_ce_only", "topk_fkl_T2_ce", "fused_topk_jsd"]
+TRITON_CASES = ["fused_jsd_ce_logits", "fused_ce_only", "topk_fkl_T2_ce", "fused_topk_jsd", "fused_sampled_T2_ce",
+                "fused_topk_tail_ce"]
 pytestmark = pytest.mark.distributed
 
 

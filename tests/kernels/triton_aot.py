@@ -1,7 +1,7 @@
 """Ahead-of-time compilation of every Triton kernel variant the KD ops launch, for sm_90 / sm_100, on CPU.
 
 How a variant is found (nothing is listed by hand): the public ops (`kd_loss`, `topk_kd_loss`,
-`fused_linear_kd_loss`, and `logit_kd_loss` on a TP shard, the body of `vocab_parallel_kd_loss`) run
+`fused_linear_kd_loss`, `fused_linear_sampled_kd_loss` (the teacher cache's loss), and `logit_kd_loss` on a TP shard, the body of `vocab_parallel_kd_loss`) run
 forward and backward on *meta* tensors of production shape inside `_row_kernels.recording()`, which
 collects the `KernelLaunch`es the launchers build instead of running them. Each launch is then specialised
 exactly as Triton's JIT would at launch time (its own binder: int arguments typed i32 / i64 and tagged
@@ -118,7 +118,8 @@ def _traced_calls(case: VocabCase, dtype):
     """(op label, zero-argument call running forward + backward on meta tensors) for every op setting."""
     import torch
 
-    from nemo_subnet.kernels import Backend, Divergence, Reduction, fused_linear_kd_loss, topk_kd_loss
+    from nemo_subnet.kernels import (Backend, Divergence, Reduction, fused_linear_kd_loss, fused_linear_sampled_kd_loss,
+                                     topk_kd_loss)
     from nemo_subnet.kernels.kd_loss import logit_kd_loss
 
     meta = dict(device="meta", dtype=dtype)
@@ -167,6 +168,17 @@ def _traced_calls(case: VocabCase, dtype):
             backward(loss, s)
 
         yield f"topk_kd_loss {div}", topk_op
+
+    for ce, temperature, ce_weight in CE_MODES:
+        def sampled_op(temperature=temperature, ce_weight=ce_weight):
+            h = torch.empty(N_TOKENS, H, **meta, requires_grad=True)
+            w = torch.empty(case.n_cols, H, **meta, requires_grad=True)
+            ids = torch.zeros(N_TOKENS, 12, device="meta", dtype=torch.int64)
+            loss = fused_linear_sampled_kd_loss(h, w, ids, temperature=temperature, labels=labels, ce_weight=ce_weight,
+                                                vocab_size=case.vocab_size, backend=Backend.TRITON)
+            backward(loss, h, w)
+
+        yield f"fused_linear_sampled_kd_loss {ce}", sampled_op
 
 
 def _specialize(launch, arch: int):

@@ -6,7 +6,7 @@ import pytest
 
 from nemo_subnet.models.config import ModelConfig
 from nemo_subnet.models.counting import (attention_flops_per_token, count_parameters, forward_flops_per_token,
-                                         layer_parameters)
+                                         layer_parameters, mlp_flops_per_token)
 
 BASE = dict(vocab_size=250, hidden_size=48, num_layers=3, num_attention_heads=6, num_query_groups=3,
             ffn_hidden_size=96, kv_channels=8, max_position_embeddings=64, norm_eps=1e-5)
@@ -49,4 +49,6 @@ def test_counts_equal_the_built_model(name):
     heads = [layer.self_attention.linear_proj.weight.shape[1] // cfg.kv_channels for layer in model.decoder.layers]
     attention = sum(2 * 2 * seq * h * cfg.kv_channels for h in heads)
     assert attention_flops_per_token(cfg, seq) == attention
+    mlp = sum(p.numel() for n, p in params.items() if p.dim() == 2 and ".mlp." in n)  # what selective recompute repeats
+    assert mlp_flops_per_token(cfg) == 2 * mlp
     assert forward_flops_per_token(cfg, seq) == 2 * matmul + attention

@@ -76,19 +76,15 @@ def test_optimizer_state_bytes():
     assert foreach.phases["optimizer step"] - fp32.phases["optimizer step"] == 4 * n  # torch's sqrt temporary
 
 
-@pytest.mark.parametrize("shape", [TINY_LLAMA, TINY_NEOX])
-def test_layer_activations_equal_autograd_saved_tensors(shape, megatron_runtime):
-    """Bytes per token one layer keeps for backward: the planner's count (CPU backend) == what autograd saves
-    (storage bytes, parameters excluded), from the difference of a 2-layer and a 1-layer model."""
+def _layer_saved_bytes(base: ModelConfig, seq: int, batch: int, execution=None) -> int:
+    """Bytes autograd saves for one layer's backward (storages, parameters excluded): a 2-layer model's minus a
+    1-layer model's."""
     from nemo_subnet.models import build_gpt_model
     from nemo_subnet.runtime import compute_device
 
-    seq, batch = 64, 2
-    base = ModelConfig(**shape)
-
     def saved_bytes(cfg):
         torch.manual_seed(0)
-        model = build_gpt_model(cfg)
+        model = build_gpt_model(cfg, execution=execution)
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         storages = {}
 
@@ -104,10 +100,35 @@ def test_layer_activations_equal_autograd_saved_tensors(shape, megatron_runtime)
             model(tokens, positions, attention_mask=None)
         return sum(storages.values())
 
-    measured = saved_bytes(dataclasses.replace(base, num_layers=2)) - saved_bytes(dataclasses.replace(base, num_layers=1))
+    return saved_bytes(dataclasses.replace(base, num_layers=2)) - saved_bytes(dataclasses.replace(base, num_layers=1))
+
+
+@pytest.mark.parametrize("recompute", ["none", "selective"])
+@pytest.mark.parametrize("shape", [TINY_LLAMA, TINY_NEOX])
+def test_layer_activations_equal_autograd_saved_tensors(shape, recompute, megatron_runtime):
+    """Bytes per token one layer keeps for backward: the planner's count (CPU backend) == what autograd saves."""
+    from nemo_subnet.models.execution import ExecutionOptions
+
+    seq, batch = 64, 2
+    base = ModelConfig(**shape)
+    measured = _layer_saved_bytes(base, seq, batch, ExecutionOptions(recompute=recompute))
     planned = layer_activation_bytes(base, 0, opts(precision="fp32", backend="cpu", seq_length=seq,
-                                                   micro_batch_size=batch)) * seq * batch
+                                                   micro_batch_size=batch, recompute=recompute)) * seq * batch
     assert planned == measured
+
+
+@pytest.mark.parametrize("shape", [TINY_LLAMA, TINY_NEOX])
+def test_selective_recompute_saves_most_of_a_layer(shape, megatron_runtime):
+    """Selective recompute must be worth its extra forward: with SDPA, recomputing the core attention (megatron's
+    core_attn) dropped only the logsumexp (0.1-0.2 % of a layer); recomputing the MLP drops its activations."""
+    from nemo_subnet.models.execution import ExecutionOptions
+
+    base = ModelConfig(**shape)
+    none = _layer_saved_bytes(base, 64, 2, ExecutionOptions())
+    selective = _layer_saved_bytes(base, 64, 2, ExecutionOptions(recompute="selective"))
+    ffn_terms = (5 if base.gated_mlp else 2) * base.ffn_hidden_size * 4 * 64 * 2  # fp32 bytes of the MLP's tensors
+    assert none - selective == ffn_terms
+    assert selective < 0.8 * none, (selective, none)  # Llama-shaped: 0.36 x; plain MLP (GPT-NeoX): 0.76 x
 
 
 def test_activation_options_reduce_memory_as_documented():
@@ -118,11 +139,17 @@ def test_activation_options_reduce_memory_as_documented():
     assert plan_memory(student, teacher, dataclasses.replace(base, global_batch_size=512)).total == plain.total
     sp = plan_memory(student, teacher, dataclasses.replace(base, sequence_parallel=True))
     full = plan_memory(student, teacher, dataclasses.replace(base, recompute="full"))
-    fused = plan_memory(student, teacher, dataclasses.replace(base, fused_output=True))
-    for smaller in (sp, full, fused):
+    selective = plan_memory(student, teacher, dataclasses.replace(base, recompute="selective"))
+    for smaller in (sp, full, selective):
         assert smaller.total < plain.total
     assert full.parts["student activations"] < plain.parts["student activations"] / 4
-    assert fused.parts["KD buffers / logits"] < plain.parts["KD buffers / logits"]
+    assert selective.parts["student activations"] < 0.75 * plain.parts["student activations"]  # the MLPs, / tp here
+    # the fused output where distill.fused_output auto takes it: a micro-batch of more than one chunk (here 4 x
+    # 4096 tokens at V/tp = 16032); with one chunk it saves nothing (and its fp32 grad_weight costs 2 bytes/row)
+    long = dataclasses.replace(base, micro_batch_size=4)
+    fused = plan_memory(student, teacher, dataclasses.replace(long, fused_output=True))
+    assert fused.total < plan_memory(student, teacher, long).total
+    assert fused.parts["KD buffers / logits"] < plan_memory(student, teacher, long).parts["KD buffers / logits"]
 
 
 def test_pipeline_first_stage_holds_pp_microbatches():

@@ -105,8 +105,12 @@ def test_nemo_subnet_run_dryrun_pythia_on_slurm_every_gpu_stage_gets_gpus(home):
         if task in gpus:
             assert f"#SBATCH --gpus-per-node={gpus[task]}" in lines, (task, lines)
             assert f"export NEMO_SUBNET_REQUIRE_CUDA={gpus[task]}" in lines, (task, lines)
+            # whole nodes, all their memory, 8 CPUs per rank for the one torchrun task per node
+            assert "#SBATCH --exclusive" in lines and "#SBATCH --mem=0" in lines, (task, lines)
+            assert f"#SBATCH --cpus-per-task={8 * gpus[task]}" in lines, (task, lines)
         else:
             assert "--gpus-per-node" not in text and "NEMO_SUBNET_REQUIRE_CUDA" not in text, (task, lines)
+            assert "--exclusive" not in text and "--mem" not in text and "#SBATCH --cpus-per-task=1" in lines
         nodes = 2 if task in ("distill", "baseline") else 1
         assert f"#SBATCH --nodes={nodes}" in lines, (task, lines)
         if gpus.get(task, 1) > 1:  # one torchrun per node, one rank per GPU
@@ -241,3 +245,26 @@ def test_warmup_not_shorter_than_the_run_fails_before_submitting():
 
     with pytest.raises(UserError, match="student_train.schedule.warmup_steps: 2 must be fewer than the decay steps 2"):
         resolve("tiny", ["config.student_train.schedule.train_steps=2"])
+
+
+def test_slurm_resources_are_typed_launch_fields():
+    """exclusive / mem / cpus_per_rank: typed LaunchConfig fields (keys, overrides, checked at load)."""
+    from nemo_subnet import config as configs
+    from nemo_subnet.recipes.cli import resolve
+    from nemo_subnet.recipes.executors import LaunchConfig, slurm_resources, stage_resources
+
+    shared = resolve("tiny", ["launch.executor=slurm", "launch.gpus_per_node=4", "launch.exclusive=false",
+                              "launch.mem=200G", "launch.cpus_per_rank=6"])[1]
+    assert slurm_resources(shared, stage_resources(shared, "train")) == {"cpus_per_task": 24, "mem": "200G"}
+    assert slurm_resources(shared, stage_resources(shared, "host")) == {"cpus_per_task": 6}
+    whole = LaunchConfig(executor="slurm", gpus_per_node=8)  # defaults: whole nodes, all their memory, 8 CPUs a rank
+    assert slurm_resources(whole, stage_resources(whole, "train")) == {"cpus_per_task": 64, "mem": "0",
+                                                                       "exclusive": True}
+    cpu = LaunchConfig(executor="slurm", nproc_per_node=2)
+    assert slurm_resources(cpu, stage_resources(cpu, "train")) == {"cpus_per_task": 2}  # CPU ranks: one each
+    with pytest.raises(configs.ConfigError) as err:  # both problems at once, each naming its field
+        resolve("tiny", ["launch.mem=lots", "launch.cpus_per_rank=0"])
+    assert "launch.mem: 'lots': expected SLURM's --mem form" in str(err.value)
+    assert "launch.cpus_per_rank: 0 is out of range; allowed: >= 1" in str(err.value)
+    with pytest.raises(configs.ConfigError, match="mem: '4 GB'"):
+        configs.check(LaunchConfig(mem="4 GB"))

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +91,74 @@ def test_slurm_port_is_shared_by_every_task_and_host_parsed_without_scontrol(mon
     assert len(ports) == 1
     assert detect_launch_env({**base, "SLURM_PROCID": "0"}).master_addr == "node07"
     assert _first_slurm_host("single-node") == "single-node"
+
+
+@pytest.mark.distributed
+def test_rng_streams_per_pipeline_stage_and_tensor_rank(tmp_path):
+    """TP2 x PP2: each pipeline stage seeds its own streams (before: every stage replayed stage 0's, so its
+    layers drew the same init and dropout masks), TP ranks of a stage share the default stream (the init
+    draws weights whole) and differ in megatron's model-parallel stream; a random init does not depend on TP."""
+    from torchrun_utils import run_torchrun
+
+    worker = str(Path(__file__).parent / "rng_worker.py")
+    run_torchrun(worker, 4, "--tp", "2", "--pp", "2", "--out", str(tmp_path), timeout=300)
+    ranks = {(r["pp"], r["tp"]): r for r in (torch.load(p) for p in sorted(tmp_path.glob("rank_*.pt")))}
+    assert sorted(ranks) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert {k: r["initial_seed"] for k, r in ranks.items()} == {(0, 0): 1234, (0, 1): 1234, (1, 0): 1334, (1, 1): 1334}
+    for stage in (0, 1):
+        assert torch.equal(ranks[stage, 0]["default"], ranks[stage, 1]["default"])
+        assert not torch.equal(ranks[stage, 0]["tracker"], ranks[stage, 1]["tracker"])
+    for tp in (0, 1):
+        assert not torch.equal(ranks[0, tp]["default"], ranks[1, tp]["default"])
+        assert not torch.equal(ranks[0, tp]["tracker"], ranks[1, tp]["tracker"])
+    # the first layer of each stage (layers 0 and 2): different draws; the two TP halves of one weight differ
+    assert not torch.equal(ranks[0, 0]["fc1"], ranks[1, 0]["fc1"])
+    assert not torch.equal(ranks[0, 0]["fc1"], ranks[0, 1]["fc1"])
+    (tmp_path / "tp1").mkdir()
+    run_torchrun(worker, 2, "--tp", "1", "--pp", "2", "--out", str(tmp_path / "tp1"), timeout=300)
+    tp1 = {r["pp"]: r for r in (torch.load(p) for p in (tmp_path / "tp1").glob("rank_*.pt"))}
+    for stage in (0, 1):  # the TP=2 shards of a stage are the TP=1 weight, split
+        torch.testing.assert_close(torch.cat([ranks[stage, 0]["fc1"], ranks[stage, 1]["fc1"]]), tp1[stage]["fc1"],
+                                   rtol=0, atol=0)
+
+
+def test_random_init_is_drawn_on_the_host_also_on_gpu(monkeypatch):
+    """A random init is drawn whole on the host (TP- and device-independent) even when CUDA is present; a
+    model built to receive a checkpoint allocates on the device (before: device init on GPU, per-TP-rank)."""
+    from nemo_subnet.models.config import ModelConfig, initialize_on_host, to_transformer_config
+
+    assert initialize_on_host(True, on_gpu=True) and initialize_on_host(False, on_gpu=False)
+    assert not initialize_on_host(False, on_gpu=True)
+    from rng_worker import TINY
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = ModelConfig(**TINY)
+    assert to_transformer_config(cfg, perform_initialization=True).use_cpu_initialization
+    assert not to_transformer_config(cfg, perform_initialization=False).use_cpu_initialization
+
+
+@pytest.mark.parametrize("local_rank,visible,index", [
+    (0, 8, 0), (5, 8, 5),  # torchrun, or srun without binding: every rank sees the node's GPUs
+    (5, 1, 0), (0, 1, 0),  # srun --gpus-per-task=1: SLURM_LOCALID 5, one GPU visible (before: an error)
+])
+def test_device_index_of_a_rank(local_rank, visible, index):
+    from nemo_subnet.runtime.gpu_request import local_device_index
+
+    assert local_device_index(local_rank, visible) == index
+
+
+def test_more_ranks_than_gpus_is_one_clear_error():
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.runtime.gpu_request import local_device_index
+
+    with pytest.raises(UserError, match="local rank 4 but only 2 GPU"):
+        local_device_index(4, 2)
+
+
+def test_two_ranks_on_one_gpu_are_refused():
+    from nemo_subnet.cli import UserError
+    from nemo_subnet.runtime.gpu_request import check_distinct_gpus
+
+    check_distinct_gpus([("node1", "GPU-a"), ("node1", "GPU-b"), ("node2", "GPU-a")])  # same UUID, other host: fine
+    with pytest.raises(UserError, match="ranks 0 and 2 both run on GPU GPU-a of host node1"):
+        check_distinct_gpus([("node1", "GPU-a"), ("node1", "GPU-b"), ("node1", "GPU-a")])

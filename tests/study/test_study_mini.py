@@ -94,6 +94,8 @@ def test_seeds_are_paired_and_searches_vary(study):
 def test_flop_accounting_matches_independent_counts(study):
     from nemo_subnet.models.config import ModelConfig
     from nemo_subnet.models.counting import forward_flops_per_token
+    from nemo_subnet.subnet.config import SubnetConfig, resolve
+    from nemo_subnet.subnet.extract import extract_model_config
 
     config, results, summary, out = study
     root, teacher = out / "study", _teacher(out)

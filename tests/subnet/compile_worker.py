@@ -94,7 +94,7 @@ def _objective_check(supernet, cfg, backend, rng) -> dict:
     from nemo_subnet.search.objective import SupernetPerplexity
 
     data = random_batches(cfg.vocab_size, num_batches=2, seq_length=12, micro_batch_size=2, seed=1)
-    objective = SupernetPerplexity(supernet, cfg, data)
+    objective = SupernetPerplexity(supernet, cfg, data, forward="masked")  # the compiled super-network itself
     subnets = [random_subnet(cfg, rng, KINDS[i % len(KINDS)]) for i in range(4)]
     compiled, graphs = [], []
     for subnet in subnets:

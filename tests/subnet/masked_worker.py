@@ -1,7 +1,7 @@
-"""torchrun worker: masked super-network logits at a given TP/PP for seeded random sub-networks.
+"""torchrun worker: masked and compacted super-network logits at a given TP/PP for seeded random sub-networks.
 
-The last pipeline stage (TP rank 0) saves {variant: [logits per config]} to --out; the test compares
-them with the extracted models in a TP=1 process.
+The last pipeline stage (TP rank 0) saves {"logits": {variant: [masked logits per config]}, "compact": {...}}
+to --out; the test compares them with the extracted models in a TP=1 process.
 """
 
 import argparse
@@ -21,12 +21,21 @@ from nemo_subnet.conversion.sharding import load_global_state  # noqa: E402
 from nemo_subnet.models.inference import forward_logits  # noqa: E402
 from nemo_subnet.models.tiny_hf import make_hf_config, make_hf_model  # noqa: E402
 from nemo_subnet.runtime import init_runtime, shutdown_runtime  # noqa: E402
+from nemo_subnet.subnet.compact import compact_subnet  # noqa: E402
+from nemo_subnet.subnet.config import LayerSubnet, SubnetConfig  # noqa: E402
 from nemo_subnet.subnet.supernet import build_supernet  # noqa: E402
 
 
 def sample_configs(cfg, variant: str, count: int):
+    """``count`` random sub-networks, then two edge cases: at PP=2 one stage keeps no layer; at TP=2 one rank
+    keeps no head group and no FFN neuron of a layer (its compacted shard holds zeroed dummies)."""
     rng = random.Random(f"dist-{variant}")
-    return [random_subnet(cfg, rng, KINDS[i % len(KINDS)]) for i in range(count)]
+    configs = [random_subnet(cfg, rng, KINDS[i % len(KINDS)]) for i in range(count)]
+    last_group, last_neuron = cfg.num_query_groups - 1, cfg.ffn_hidden_size - 1
+    configs.append(SubnetConfig(hidden=list(range(0, cfg.hidden_size, 2)), layers=[0],
+                                layer=LayerSubnet(query_groups=[0], heads_per_group=1, ffn=[0, 1, 2])))
+    configs.append(SubnetConfig(layers=[cfg.num_layers - 1], layer=LayerSubnet(query_groups=[last_group], ffn=[last_neuron])))
+    return configs
 
 
 def main() -> int:
@@ -42,20 +51,21 @@ def main() -> int:
     init_runtime(tp=args.tp, pp=args.pp, seed=5)
     vocab = min(make_hf_config(variant).vocab_size for variant in args.variants.split(","))  # valid for every variant
     tokens = torch.randint(0, vocab, (2, 12), generator=torch.Generator().manual_seed(0))
-    results = {}
+    results, compact = {}, {}
     for variant in args.variants.split(","):
         hf = make_hf_model(variant, seed=3)
         adapter = adapter_for_model_type(hf.config.model_type)
         cfg = adapter.config_from_hf(hf.config)
         supernet = build_supernet(cfg, perform_initialization=False)
         load_global_state(supernet, cfg, adapter.hf_to_megatron(cfg, hf.state_dict().__getitem__))
-        results[variant] = []
+        results[variant], compact[variant] = [], []
         for subnet in sample_configs(cfg, variant, args.configs):
             supernet.set_subnet(subnet)
             results[variant].append(forward_logits(supernet, cfg, tokens))
+            compact[variant].append(forward_logits(compact_subnet(supernet, subnet), cfg, tokens))
     if parallel_state.is_pipeline_last_stage() and parallel_state.get_tensor_model_parallel_rank() == 0:
         tmp = Path(args.out + ".tmp")
-        torch.save({"tokens": tokens, "logits": results}, tmp)
+        torch.save({"tokens": tokens, "logits": results, "compact": compact}, tmp)
         tmp.replace(args.out)
     dist.barrier()
     shutdown_runtime()

@@ -1,4 +1,5 @@
-"""Masked super-network == extracted standalone model, for many random sub-networks of every family."""
+"""Masked super-network == compacted sub-network == extracted standalone model, for many random sub-networks
+of every family."""
 
 import random
 
@@ -12,6 +13,7 @@ from nemo_subnet.models import build_gpt_model
 from nemo_subnet.models.inference import forward_logits
 from nemo_subnet.models.tiny_hf import FAMILY_VARIANTS, make_hf_model
 from nemo_subnet.runtime import compute_device
+from nemo_subnet.subnet.compact import compact_subnet
 from nemo_subnet.subnet.config import SubnetConfig
 from nemo_subnet.subnet.extract import extract_model_config, extract_state
 from nemo_subnet.subnet.params import count_parameters, subnet_parameters
@@ -38,7 +40,7 @@ def _extracted(cfg, resolved, state):
 
 
 @pytest.mark.parametrize("variant", FAMILY_VARIANTS + ("gpt_neox_sequential", "llama3_tied", "smollm2"))
-def test_masked_supernet_equals_extracted_model(variant, megatron_runtime):
+def test_masked_and_compact_supernet_equal_extracted_model(variant, megatron_runtime):
     cfg, supernet, state = _supernet(variant)
     tokens = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
     rng = random.Random(variant)
@@ -48,13 +50,17 @@ def test_masked_supernet_equals_extracted_model(variant, megatron_runtime):
         subnet = random_subnet(cfg, rng, KINDS[i % len(KINDS)])
         resolved = supernet.set_subnet(subnet)
         masked = forward_logits(supernet, cfg, tokens)
+        compact = compact_subnet(supernet, subnet)
         sub_cfg, model = _extracted(cfg, resolved, state)
         layerwise_seen += sub_cfg.is_layerwise
-        diff = (masked - forward_logits(model, sub_cfg, tokens)).abs().max().item()
-        worst = max(worst, diff)
-        assert diff <= 1e-4, (i, subnet, diff)
+        extracted = forward_logits(model, sub_cfg, tokens)
+        diff = (masked - extracted).abs().max().item()
+        compact_diff = (forward_logits(compact, cfg, tokens) - extracted).abs().max().item()
+        worst = max(worst, diff, compact_diff)
+        assert diff <= 1e-4 and compact_diff <= 1e-4, (i, subnet, diff, compact_diff)
         n_params = sum(p.numel() for p in model.parameters())
         assert count_parameters(sub_cfg) == n_params == subnet_parameters(cfg, subnet), subnet
+        assert sum(p.numel() for p in compact.parameters()) == n_params, subnet  # TP=1: nothing dummy, nothing more
     assert layerwise_seen > 0
     print(f"{variant}: {n_configs} configs, worst max abs diff {worst:.2e}")
 

@@ -1,4 +1,5 @@
-"""Masked super-network under TP=2 / PP=2 (each rank masks its own shard) == extracted model."""
+"""Masked and compacted super-network under TP=2 / PP=2 (each rank masks / compacts its own shard, uneven
+local widths and empty stages included) == extracted model."""
 
 from pathlib import Path
 
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.distributed
     (2, 2, ("gpt_neox",)),
     (3, 1, ("smollm2",)),  # 9 heads in 3 groups: one group per rank; TP=2 cannot split them
 ])
-def test_masked_under_parallelism_equals_extracted(tp, pp, variants, tmp_path, megatron_runtime):
+def test_masked_and_compact_under_parallelism_equal_extracted(tp, pp, variants, tmp_path, megatron_runtime):
     out = tmp_path / "logits.pt"
     run_torchrun(WORKER, tp * pp, "--tp", str(tp), "--pp", str(pp), "--variants", ",".join(variants),
                  "--configs", str(CONFIGS), "--out", str(out))
@@ -36,10 +37,13 @@ def test_masked_under_parallelism_equals_extracted(tp, pp, variants, tmp_path, m
         adapter = adapter_for_model_type(hf.config.model_type)
         cfg = adapter.config_from_hf(hf.config)
         state = adapter.hf_to_megatron(cfg, hf.state_dict().__getitem__)
-        for subnet, masked in zip(sample_configs(cfg, variant, CONFIGS), saved["logits"][variant], strict=True):
+        configs = sample_configs(cfg, variant, CONFIGS)
+        for subnet, masked, compact in zip(configs, saved["logits"][variant], saved["compact"][variant], strict=True):
             resolved = resolve(cfg, subnet)
             sub_cfg = extract_model_config(cfg, resolved)
             model = build_gpt_model(sub_cfg, perform_initialization=False)
             load_global_state(model, sub_cfg, extract_state(cfg, resolved, state))
-            diff = (masked - forward_logits(model, sub_cfg, saved["tokens"]).cpu()).abs().max().item()
-            assert diff <= 1e-4, (variant, subnet, diff)
+            extracted = forward_logits(model, sub_cfg, saved["tokens"]).cpu()
+            diff = (masked - extracted).abs().max().item()
+            compact_diff = (compact - extracted).abs().max().item()
+            assert diff <= 1e-4 and compact_diff <= 1e-4, (variant, subnet, diff, compact_diff)

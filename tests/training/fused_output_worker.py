@@ -66,7 +66,7 @@ def _step_results(name: str, runtime, sequence_parallel: bool) -> dict:
     from nemo_subnet.kernels import Divergence
     from nemo_subnet.models import ModelConfig, build_gpt_model
     from nemo_subnet.training.config import DataConfig, DistillConfig, ParallelConfig, TrainConfig
-    from nemo_subnet.training.loop import _build_student, _dtype, _Step
+    from nemo_subnet.training.loop import _build_student, _Step
     from nemo_subnet.training.output_layer import is_deferred
     from nemo_subnet.training.teacher import StudentWithTeacher
 
@@ -80,7 +80,7 @@ def _step_results(name: str, runtime, sequence_parallel: bool) -> dict:
         distill.teacher = Path("in-process-teacher")  # only loss_weights reads it
     config = TrainConfig(data=data, distill=distill, parallel=ParallelConfig(
         tp=runtime.tp, pp=runtime.pp, precision=precision, sequence_parallel=sequence_parallel))
-    dtype = _dtype(config)
+    dtype = config.parallel.params_dtype()
     model, ddp, _, _ = _build_student(config, student_cfg, dtype)
     assert model.config.sequence_parallel == sequence_parallel
     pair = None

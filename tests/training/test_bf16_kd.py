@@ -61,3 +61,27 @@ def test_run_trains_weights_in_its_precision(runs, precision, dtype):
     assert any("layernorm" in name or "layer_norm" in name for name in weights), sorted(weights)
     assert {d for d in weights.values()} == {dtype}, weights
     assert {d for name, d in tensors.items() if name.startswith("optimizer.")} == {torch.float32}
+
+
+@pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
+def test_trained_model_records_its_dtype_and_later_stages_load_it(runs, precision, dtype, tmp_path, megatron_runtime):
+    """A student trained in bf16 from an fp32 checkpoint records bfloat16 (before: the init's float32), so the
+    plain checkpoint the pipeline makes of it (model_checkpoint.py) and the importance / search super-network
+    built from that load in bf16, not fp32."""
+    import subprocess
+    import sys
+
+    from conftest import env
+
+    from nemo_subnet.checkpointing import read_model_config
+    from nemo_subnet.importance.evaluation import load_supernet
+
+    step = runs[precision] / "checkpoints" / f"step_{STEPS:07d}"
+    assert read_model_config(step).torch_dtype == dtype
+    plain = tmp_path / "model"
+    proc = subprocess.run([sys.executable, "-m", "nemo_subnet.pipeline.model_checkpoint", str(step), str(plain)],
+                          capture_output=True, text=True, env=env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg, supernet = load_supernet(plain)
+    assert cfg.torch_dtype == dtype and supernet.config.params_dtype == dtype
+    assert supernet.decoder.layers[0].mlp.linear_fc1.weight.dtype == dtype

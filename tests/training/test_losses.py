@@ -68,3 +68,45 @@ def test_topk_teacher_matches_kernel_topk_loss(batch, divergence, beta):
                             vocab_size=VOCAB)
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(values, teacher[..., :VOCAB].topk(5, dim=-1).values)  # the global top-k, no padding
+
+
+def _gemms_per_call(fn) -> int:
+    """aten GEMMs (mm / addmm, in or out of place) that ``fn`` runs."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func.overloadpacket.__name__ in ("mm", "addmm", "addmm_", "matmul")
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_fused_kd_at_alpha_zero_pays_one_output_gemm_for_the_logged_ce(batch):
+    """Default KD (alpha_ce 0) on the fused path, one chunk per micro-batch: the KD op runs the student's and
+    the teacher's logits, grad_hidden and grad_weight (4 GEMMs); the CE, computed only for the logs, adds its
+    forward matmul and nothing else (before: its gradient too, 3 GEMMs, and a zero-filled [V, h] buffer).
+    Validation (no_grad, no teacher): one GEMM (before: 2, grad_weight included)."""
+    _, labels, mask = batch
+    gen = torch.Generator().manual_seed(1)
+    device = labels.device
+    hidden = torch.randn(2, 7, 16, generator=gen).to(device).requires_grad_()  # [b, s, h]
+    weight = (torch.randn(PADDED, 16, generator=gen) * 0.25).to(device).requires_grad_()  # [v, h]
+    teacher = LMOutput(torch.randn(2, 7, 16, generator=gen).to(device), torch.randn(PADDED, 16, generator=gen).to(device))
+    student = LMOutput(hidden, weight)
+    kd = _gemms_per_call(lambda: lm_loss(student, labels, mask, VOCAB, (0.0, 1.0), DistillConfig(), teacher))
+    assert kd == 4 + 1, kd
+
+    def validate():
+        with torch.no_grad():
+            lm_loss(student, labels, mask, VOCAB, (1.0, 0.0), DistillConfig())
+
+    assert _gemms_per_call(validate) == 1
+    loss, logs = lm_loss(student, labels, mask, VOCAB, (0.0, 1.0), DistillConfig(), teacher)
+    expected_ce = F.cross_entropy((hidden @ weight.T)[..., :VOCAB].reshape(-1, VOCAB), labels.reshape(-1),
+                                  reduction="none")
+    torch.testing.assert_close(logs["ce"], (expected_ce * mask.reshape(-1)).sum() / mask.sum(), rtol=1e-5, atol=1e-6)
