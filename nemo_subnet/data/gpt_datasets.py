@@ -43,6 +43,9 @@ class GPTDataConfig:
     """Tokens per sample (the model's sequence length)."""
     seed: int = 1234
     """Seed of megatron's document and sample shuffles."""
+    eval_seed: int | None = None
+    """Seed of the valid and test shuffles (None: ``seed``). Fixed, runs of different data orders are measured
+    on the same evaluation samples, so their differences are not evaluation noise."""
     max_position: int | None = None
     """The model's position limit (max_position_embeddings); seq_length may not exceed it."""
     model_vocab_size: int | None = None
@@ -135,21 +138,30 @@ def build_gpt_datasets(config: GPTDataConfig, train_samples: int, valid_samples:
     if test_samples is not None:
         _check_split_length(config, metadata, "test")
     tokenizer = _EodTokenizer(metadata["vocab_size"], metadata["eod"], split_fingerprint(prefixes.values()))
-    gpt_config = GPTDatasetConfig(
-        random_seed=config.seed,
-        sequence_length=config.seq_length,
-        blend_per_split=[([prefixes["train"]], None), ([prefixes["valid"]], None),
-                         ([prefixes["test"]], None) if test_samples is not None else None],
-        path_to_cache=str(config.cache_dir or data_dir / "cache"),
-        tokenizer=tokenizer,
-        reset_position_ids=config.reset_position_ids,
-        reset_attention_mask=config.reset_attention_mask,
-        eod_mask_loss=config.eod_mask_loss,
-        create_attention_mask=config.create_attention_mask,
-    )
-    builder = BlendedMegatronDatasetBuilder(GPTDataset, [train_samples, valid_samples, test_samples], lambda: True,
-                                            gpt_config)
-    train, valid, test = builder.build()
+    blends = [([prefixes["train"]], None), ([prefixes["valid"]], None),
+              ([prefixes["test"]], None) if test_samples is not None else None]
+    sizes = [train_samples, valid_samples, test_samples]
+
+    def build(seed: int, wanted: tuple[int, ...]) -> list:
+        """The splits in ``wanted`` (0 train, 1 valid, 2 test) shuffled with ``seed``; None for the others."""
+        gpt_config = GPTDatasetConfig(
+            random_seed=seed,
+            sequence_length=config.seq_length,
+            blend_per_split=[blend if i in wanted else None for i, blend in enumerate(blends)],
+            path_to_cache=str(config.cache_dir or data_dir / "cache"),
+            tokenizer=tokenizer,
+            reset_position_ids=config.reset_position_ids,
+            reset_attention_mask=config.reset_attention_mask,
+            eod_mask_loss=config.eod_mask_loss,
+            create_attention_mask=config.create_attention_mask,
+        )
+        return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, gpt_config).build()
+
+    if config.eval_seed is None or config.eval_seed == config.seed:
+        train, valid, test = build(config.seed, (0, 1, 2))
+    else:  # the training order follows the seed, the evaluation samples stay fixed
+        train = build(config.seed, (0,))[0]
+        _, valid, test = build(config.eval_seed, (1, 2))
     return GPTDatasets(train=train, valid=valid, metadata=metadata, test=test)
 
 

@@ -3,9 +3,9 @@ on exactly the samples a training run evaluates.
 
 An imported teacher was never trained here, so it has no curve to read its numbers from; the report compares it
 with the students on their own yardstick: the first ``logging.eval_iters`` micro-batches of the valid split and
-the first ``logging.test_iters`` of the test split, drawn with the run's ``data.seed`` and ``data.seq_length``
-(``importance.evaluation.load_batches`` builds the same megatron datasets the training loop does). One process
-at TP=1, PP=1: a teacher that needs more does not fit the hosts this stage is meant for.
+the first ``logging.test_iters`` of the test split, drawn with the run's ``data.eval_seed`` (else ``data.seed``)
+and ``data.seq_length`` (``importance.evaluation.load_batches`` builds the same megatron datasets the training
+loop does). One process at TP=1, PP=1: a teacher that needs more does not fit the hosts this stage is meant for.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def evaluate_model(ckpt: str | Path, run) -> dict:
         for split, iters in (("valid", run.logging.eval_iters), ("test", run.logging.test_iters)):
             if iters:
                 batches = load_batches(data.path, cfg, split=split, num_batches=iters, seq_length=data.seq_length,
-                                       micro_batch_size=data.micro_batch_size, seed=data.seed)
+                                       micro_batch_size=data.micro_batch_size,
+                                       seed=data.seed if data.eval_seed is None else data.eval_seed)
                 out[f"{split}_ppl"] = perplexity(evaluate_loss(model.eval(), cfg, batches))
     return out
 

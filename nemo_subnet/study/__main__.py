@@ -1,7 +1,10 @@
-"""``python -m nemo_subnet.study [--preset full|mini] [--out DIR] [--seeds 1 2 3] [--rows NAME ...] [KEY=VALUE ...]``.
+"""``python -m nemo_subnet.study [--preset smollm2|mini] [--out DIR] [--seeds 1 2 3] [--rows NAME ...] [--report-only]
+[KEY=VALUE ...]``.
 
 The preset is a ``StudyConfig``; ``--out``, ``--seeds`` and dotted ``KEY=VALUE`` overrides
 (``base.search.evaluations=8``) change it through the one config mechanism, checked before anything runs.
+Every run is resumable: rerunning the same command continues where it stopped. ``--report-only`` writes the
+report from the runs finished so far without training (while a study is running, or cut short).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from nemo_subnet.study.config import PRESETS
 
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="smollm2")
     parser.add_argument("--out", help="study directory (default: the preset's)")
     parser.add_argument("--results", type=Path, help="where study.csv/.md/.png go (default: <out>/report)")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the preset's)")
     parser.add_argument("--rows", nargs="+", help="only these rows (default: all)")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the finished runs, train nothing")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted overrides of the StudyConfig, values parsed as YAML (base.search.evaluations=8)")
 
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
     from nemo_subnet import config as configs
     from nemo_subnet.errors import UserError
-    from nemo_subnet.study.report import REFERENCE, recorded_wall_s, write_report
+    from nemo_subnet.study.report import REFERENCE, collect, write_report
     from nemo_subnet.study.run import run_study
 
     changes = {k: v for k, v in (("out_dir", args.out), ("seeds", args.seeds)) if v}
@@ -54,20 +58,20 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     begin = time.perf_counter()
-    try:
-        rows = run_study(config, rows=args.rows)
-    except UserError as err:
-        print(f"study: error: {err}", file=sys.stderr)
-        return 2
-    results = args.results or Path(config.out_dir) / "report"
-    if not {"random_ce", REFERENCE} <= {r["row"] for r in rows}:
-        print(f"study: the report needs the random_ce and {REFERENCE} rows; rows done: "
-              + ", ".join(r["row"] for r in rows))
+    if not args.report_only:
+        try:
+            run_study(config, rows=args.rows)
+        except UserError as err:
+            print(f"study: error: {err}", file=sys.stderr)
+            return 2
+    results = collect(Path(config.out_dir), config.rows(), config.seeds)
+    if not results.get(REFERENCE):
+        print(f"study: no seed of the reference row {REFERENCE} has finished: no target, no report yet")
         return 0
-    wall = recorded_wall_s(Path(config.out_dir), rows)
-    write_report(rows, results, wall)
-    print(f"study: {len(rows)} rows ({(time.perf_counter() - begin) / 60:.1f} min this run, {wall / 60:.1f} min "
-          f"recorded in all) -> {results / 'study.md'}")
+    out = args.results or Path(config.out_dir) / "report"
+    summary = write_report(config, results, out)
+    print(f"study: {len(summary['per_seed'])} runs reported ({(time.perf_counter() - begin) / 60:.1f} min this "
+          f"call) -> {out / 'study.md'}")
     return 0
 
 

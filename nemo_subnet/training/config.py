@@ -53,6 +53,9 @@ class DataConfig:
     """Samples per optimizer step over all data-parallel ranks; a multiple of micro_batch_size * dp."""
     seed: int = 1234
     """Seed of megatron's document / sample shuffles."""
+    eval_seed: int | None = None
+    """Seed of the valid / test shuffles (None: ``seed``): fix it to measure runs of different data orders on the
+    same evaluation samples (the study's seeds are then paired)."""
     eod_mask_loss: bool = False
 
 
@@ -148,6 +151,9 @@ class LoggingConfig:
     log_every: PositiveInt = 1
     eval_every: NonNegativeInt = 0
     """Validation every N steps (0: only at the end)."""
+    eval_steps: list[PositiveInt] = field(default_factory=list)
+    """Also validate after these steps: dense points early, where a curve falls fastest (a crossing of a target
+    there is then resolved, not interpolated over a whole eval_every interval)."""
     eval_iters: PositiveInt = 4
     """Validation micro-batches in total, split over data-parallel ranks: the same eval_iters *
     micro_batch_size samples (a fixed prefix of the valid split) at any layout; a multiple of dp."""

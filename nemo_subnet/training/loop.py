@@ -126,7 +126,7 @@ def _check_inputs(config: TrainConfig) -> tuple[ModelConfig, ModelConfig | None,
 
 def _data_config(config: TrainConfig, model_cfg: ModelConfig) -> GPTDataConfig:
     return GPTDataConfig(data_dir=Path(config.data.path), seq_length=config.data.seq_length, seed=config.data.seed,
-                         max_position=model_cfg.max_position_embeddings, model_vocab_size=model_cfg.vocab_size,
+                         eval_seed=config.data.eval_seed, max_position=model_cfg.max_position_embeddings, model_vocab_size=model_cfg.vocab_size,
                          eod_mask_loss=config.data.eod_mask_loss)
 
 
@@ -392,6 +392,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 
         progress = tqdm(total=config.schedule.train_steps, initial=step, unit="step", dynamic_ncols=True)
     last_train, last_valid, last_test, last_saved, status = {}, {}, {}, (latest if resume else None), "completed"
+    eval_steps = set(config.logging.eval_steps)
     ddp.train()
     try:
         if config.logging.eval_at_start and step == 0:  # the curve starts at the init itself
@@ -426,7 +427,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{logs['loss']:.4f}", tok_s=f"{throughput:,.0f}")
-            if config.logging.eval_every and step % config.logging.eval_every == 0:
+            if (config.logging.eval_every and step % config.logging.eval_every == 0) or step in eval_steps:
                 last_valid = evaluate()
             if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
                 last_saved = save()

@@ -141,3 +141,26 @@ def test_two_ranks_build_on_rank0_first_and_split_the_stream(prepared_jsonl, tmp
     for step in range(3):
         both = ranks[0]["batches"][step] + ranks[1]["batches"][step]
         assert both == [train[i]["tokens"].tolist() for i in range(4 * step, 4 * step + 4)]
+
+
+def test_eval_seed_fixes_the_evaluation_samples_across_data_orders(tmp_path, documents):
+    """Training order follows seed; valid and test follow eval_seed, so runs of different seeds are measured on
+    the same samples (without it, valid and test are reshuffled by the seed too)."""
+    from conftest import prepare, write_corpus
+
+    prepared = prepare([write_corpus(tmp_path / "corpus", "jsonl", documents)], tmp_path / "out", valid_fraction=0.2,
+                       test_fraction=0.2)
+
+    def datasets(seed, eval_seed):
+        return build_gpt_datasets(GPTDataConfig(data_dir=prepared.out, seq_length=SEQ, seed=seed,
+                                                eval_seed=eval_seed), 200, 4, 4)
+
+    a, b, same_seed = datasets(5, 99), datasets(6, 99), datasets(5, None)
+    assert any(not torch.equal(a.train[i]["tokens"], b.train[i]["tokens"]) for i in range(10))
+    for split in ("valid", "test"):
+        for i in range(4):
+            torch.testing.assert_close(getattr(a, split)[i]["tokens"], getattr(b, split)[i]["tokens"], rtol=0, atol=0)
+    for i in range(10):  # the training order is the seed's alone
+        torch.testing.assert_close(a.train[i]["tokens"], same_seed.train[i]["tokens"], rtol=0, atol=0)
+    reshuffled = [datasets(seed, None).valid for seed in (5, 6)]
+    assert any(not torch.equal(reshuffled[0][i]["tokens"], reshuffled[1][i]["tokens"]) for i in range(4))

@@ -1,22 +1,22 @@
-"""The miniature study end to end: every row, 2 seeds; the report's structure and arithmetic; resume per row.
+"""The miniature study end to end: every row, 2 seeds; pairing, FLOP accounting, the report's arithmetic, resume.
 
 FLOPs are checked against their definitions: the student's fwd+bwd per token against 3 x the one counter
-(``models.counting.forward_flops_per_token``, itself checked against a built model's weights in
-tests/models/test_counting.py) of the extracted model.yaml, i.e. the study counts the student it trained; the
-teacher's forward against the same function of the teacher; importance against its definition (one calibration
-pass: the default layer metric needs no layer drops) and search against every recorded evaluation (its tokens,
-its rung, the sub-network's own forward).
+(``models.counting.forward_flops_per_token``) of the model.yaml the run trained; the teacher's forward against the
+same function of the teacher, only for online KD; importance against one calibration pass (the default layer
+metric needs no layer drops) charged to every init that read the scores; search against the sum of the recorded
+evaluations; a cache against the samples it covers.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 
 import pytest
 
-pytestmark = pytest.mark.slow  # ~2-3 minutes on 2 cores: one of the few slow tests
+pytestmark = pytest.mark.slow  # a few minutes on 2 cores: one of the few slow tests
 
 
 @pytest.fixture(scope="module")
@@ -24,35 +24,71 @@ def study(tmp_path_factory):
     import dataclasses
 
     from nemo_subnet.study.config import mini
-    from nemo_subnet.study.report import recorded_wall_s, write_report
+    from nemo_subnet.study.report import collect, write_report
     from nemo_subnet.study.run import run_study
 
     out = tmp_path_factory.mktemp("study")
     config = dataclasses.replace(mini(), out_dir=str(out / "study"))
-    rows = run_study(config, log=lambda _: None)
-    summary = write_report(rows, out / "report", recorded_wall_s(config.out_dir, rows))
-    return config, rows, summary, out
+    results = run_study(config, log=lambda _: None)
+    summary = write_report(config, results, out / "report")
+    assert collect(out / "study", config.rows(), config.seeds) == results
+    return config, results, summary, out
 
 
-def test_every_row_and_file(study):
-    config, rows, summary, out = study
-    assert [r["row"] for r in rows] == [r.name for r in config.rows()]
-    assert len(rows) == 3 + 8 + 4 + 8
-    for name in ("study.csv", "study.md", "curves_tokens.png", "curves_compute.png"):
+def _teacher(out):
+    from nemo_subnet.models.config import ModelConfig
+
+    return ModelConfig.load(out / "study" / "base" / "teacher" / "model" / "model.yaml")
+
+
+def test_every_row_seed_and_file(study):
+    config, results, summary, out = study
+    assert list(results) == [r.name for r in config.rows()]
+    for name in ("study.csv", "study_seeds.csv", "comparisons.csv", "study.md", "curves_tokens.png",
+                 "curves_compute.png"):
         assert (out / "report" / name).stat().st_size > 0
-    with (out / "report" / "study.csv").open() as f:
-        table = list(csv.DictReader(f))
-    assert [r["row"] for r in table] == [r["row"] for r in rows]
+    with (out / "report" / "study_seeds.csv").open() as f:
+        per_seed = list(csv.DictReader(f))
+    assert len(per_seed) == len(config.rows()) * len(config.seeds)
     text = (out / "report" / "study.md").read_text()
-    assert all(f"| {r['row']} |" in text for r in rows)
-    for row in rows:
-        assert [s["seed"] for s in row["seeds"]] == config.seeds
-        for seed in row["seeds"]:
-            assert seed["curve"][0][0] == 0  # every curve starts with the init itself
-            assert seed["test_ppl"] is not None and seed["test_ppl"] > 1
-            student = config.base.student_train
-            steps = student.schedule.train_steps * (config.long_factor if row["row"] == "random_ce_long" else 1)
-            assert seed["tokens"] == steps * student.data.global_batch_size * student.data.seq_length
+    assert config.scale in text and "## Verdicts" in text and all(f"| {r.name} |" in text for r in config.rows())
+    student = config.base.student_train
+    for row in config.rows():
+        runs = results[row.name]
+        assert [s["seed"] for s in runs] == config.seeds
+        for seed in runs:
+            steps = [t // (student.data.global_batch_size * student.data.seq_length) for t, _ in seed["curve"]]
+            assert steps[:2] == [0, 1]  # the init itself, then the dense early point (logging.eval_steps)
+            assert seed["test_ppl"] > 1 and seed["tokens"] == seed["steps"] * student.data.global_batch_size * \
+                student.data.seq_length
+            base = student.schedule.train_steps
+            if row.tokens == "reference":
+                assert seed["steps"] == base * config.long_factor
+            elif row.tokens == "kd_compute":  # as many CE tokens as the online-KD run's FLOPs buy
+                s, t = seed["student_train_flops_per_token"], _teacher_fwd(out, config)
+                assert seed["steps"] == round(base * (s + t) / s) > base
+            else:
+                assert seed["steps"] == base
+
+
+def _teacher_fwd(out, config):
+    from nemo_subnet.models.counting import forward_flops_per_token
+
+    return forward_flops_per_token(_teacher(out), config.base.student_train.data.seq_length)
+
+
+def test_seeds_are_paired_and_searches_vary(study):
+    """Fixed inits (Minitron, first-k) start at the same valid ppl in every seed: the same evaluation samples.
+    Random and evolutionary search get different seeds from each other and per study seed."""
+    config, results, summary, out = study
+    for row in ("minitron_kd", "firstk_ce"):
+        starts = {s["curve"][0][1] for s in results[row]}
+        assert len(starts) == 1, starts
+    assert len({s["curve"][-1][1] for s in results["minitron_kd"]}) == 2  # the data order differs
+    root = out / "study" / "inits"
+    searches = [json.loads((root / name / f"seed{seed}" / "search" / "search.json").read_text())
+                for name in ("randsearch", "evosearch") for seed in config.seeds]
+    assert len({s["seed"] for s in searches}) == 4
 
 
 def test_flop_accounting_matches_independent_counts(study):
@@ -61,83 +97,80 @@ def test_flop_accounting_matches_independent_counts(study):
     from nemo_subnet.subnet.config import SubnetConfig, resolve
     from nemo_subnet.subnet.extract import extract_model_config
 
-    config, rows, summary, out = study
-    root = out / "study"
-    teacher = ModelConfig.load(root / "base" / "teacher" / "model" / "model.yaml")
-    seq = config.base.student_train.data.seq_length
-    teacher_fwd = forward_flops_per_token(teacher, seq)
-    s, imp = config.base.search, config.base.importance
-    tokens = imp.batches * imp.micro_batch_size * imp.seq_length
-    importance = tokens * forward_flops_per_token(teacher, imp.seq_length)
-    by_name = {e["row"]: e for e in summary["rows"]}
-    for row in rows:
-        init = json.loads((root / "inits" / row["init"] / "init.json").read_text())
-        model_yaml = init.get("model_yaml") or f"{init['checkpoint']}/model.yaml"
-        student = ModelConfig.load(model_yaml)
-        for seed in row["seeds"]:  # the extracted student's own (per-layer) sizes
+    config, results, summary, out = study
+    root, teacher = out / "study", _teacher(out)
+    seq, imp = config.base.student_train.data.seq_length, config.base.importance
+    importance = imp.batches * imp.micro_batch_size * imp.seq_length * forward_flops_per_token(teacher, imp.seq_length)
+    minitron = json.loads((root / "inits" / "minitron" / "init.json").read_text())
+    for row in config.rows():
+        for seed in results[row.name]:
+            init_dir = root / "inits" / row.init.name / (f"seed{seed['seed']}" if row.init.searched_per_seed else "")
+            init = json.loads((init_dir / "init.json").read_text())
+            student = ModelConfig.load(init.get("model_yaml") or f"{init['checkpoint']}/model.yaml")
             assert seed["student_train_flops_per_token"] == pytest.approx(3 * forward_flops_per_token(student, seq))
-        for seed in row["seeds"]:
-            assert seed["teacher_forward_flops_per_token"] == (pytest.approx(teacher_fwd) if row["kd"] else 0.0)
-        searched = row["init"].startswith(("evolutionary", "random_search", "minitron"))
-        assert row["importance_flops"] == (pytest.approx(importance) if searched else 0.0)
-        if searched:
-            lines = (root / "inits" / row["init"] / "search" / "candidates.jsonl").read_text().split("\n")
-            evaluations = [json.loads(line) for line in lines if line.strip()]
-            first = {r["index"]: r for r in evaluations if r["rung"] == 0}
-            assert len(first) == row["search_evaluations"] == (1 if row["init"] == "minitron" else s.evaluations)
-            ev = s.eval
-            assert max(r["batches"] for r in evaluations) == ev.batches
-            for r in evaluations:  # compact evaluation: the sub-network's own forward over the rung's tokens
-                assert r["tokens"] == r["batches"] * ev.micro_batch_size * ev.seq_length
-                sub = extract_model_config(teacher, resolve(teacher, SubnetConfig.from_dict(first[r["index"]]["subnet"])))
-                assert r["flops"] == pytest.approx(r["tokens"] * forward_flops_per_token(sub, ev.seq_length))
-            assert row["search_flops"] == pytest.approx(sum(r["flops"] for r in evaluations))
-        else:
-            assert row["search_flops"] == 0.0
-        entry = by_name[row["row"]]
-        for m, seed in zip(entry["per_seed"], row["seeds"]):
-            assert m["total_flops"] == pytest.approx(m["student_flops"] + m["teacher_flops"] + m["importance_flops"]
-                                                     + m["search_flops"])
-            assert m["student_flops"] == pytest.approx(seed["tokens"] * seed["student_train_flops_per_token"])
-    # random search and evolutionary search get the same number of evaluations
-    assert by_name["randsearch_kd"]["search_evaluations"] == by_name["evosearch_kd"]["search_evaluations"]
+            online = row.teacher == "online"
+            assert seed["teacher_forward_flops_per_token"] == (pytest.approx(_teacher_fwd(out, config)) if online else 0)
+            if row.init.kind == "random":
+                assert seed["importance_flops"] == seed["search_flops"] == 0
+            else:
+                assert seed["importance_flops"] == pytest.approx(importance)
+            if row.init.kind == "firstk":  # charged the Minitron pick it takes its sizes from
+                assert seed["search_flops"] == minitron["search_flops"] > 0
+            elif row.init.kind != "random":
+                lines = (init_dir / "search" / "candidates.jsonl").read_text().splitlines()
+                records = [json.loads(line) for line in lines if line.strip()]
+                assert seed["search_flops"] == pytest.approx(sum(r["flops"] for r in records))
+            if row.teacher == "cache":
+                info = json.loads((root / "caches" / row.cache.name / f"seed{seed['seed']}" / "cache.json").read_text())
+                covered = seed["steps"] * config.base.student_train.data.global_batch_size
+                assert seed["cache_flops"] == pytest.approx(covered * seq * _teacher_fwd(out, config) / info["served"])
+            else:
+                assert seed["cache_flops"] == 0
+            if "layerwise" not in row.init.granularity:  # a uniform student exports as it is
+                assert seed["hf_parameters"] == seed["student_parameters"]
 
 
-def test_means_stds_target_and_ratios(study):
+def test_targets_ratios_means_and_paired_verdicts(study):
+    from nemo_subnet.study.report import total_flops
     from nemo_subnet.training.tokens_to_target import tokens_at
 
-    config, rows, summary, out = study
-    reference = next(r for r in rows if r["row"] == "random_ce_long")
-    target = max(s["curve"][-1][1] for s in reference["seeds"])
-    assert summary["target"] == pytest.approx(target)
-    random_ce = next(r for r in rows if r["row"] == "random_ce")
-    assert summary["reference_compute"] == pytest.approx(statistics.fmean(
-        s["tokens"] * s["student_train_flops_per_token"] for s in random_ce["seeds"]))
-    for entry, row in zip(summary["rows"], rows):
-        tests = [s["test_ppl"] for s in row["seeds"]]
-        assert entry["test_ppl"] == pytest.approx(statistics.fmean(tests))
-        assert entry["test_ppl_std"] == pytest.approx(statistics.stdev(tests))
-        reached = [tokens_at(s["curve"], target) for s in row["seeds"]]
-        present = [t for t in reached if t is not None]
-        assert entry["tokens_to_target_n"] == len(present)
-        if present:
-            assert entry["tokens_to_target"] == pytest.approx(statistics.fmean(present))
-    ref = next(e for e in summary["rows"] if e["row"] == "random_ce_long")
-    assert ref["tokens_to_target_n"] == ref["seeds"] and ref["tokens_ratio"] == pytest.approx(1.0)
+    config, results, summary, out = study
+    refs = {s["seed"]: s for s in results["random_ref"]}
+    by = {(m["row"], m["seed"]): m for m in summary["per_seed"]}
+    for (row, seed), m in by.items():
+        assert m["target"] == refs[seed]["curve"][-1][1]
+        run = next(s for s in results[row] if s["seed"] == seed)
+        assert m["tokens_to_target"] == tokens_at(run["curve"], m["target"])
+        if m["compute_to_target"]:
+            assert m["compute_ratio"] == pytest.approx(total_flops(refs[seed]) / m["compute_to_target"])
     for entry in summary["rows"]:
-        if entry["tokens_ratio"] is not None:
-            assert entry["tokens_ratio"] == pytest.approx(ref["tokens_to_target"] / entry["tokens_to_target"])
+        tests = [by[(entry["row"], seed)]["test_ppl"] for seed in config.seeds]
+        assert entry["test_ppl"] == pytest.approx(statistics.fmean(tests))
+        assert entry["test_ppl_se"] == pytest.approx(statistics.stdev(tests) / math.sqrt(len(tests)))
+    assert by[("random_ref", 1)]["compute_ratio"] == pytest.approx(1.0)
+    pairs = {(p["a"], p["b"], p["metric"]): p for p in summary["comparisons"]}
+    p = pairs[("evosearch_kd", "random_kd", "test_ppl")]
+    diffs = [by[("evosearch_kd", s)]["test_ppl"] - by[("random_kd", s)]["test_ppl"] for s in config.seeds]
+    assert p["mean"] == pytest.approx(statistics.fmean(diffs)) and p["n"] == 2
+    assert p["se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(2))
+    assert p["verdict"] in ("holds", "does not hold", "unresolved")
+    goal = pairs[("evosearch_kd", "random_ref", "compute")]
+    reached = [s for s in config.seeds if by[("evosearch_kd", s)]["compute_to_target"]]
+    assert goal["n"] == len(reached) and goal["seeds_not_reached"] == [s for s in config.seeds if s not in reached]
 
 
-def test_rerun_skips_finished_rows(study):
+def test_rerun_trains_nothing_and_report_only(study, capsys):
     import time
 
+    from nemo_subnet.study.__main__ import main
     from nemo_subnet.study.run import run_study
 
-    config, rows, summary, out = study
-    row_files = sorted((out / "study" / "rows").glob("*.json"))
-    stamps = [p.stat().st_mtime_ns for p in row_files]
+    config, results, summary, out = study
+    files = sorted((out / "study" / "runs").glob("*/seed*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in files]
     begin = time.perf_counter()
-    again = run_study(config, log=lambda _: None)
-    assert again == rows and [p.stat().st_mtime_ns for p in row_files] == stamps
+    assert run_study(config, log=lambda _: None) == results
+    assert [p.stat().st_mtime_ns for p in files] == stamps
     assert time.perf_counter() - begin < 60  # nothing trained again (shared stages reused by their markers)
+    assert main(["--preset", "mini", "--out", config.out_dir, "--report-only", "--results", str(out / "again")]) == 0
+    assert (out / "again" / "study.md").read_text() == (out / "report" / "study.md").read_text()
