@@ -207,7 +207,7 @@ class Study:
             run = section(run, **{"distill.teacher_source": "cache", "distill.cache": Path(cache["path"])})
         begin = time.perf_counter()
         result = train(run)
-        out = {"seed": seed, "steps": steps, "tokens": result.tokens, "curve": validation_curve(run_dir),
+        out = {"seed": seed, "steps": steps, "tokens": result.tokens, "curve": [list(point) for point in validation_curve(run_dir)],  # as JSON reads it back
                "test_ppl": result.final_metrics.get("test_ppl"), "wall_s": round(time.perf_counter() - begin, 2),
                "student_train_flops_per_token": student_fpt,
                "teacher_forward_flops_per_token": teacher_fpt if row.teacher == "online" else 0.0,

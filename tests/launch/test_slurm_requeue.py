@@ -57,6 +57,14 @@ def _attempt_log(home: Path, attempt: int) -> str:
     return logs[-1].read_text(errors="replace") if logs else ""
 
 
+def _job_story(home: Path, job: str) -> str:
+    """What a failed third attempt leaves: the job's record, the batch shell's trace and the attempt's log."""
+    record = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    batch = next(home.rglob("sbatch_*teacher_*.out"), None)
+    shell = batch.read_text(errors="replace")[-4000:] if batch else "(no batch output)"
+    return f"{record}\n--- batch shell ---\n{shell}\n--- attempt 2 ---\n{_attempt_log(home, 2)[-3000:]}"
+
+
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_requeued_training_stage_resumes_and_equals_the_uninterrupted_run(tmp_path):
@@ -113,7 +121,7 @@ def test_requeued_training_stage_resumes_and_equals_the_uninterrupted_run(tmp_pa
         scontrol("update", f"JobId={job}", "StartTime=now")
 
         wait_for(lambda: job_field(job, "JobState") in ("COMPLETED", "FAILED", "CANCELLED"), "the job to end", 600)
-        assert job_field(job, "JobState") == "COMPLETED", _attempt_log(tmp_path, 2)[-3000:]
+        assert job_field(job, "JobState") == "COMPLETED", _job_story(tmp_path, job)
     finally:
         subprocess.run(["scancel", job], capture_output=True)
 

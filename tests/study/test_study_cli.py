@@ -8,7 +8,7 @@ from nemo_subnet.cli import main
 def test_study_subcommand_refuses_an_unknown_row_by_name(capsys):
     assert main(["study", "--preset", "mini", "--rows", "random_ce", "no_such_row"]) == 2
     err = capsys.readouterr().err
-    assert "unknown rows ['no_such_row']" in err and "random_ce_long" in err
+    assert "unknown rows ['no_such_row']" in err and "random_ref" in err
 
 
 def test_study_overrides_go_through_the_config_mechanism(capsys):
