@@ -50,8 +50,14 @@ class Result:
     note: str = ""
 
 
+def on_gpu(device: torch.device) -> bool:
+    """A real GPU: the CPU backend's device-discipline mode names the host ``cuda:0``, and CUDA events, streams
+    and memory statistics do not exist there."""
+    return device.type == "cuda" and torch.cuda.is_available()
+
+
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
+    if on_gpu(device):
         return torch.cuda.get_device_name(device).replace(" ", "_")
     return "cpu"
 
@@ -65,7 +71,7 @@ def git_commit() -> str:
 
 
 def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+    if on_gpu(device):
         torch.cuda.synchronize(device)
 
 
@@ -79,7 +85,7 @@ class Stopwatch:
     """Milliseconds of GPU (CUDA events recorded on the current stream around the work) or host work."""
 
     def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
+        self.cuda = on_gpu(device)
 
     def __enter__(self):
         if self.cuda:
@@ -171,7 +177,7 @@ class _LiveBytes(TorchDispatchMode):
 
 
 def _peak_mb(fn: Callable[[], torch.Tensor], mode: Mode, device: torch.device) -> float:
-    if device.type == "cuda":
+    if on_gpu(device):
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -191,7 +197,7 @@ def run_case(provider: Provider, mode: Mode, case: dict, device: torch.device, w
         peak = _peak_mb(fn, mode, device)
         return Result(ms, peak)
     except (RuntimeError, torch.OutOfMemoryError) as err:  # OOM or an unsupported configuration
-        if device.type == "cuda":
+        if on_gpu(device):
             torch.cuda.empty_cache()
         return Result(float("nan"), float("nan"), note=f"{type(err).__name__}: {str(err).splitlines()[0][:120]}")
 

@@ -75,7 +75,7 @@ def _save_teacher(profile: Profile, cfg_dict: dict, out: Path) -> None:
 
     from nemo_subnet.checkpointing import atomic_directory, save_model
     from nemo_subnet.models import ModelConfig, build_gpt_model
-    from nemo_subnet.runtime import init_runtime, shutdown_runtime
+    from nemo_subnet.runtime import init_runtime, seeded_generator, shutdown_runtime
 
     runtime = init_runtime(tp=1, pp=1, seed=11)
     cuda = torch.cuda.is_available()
@@ -83,7 +83,7 @@ def _save_teacher(profile: Profile, cfg_dict: dict, out: Path) -> None:
     # drawn on the device: megatron's host-side init of 1.28B weights would eat much of the section's budget (a
     # user imports a trained teacher instead); the students of the other sections are drawn the megatron way
     model = build_gpt_model(cfg, params_dtype=cfg.torch_dtype, perform_initialization=False)
-    gen = torch.Generator(device=runtime.device).manual_seed(11)
+    gen = seeded_generator(runtime.device, 11)
     with torch.no_grad():
         for param in model.parameters():
             if param.ndim == 1:  # norm weights (no biases in this Llama shape)

@@ -64,7 +64,8 @@ def _loss_gemms(stepper, student_cfg, teacher_model, t: dict, device, dtype) -> 
         teacher_model(torch.zeros(1, 8, dtype=torch.long, device=device), torch.arange(8, device=device)[None], None)
     t_weight = output_weight(teacher_model)
     b, s = t["micro_batch_size"], t["seq_length"]
-    gen = torch.Generator(device=device).manual_seed(0)
+    from nemo_subnet.runtime import seeded_generator
+    gen = seeded_generator(device, 0)
     hidden = torch.randn(b, s, weight.shape[1], device=device, dtype=dtype, generator=gen).requires_grad_()
     t_hidden = torch.randn(b, s, t_weight.shape[1], device=device, dtype=dtype, generator=gen)
     labels = torch.randint(0, student_cfg.vocab_size, (b, s), device=device, generator=gen)
@@ -97,7 +98,7 @@ def run(ctx, rec) -> None:
     from nemo_subnet.models.counting import attention_flops_per_token, forward_flops_per_token
     from nemo_subnet.runtime import init_runtime
     from nemo_subnet.training.config import TrainConfig
-    from nemo_subnet.training.loop import _build_student, _dtype, _Step
+    from nemo_subnet.training.loop import _build_student, _Step
     from nemo_subnet.training.metrics import peak_flops
     from nemo_subnet.training.output_layer import logits_output
     from nemo_subnet.training.teacher import StudentWithTeacher
@@ -105,7 +106,7 @@ def run(ctx, rec) -> None:
     profile, t, k = PROFILES[ctx.profile], PROFILES[ctx.profile].train, PROFILES[ctx.profile].kd_step
     config = TrainConfig.from_dict(run_config(profile, ctx.artifacts, ctx.work / "kd_step" / "unused"))
     runtime = init_runtime(tp=1, pp=1, seed=config.seed)
-    device, dtype = runtime.device, _dtype(config)
+    device, dtype = runtime.device, config.parallel.params_dtype()
     student_cfg = ModelConfig.load(ctx.artifacts["setup.student_yaml"])
     teacher_cfg = read_model_config(ctx.artifacts["setup.teacher"])
     progress(rec.section, f"building the student ({dtype}) and loading the teacher")

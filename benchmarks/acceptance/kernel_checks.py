@@ -67,7 +67,8 @@ class GradDiff:
 
 def _inputs(case: LogitCase, device: torch.device, seed: int) -> dict:
     """Tensors of one case, drawn on the device (the huge case would take minutes on a CPU generator)."""
-    g = torch.Generator(device=device).manual_seed(seed)
+    from nemo_subnet.runtime import seeded_generator
+    g = seeded_generator(device, seed)
     dt, n, v = DTYPES[case.dtype], case.n, case.v
     valid = case.vocab_size or v
     out: dict = {}

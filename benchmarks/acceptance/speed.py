@@ -29,7 +29,8 @@ LOSS_RTOL = {"bfloat16": 2e-3, "float32": 1e-4}  # logits rounded in bf16 by dif
 
 
 def _inputs(n: int, h: int, v: int, dtype: torch.dtype, device: torch.device):
-    g = torch.Generator(device=device).manual_seed(0)
+    from nemo_subnet.runtime import seeded_generator
+    g = seeded_generator(device, 0)
     hidden = torch.randn(n, h, generator=g, device=device, dtype=dtype).requires_grad_()
     weight = (torch.randn(v, h, generator=g, device=device, dtype=dtype) * h**-0.5).requires_grad_()
     t_hidden = torch.randn(n, h, generator=g, device=device, dtype=dtype)

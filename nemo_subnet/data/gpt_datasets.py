@@ -23,6 +23,7 @@ so a checkpoint stores one integer and a resumed iterator continues with exactly
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,13 @@ import torch
 
 from nemo_subnet.errors import UserError
 from nemo_subnet.data.prepare import SPLITS, read_metadata, split_path
+
+# megatron's dataset builder logs each index build and missing blend at INFO; once anything configures root
+# logging (NeMo-Run does) those lines land between our CLIs' result lines. Warnings still show; a user who set
+# this logger's level keeps it.
+_MEGATRON_DATASETS_LOG = logging.getLogger("megatron.core.datasets")
+if _MEGATRON_DATASETS_LOG.level == logging.NOTSET:
+    _MEGATRON_DATASETS_LOG.setLevel(logging.WARNING)
 
 
 @dataclass

@@ -158,3 +158,11 @@ def compute_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cuda", 0) if discipline_active() else torch.device("cpu")
+
+
+def seeded_generator(device, seed: int) -> torch.Generator:
+    """A generator for draws on ``device``: that device's own on a GPU; the host's on CPU, where the backend's
+    logical ``cuda`` device is host memory (a CUDA generator cannot exist there). CUDA's Philox stream is not
+    the CPU's, so seeded draws are reproducible per device type, not across them."""
+    generator_device = device if torch.cuda.is_available() else "cpu"
+    return torch.Generator(device=generator_device).manual_seed(seed)

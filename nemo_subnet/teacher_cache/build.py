@@ -34,7 +34,7 @@ from nemo_subnet.data.gpt_datasets import split_fingerprint
 from nemo_subnet.errors import UserError
 from nemo_subnet.kernels import vocab_parallel_sample
 from nemo_subnet.models.execution import ExecutionOptions
-from nemo_subnet.runtime import compute_device, init_runtime
+from nemo_subnet.runtime import compute_device, init_runtime, seeded_generator
 from nemo_subnet.teacher_cache import store
 from nemo_subnet.teacher_cache.config import TeacherCacheConfig
 from nemo_subnet.training.output_layer import defer_logits, output_weight
@@ -66,12 +66,9 @@ def provenance_of(config: TeacherCacheConfig, teacher_cfg) -> store.Provenance:
 def sample_uniforms(seed: int, first: int, count: int, seq_length: int, k: int, device) -> torch.Tensor:
     """[count, s, k] uniforms of samples first .. first + count - 1, each from its own (seed, index) generator."""
     out = torch.empty(count, seq_length, k, device=device)
-    # the real device's generator (the CPU backend's logical cuda device is the host); CUDA's Philox stream is
-    # not the CPU's, so a cache's draws are reproducible per device type
-    generator_device = device if torch.cuda.is_available() else "cpu"
     for i in range(count):
         digest = hashlib.blake2b(f"{seed}:{first + i}".encode(), digest_size=8).digest()
-        generator = torch.Generator(device=generator_device).manual_seed(int.from_bytes(digest, "little") >> 1)
+        generator = seeded_generator(device, int.from_bytes(digest, "little") >> 1)
         torch.rand(seq_length, k, generator=generator, device=device, out=out[i])
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import prepare, write_corpus
+from corpora import prepare, write_corpus
 
 from nemo_subnet.cli import UserError, main
 

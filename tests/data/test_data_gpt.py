@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from corpora import prepare, write_corpus
 
 from nemo_subnet.cli import UserError
 from nemo_subnet.data import GPTDataConfig, MicroBatchIterator, build_gpt_datasets
@@ -146,8 +147,6 @@ def test_two_ranks_build_on_rank0_first_and_split_the_stream(prepared_jsonl, tmp
 def test_eval_seed_fixes_the_evaluation_samples_across_data_orders(tmp_path, documents):
     """Training order follows seed; valid and test follow eval_seed, so runs of different seeds are measured on
     the same samples (without it, valid and test are reshuffled by the seed too)."""
-    from conftest import prepare, write_corpus
-
     prepared = prepare([write_corpus(tmp_path / "corpus", "jsonl", documents)], tmp_path / "out", valid_fraction=0.2,
                        test_fraction=0.2)
 

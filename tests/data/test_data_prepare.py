@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import VOCAB, prepare, write_corpus
+from corpora import VOCAB, prepare, write_corpus
 
 from nemo_subnet.data.prepare import read_metadata, split_prefix
 from nemo_subnet.data.tokenizer import SentencePieceTokenizer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import prepare, write_corpus
+from corpora import prepare, write_corpus
 from test_data_prepare import read_split
 from token_pieces import as_text, eod_pieces
 

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from conftest import metrics, run_config, run_train, write_yaml
+from train_helpers import metrics, run_config, run_train, write_yaml
 
 STEPS = 10
 REL_TOL = 2e-2
@@ -71,7 +71,7 @@ def test_trained_model_records_its_dtype_and_later_stages_load_it(runs, precisio
     import subprocess
     import sys
 
-    from conftest import env
+    from train_helpers import env
 
     from nemo_subnet.checkpointing import read_model_config
     from nemo_subnet.importance.evaluation import load_supernet

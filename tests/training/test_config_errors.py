@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import CLI, TINY, env, make_checkpoint, run_config, write_yaml
+from train_helpers import CLI, TINY, env, make_checkpoint, run_config, write_yaml
 
 from nemo_subnet.cli import UserError
 from nemo_subnet.training import TrainConfig, train

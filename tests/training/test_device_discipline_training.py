@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import run_config, write_yaml
+from train_helpers import run_config, write_yaml
 
 from nemo_subnet.runtime.device_discipline import DeviceDisciplineError
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CLI, env, metrics, run_config, run_train, write_yaml
+from train_helpers import CLI, env, metrics, run_config, run_train, write_yaml
 from torchrun_utils import run_torchrun
 
 from nemo_subnet.cli import UserError

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import CLI, metrics, run_config, run_train, write_yaml
+from train_helpers import CLI, metrics, run_config, run_train, write_yaml
 from torchrun_utils import run_torchrun
 
 from nemo_subnet.cli import UserError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from conftest import CLI, env, metrics, run_config, run_train, write_yaml
+from train_helpers import CLI, env, metrics, run_config, run_train, write_yaml
 from torchrun_utils import run_torchrun
 
 LAYOUTS = {"tp2": {"tp": 2, "pp": 1}, "pp2": {"tp": 1, "pp": 2}, "dp2": {"tp": 1, "pp": 1}, "tp2pp2": {"tp": 2, "pp": 2}}

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import CLI, metrics, run_config, run_train, write_yaml
+from train_helpers import CLI, metrics, run_config, run_train, write_yaml
 from torchrun_utils import run_torchrun
 
 from nemo_subnet.training import checkpoint as ckpt

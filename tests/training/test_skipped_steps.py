@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from conftest import metrics, run_config, write_yaml
+from train_helpers import metrics, run_config, write_yaml
 
 from nemo_subnet.training import checkpoint as ckpt
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLI, TINY, run_config, write_yaml
+from train_helpers import CLI, TINY, run_config, write_yaml
 from torchrun_utils import run_torchrun
 
 from nemo_subnet import config as configs
@@ -210,7 +210,7 @@ def test_teacher_cache_flags_come_from_its_config(tmp_path):
 
 
 def _train(root, name, data_dir, student_ckpt, teacher_ckpt, cache_dir, parallel, ranks, *extra) -> Path:
-    from conftest import run_train
+    from train_helpers import run_train
 
     config = write_yaml(root / f"{name}.yaml", run_config(
         root, root / name, data_dir, {"from_checkpoint": str(student_ckpt)},
@@ -231,7 +231,7 @@ def test_training_from_the_cache_resumes_exactly_and_reads_the_same_rows_at_any_
     """A run from the cache: resumed after a kill (step-3 checkpoint) it repeats the uninterrupted run bit for bit;
     at DP=2 (other rows per rank), TP=2 (ids split over vocab shards) and PP=2 (rows read on the last stage) it
     follows the same curve."""
-    from conftest import metrics
+    from train_helpers import metrics
 
     from nemo_subnet.training import checkpoint as ckpt
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import yaml
-from conftest import env, metrics, run_config, run_train, train_cmd, write_yaml
+from train_helpers import env, metrics, run_config, run_train, train_cmd, write_yaml
 
 
 def test_loss_decreases_and_run_dir_layout(baseline_run: Path):
