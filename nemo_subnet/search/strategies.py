@@ -259,7 +259,12 @@ class ProxySearch(Strategy):
         for sampler in self.samplers:
             pool = []
             for _ in range(self.config.proxy_samples):
-                genome = sampler.sample(keys, tries=self.config.max_tries)
+                try:
+                    genome = sampler.sample(keys, tries=self.config.max_tries)
+                except SearchSpaceError:
+                    if not pool:
+                        raise
+                    break  # the band holds fewer genomes than proxy_samples and sampling found (nearly) all of them
                 if genome is None:
                     break  # small space exhausted
                 keys.add(space.key(genome))

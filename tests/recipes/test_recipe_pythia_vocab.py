@@ -49,6 +49,8 @@ def _pythia_shaped_hf(out: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # ~2.5 min (a 50304-row vocabulary through every stage); CI runs the GGUF recipe and the
+# conversion tests' 1001-row models with 297-token tokenizers
 def test_recipe_runs_from_a_pythia_shaped_checkpoint(tmp_path):
     hf, out = tmp_path / "pythia_like", tmp_path / "out"
     n_tokens = _pythia_shaped_hf(hf)

@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from nemo_subnet.models.config import ModelConfig
 from nemo_subnet.search import (Budget, Granularity, SearchSpace, SearchSpaceError, check_budget, make_strategy,
@@ -309,3 +310,33 @@ def test_round_to_that_leaves_no_smaller_hidden_size_is_refused():
                          cfg).choices["hidden"] == [72, 144]
     explicit = SearchSpace(ordering="first_k", round_to=16, hidden=[144])  # a fixed hidden size, asked for
     assert resolve_space(explicit, cfg).choices["hidden"] == [144]
+
+
+class _FlatScores:
+    """Importance scores of CFG's shape with every unit equally important and deeper layers more."""
+
+    def hidden(self):
+        return torch.ones(CFG.hidden_size)
+
+    def layers(self, metric=None):
+        return torch.arange(1.0, CFG.num_layers + 1)
+
+    def heads(self):
+        return torch.ones(CFG.num_layers, CFG.num_attention_heads)
+
+    def ffn(self):
+        return torch.ones(CFG.num_layers, CFG.ffn_hidden_size)
+
+
+def test_proxy_ranks_the_whole_band_when_it_holds_fewer_genomes_than_proxy_samples(monkeypatch):
+    """A space too large to enumerate whose budget band holds fewer sub-networks than proxy_samples (SmolLM2's
+    fine_uniform space at 0.34: 1,698 of 34,560 in band, 2,000 asked): the proxy ranks what sampling found."""
+    from nemo_subnet.search import strategies
+
+    rspace = space(Granularity.COARSE_UNIFORM)
+    bounds = check_budget(rspace, BUDGET)
+    in_band = {rspace.key(g) for g in rspace.enumerate() if bounds[0] <= rspace.params(g) <= bounds[1]}
+    monkeypatch.setattr(strategies, "ENUMERATE_LIMIT", 0)  # sample it as a large space is sampled
+    proxy = make_strategy("proxy", rspace, bounds, 0, strategies.StrategyConfig(proxy_samples=10 * len(in_band)),
+                          scores=_FlatScores())
+    assert 0 < len(proxy.proxy) <= len(in_band) and set(proxy.proxy) <= in_band
