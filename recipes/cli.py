@@ -47,7 +47,7 @@ def resolve(factory: str, overrides: list[str]):
     both (the launch's named ``launch.<field>``) on bad names, keys or values."""
     from nemo_subnet import config as configs
     from nemo_subnet.errors import UserError
-    from nemo_subnet.pipeline.config import PipelineConfig
+    from nemo_subnet.pipeline.config import PipelineConfig, missing_files
     from nemo_subnet.recipes.executors import LaunchConfig
     from nemo_subnet.recipes.presets import PRESETS
 
@@ -57,10 +57,13 @@ def resolve(factory: str, overrides: list[str]):
     problems, parsed = [], []
     for cls, base, items, prefix in ((PipelineConfig, PRESETS[factory](), config_overrides, ""),
                                      (LaunchConfig, LaunchConfig(), launch_overrides, "launch.")):
+        data = configs.apply_overrides(configs.to_dict(base), items)
         try:
-            parsed.append(configs.from_dict(cls, configs.apply_overrides(configs.to_dict(base), items)))
+            parsed.append(configs.from_dict(cls, data))
         except configs.ConfigError as err:
             problems += [prefix + p for p in err.problems]
+            if cls is PipelineConfig:  # its missing files in the same report (check_inputs does it for a valid one)
+                problems += [f"{name}: {message}" for name, message in missing_files(data)]
     if problems:
         raise configs.ConfigError(problems)
     return tuple(parsed)

@@ -213,14 +213,7 @@ class PipelineConfig:
             return None  # a missing or unreadable model is missing_files' problem
 
     def missing_files(self) -> Iterator[tuple[str, str]]:
-        hf = None if self.hf_model is None else Path(self.hf_model)
-        if hf is not None and not ((hf / "config.json").is_file() or (hf.suffix == ".gguf" and hf.is_file())):
-            yield "hf_model", f"{self.hf_model}: no such HF model directory (config.json missing) or .gguf file"
-        if isinstance(self.search.space, Path) and not self.search.space.is_file():
-            yield "search.space", f"{self.search.space}: no such search-space file"
-        cache = self.student_train.distill.cache
-        if cache is not None and not Path(cache).is_dir():
-            yield "student_train.distill.cache", f"{cache}: no such teacher-cache directory (nemo-subnet teacher-cache)"
+        return missing_files(self.to_dict())
 
     def validate(self) -> "PipelineConfig":
         """Raise a UserError listing every problem of every stage's section, and every file it names that is
@@ -269,3 +262,23 @@ def section(config, **changes):
     for head, sub in nested.items():
         flat[head] = section(flat.get(head, getattr(config, head)), **sub)
     return dataclasses.replace(config, **flat)
+
+
+def missing_files(data: dict) -> Iterator[tuple[str, str]]:
+    """``(field, message)`` for each file a pipeline config's plain data names that does not exist. Read from the
+    data, not the dataclass, so a config whose values do not parse still gets its files checked in the same
+    report; a value of the wrong type is that report's other line, not this one's."""
+    def at(*keys):
+        value = data
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value if isinstance(value, (str, Path)) else None
+
+    hf, space, cache = at("hf_model"), at("search", "space"), at("student_train", "distill", "cache")
+    if hf is not None and not ((Path(hf) / "config.json").is_file() or (Path(hf).suffix == ".gguf"
+                                                                        and Path(hf).is_file())):
+        yield "hf_model", f"{hf}: no such HF model directory (config.json missing) or .gguf file"
+    if space is not None and not Path(space).is_file():
+        yield "search.space", f"{space}: no such search-space file"
+    if cache is not None and not Path(cache).is_dir():
+        yield "student_train.distill.cache", f"{cache}: no such teacher-cache directory (nemo-subnet teacher-cache)"

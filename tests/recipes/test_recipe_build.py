@@ -205,24 +205,26 @@ def test_bad_launch_layouts_fail_before_submitting():
     check_inputs(tp2, LaunchConfig(gpus_per_node=4), dryrun=True)  # 4 ranks = tp 2 x dp 2
 
 
-def test_a_bad_recipe_config_reports_every_problem_at_once(capsys):
-    """Values, allowed choices, ranges, renamed keys, cross-field rules, the launch and the layouts: one pass,
-    one line per problem, before anything is submitted."""
+def test_a_bad_recipe_config_reports_every_problem_at_once(capsys, tmp_path):
+    """Values, allowed choices, ranges, renamed keys, cross-field rules, the files it names and the launch: one
+    pass, one line per problem, before anything is submitted (the layouts need valid values: test_bad_launch_layouts_fail_before_submitting)."""
     from nemo_subnet.cli import main
 
-    code = main(["run", "--factory", "tiny", "--dryrun", "config.search.strategy=evolutionaryy",
+    missing = tmp_path / "teacher.gguf"
+    code = main(["run", "--factory", "tiny", "--dryrun", "config.search.strategy=evolutionaryy", f"config.hf_model={missing}",
                  "config.search.granularity=fine", "config.distill.divergence=kl",
                  "config.student_train.distill.fused_output=maybe", "config.data.test_fraction=0",
                  "config.student_train.schedule.train_steps=0", "launch.nodes=0", "launch.executor=kubernetes"])
     err = capsys.readouterr().err
     assert code == 2
     lines = err.strip().splitlines()
-    assert lines[0] == "nemo-subnet run: error: 8 problems in the config:"
+    assert lines[0] == "nemo-subnet run: error: 9 problems in the config:"
     fields = [line.split(":")[0].strip() for line in lines[1:]]
     assert sorted(fields) == sorted([
-        "data.test_fraction", "search.space.granularity", "search.strategy", "student_train.schedule.train_steps",
+        "hf_model", "data.test_fraction", "search.space.granularity", "search.strategy", "student_train.schedule.train_steps",
         "student_train.distill.divergence", "student_train.distill.fused_output", "launch.executor", "launch.nodes"])
     assert "launch.executor: 'kubernetes' is not allowed; allowed: local, slurm" in err
+    assert f"hf_model: {missing}: no such HF model directory (config.json missing) or .gguf file" in err
 
 
 def test_require_cuda_variable_is_spelled_the_same_everywhere():
