@@ -25,12 +25,13 @@ NO_TEACHER = "(set by distill.teacher_source: cache, whose loss is fused only)"
 
 
 def _config(out, **changes) -> PipelineConfig:
+    short = {"logging.eval_every": 2, "schedule.warmup_steps": 0}
     return updated(tiny(), {
-        "out_dir": str(out), "teacher_train": updated(default_train(4), {"logging.eval_every": 2}),
-        "student_train": updated(default_train(4), {"data.micro_batch_size": 2, "logging.eval_every": 2,
-                                                    "logging.tensorboard": False, "logging.progress": False}),
+        "out_dir": str(out), "teacher_train": updated(default_train(2), short),
+        "student_train": updated(default_train(2), {**short, "data.micro_batch_size": 2, "logging.tensorboard": False,
+                                                    "logging.progress": False}),
         "search.budget": None, "search.budgets": {"targets": [0.3, 0.6], "tolerance": 0.15},
-        "search.evaluations": 8, **changes})
+        "search.evaluations": 4, **changes})
 
 
 def test_online_kd_skips_the_cache_stage_and_keeps_the_fingerprints(tmp_path):
