@@ -49,7 +49,17 @@ def _curve(run_dir: Path) -> tuple[list, list]:
 
 
 def _stopped(job: str, restarts: int) -> bool:
-    return job_field(job, "Restarts") == str(restarts) and job_field(job, "JobState") == "PENDING"
+    """Requeued and gone from the node. SLURM reports a requeued job PENDING while its previous instance is still
+    completing there (the batch shell that called ``scontrol requeue`` runs on to its exit); forcing a start then
+    makes the next launch fail at once (CI, stop 27: ExitCode=1:0, RunTime 0, nothing logged)."""
+    if job_field(job, "Restarts") != str(restarts) or job_field(job, "JobState") != "PENDING":
+        return False
+    if "COMPLETING" in (job_field(job, "Reason") or "") + subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout:
+        return False
+    steps = subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{job}\."], capture_output=True, text=True).stdout
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True).stdout
+    return not steps.strip() and "comp" not in nodes
 
 
 def _attempt_log(home: Path, attempt: int) -> str:
