@@ -14,7 +14,9 @@ the searches' seeds, while the valid / test samples stay fixed (``eval_seed``), 
 - KD variants on the evolutionary init: the offline teacher cache at each of ``cache_k`` sampled ids, and
   top-k with the tail bin (``top_k_tail`` ids and masses: the same bytes as the K = 2 x top_k_tail sample);
 - search variants, with KD: the same evolutionary search at full fidelity with the masked forward (the costly
-  search the cheaper default replaces), and in the layer-wise space at the same budget.
+  search the cheaper default replaces), and in the layer-wise space at the same budget;
+- a training variant: the evolutionary init with online KD at a gentler peak LR and a longer warmup
+  (``gentle_lr``, ``gentle_warmup_steps``), to tell a pretrained init's loss in the first steps from its worth.
 
 Two presets: ``smollm2`` (the real teacher, SmolLM2-135M, sized for ~4 h on 2 idle cores) and ``mini`` (the
 test suite's toy teacher pretrained here, seconds per run).
@@ -25,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from nemo_subnet.config import Fraction, PositiveInt, updated
+from nemo_subnet.config import Fraction, NonNegativeInt, PositiveFloat, PositiveInt, updated
 from nemo_subnet.pipeline.config import PipelineConfig, TeacherModel, default_train
 
 InitKind = Literal["random", "firstk", "minitron", "random_search", "evolutionary"]
@@ -78,6 +80,8 @@ class Row:
     """budget: the student token budget; reference: long_factor x it (random_ref); kd_compute: as many tokens as
     the same init's online-KD run costs in FLOPs (teacher forward included)."""
     group: str = "inits"
+    train: tuple[tuple[str, object], ...] = ()
+    """Changes to the student's training config for this row only (dotted keys), e.g. a gentler learning rate."""
     tier: int = 3
     """Run order: every seed of tier 1's rows first, then tier 2's, ... (a study cut short has the most telling
     comparisons on every seed, not every row on one seed)."""
@@ -109,6 +113,11 @@ class StudyConfig:
     """Ids (with their masses and the tail bin) of the top-k cache row."""
     layerwise: str = "fine_layerwise"
     """The layer-wise space compared with the main (uniform) one at the same budget."""
+    gentle_lr: PositiveFloat = 3e-4
+    """Peak learning rate of the gentle-LR row (min LR a tenth of it): a pretrained init may lose what it knows
+    to the random init's peak LR in the first steps."""
+    gentle_warmup_steps: NonNegativeInt = 3
+    """Warmup steps of the gentle-LR row."""
 
     def rows(self) -> list[Row]:
         return study_rows(self)
@@ -134,6 +143,9 @@ def study_rows(config: StudyConfig) -> list[Row]:
                     tier=5))
     rows.append(Row(f"evosearch_{config.layerwise}_kd", Init("evolutionary", config.layerwise, b), "online",
                     group="search variants", tier=5))
+    rows.append(Row("evosearch_kd_gentle_lr", evo, "online", group="training variants", tier=6, train=(
+        ("optimizer.lr", config.gentle_lr), ("optimizer.min_lr", config.gentle_lr / 10),
+        ("schedule.warmup_steps", config.gentle_warmup_steps))))
     return rows
 
 
@@ -186,7 +198,7 @@ def mini() -> StudyConfig:
         "student_train": _run(2, 4, 4, 0, 2, 1, 1, seq_length=32, eval_steps=(1,)),
     })
     return StudyConfig(out_dir="study_out/mini", base=base, scale="toy teacher (hidden 64, 2 layers) pretrained here",
-                       seeds=[1, 2], long_factor=2, cache_k=[2, 4], top_k_tail=2)
+                       seeds=[1, 2], long_factor=2, cache_k=[2, 4], top_k_tail=2, gentle_warmup_steps=1)
 
 
 PRESETS = {"smollm2": smollm2, "mini": mini}

@@ -11,7 +11,10 @@ Definitions (the report states them too):
 - x fewer tokens: random_ref's tokens over the row's tokens to target, in the same seed;
 - x less compute: the seed's random_ref compute (all of it: it reaches its final perplexity at its end) over the
   row's compute-to-target in the same seed; mean ± SE over the seeds that reached it;
-- equal compute: valid ppl at the seed's smallest final compute over all rows (every run got that far).
+- equal compute: valid ppl at the seed's smallest final compute over all rows (every run got that far);
+- cap: random_ref's compute over the row's overhead alone (importance + search + cache share), the "x less
+  compute" the row would reach if training to the target cost nothing: no row can beat its cap, so a goal above
+  the cap fails on the overhead, not on training.
 Mean ± SE: the sample std over seeds / sqrt(n). Valid and test samples are the same for every seed and row.
 """
 
@@ -58,6 +61,8 @@ def seed_metrics(row: str, seed: dict, target: float, reference: dict, equal_com
             "tokens_to_target": tokens_tt, "compute_to_target": compute_tt,
             "tokens_ratio": reference["tokens"] / tokens_tt if tokens_tt else None,
             "compute_ratio": total_flops(reference) / compute_tt if compute_tt else None,
+            "overhead_flops": overhead_flops(seed),
+            "compute_ratio_cap": total_flops(reference) / overhead_flops(seed) if overhead_flops(seed) else None,
             "valid_ppl_at_equal_compute": value_at(compute_curve(seed), equal_compute),
             "student_flops": seed["tokens"] * seed["student_train_flops_per_token"],
             "teacher_flops": seed["tokens"] * seed["teacher_forward_flops_per_token"],
@@ -77,7 +82,7 @@ def mean_se(values: list) -> tuple[float | None, float | None, int]:
 
 
 SUMMARIZED = ("start_valid_ppl", "test_ppl", "final_valid_ppl", "valid_ppl_at_equal_compute", "tokens_to_target",
-              "tokens_ratio", "compute_to_target", "compute_ratio", "student_flops", "teacher_flops", "importance_flops",
+              "tokens_ratio", "compute_to_target", "compute_ratio", "compute_ratio_cap", "overhead_flops", "student_flops", "teacher_flops", "importance_flops",
               "search_flops", "cache_flops", "total_flops")
 
 
@@ -121,8 +126,8 @@ def _count(n: int) -> str:
 
 def markdown_table(summary: dict) -> list[str]:
     lines = ["| row | seeds | start valid ppl | test ppl | tokens | tokens to target | x fewer tokens | FLOPs to "
-             "target | x less compute than random_ref | valid ppl at equal compute | student / teacher / importance / "
-             "search / cache FLOPs | params (HF export) |", "|" + "---|" * 12]
+             "target | x less compute than random_ref | cap (overhead alone) | valid ppl at equal compute | student / "
+             "teacher / importance / search / cache FLOPs | params (HF export) |", "|" + "---|" * 13]
     for e in summary["rows"]:
         s = e["seeds"]
         flops = " / ".join(_fmt(e[k], None, 1, True) for k in ("student_flops", "teacher_flops", "importance_flops",
@@ -139,6 +144,7 @@ def markdown_table(summary: dict) -> list[str]:
             _fmt(e["tokens_ratio"], e["tokens_ratio_se"], 2, n=e["tokens_ratio_n"], seeds=s),
             _fmt(e["compute_to_target"], e["compute_to_target_se"], 2, True, e["compute_to_target_n"], s),
             _fmt(e["compute_ratio"], e["compute_ratio_se"], 2, n=e["compute_ratio_n"], seeds=s),
+            "—" if e["compute_ratio_cap"] is None else _fmt(e["compute_ratio_cap"], e["compute_ratio_cap_se"], 2),
             _fmt(e["valid_ppl_at_equal_compute"], e["valid_ppl_at_equal_compute_se"], 1,
                  n=e["valid_ppl_at_equal_compute_n"], seeds=s), flops, params]) + " |")
     return lines
@@ -215,7 +221,9 @@ def write_report(config, results: dict[str, list[dict]], out: Path) -> dict:
     head = [f"# nemo-subnet study\n", f"Scale: {config.scale}.", "", status, "", *teacher_line,
             "Target of a seed: random_ref's final valid perplexity in that seed (random init, CE, "
             f"{config.long_factor}x the token budget, annealed at its own length); 'x less compute': that seed's "
-            "random_ref compute over the row's compute to target (importance, search and cache build included). "
+            "random_ref compute over the row's compute to target (importance, search and cache build included); "
+            "'cap': random_ref's compute over the row's importance + search + cache share alone (what the ratio "
+            "would be if training to the target were free: no row beats its cap). "
             "Mean ± SE over seeds (sample std / sqrt n); the valid and test samples are the same for every seed "
             "and row; every comparison below is paired by seed.", ""]
     text = "\n".join(head + markdown_table(summary) + [""] + verdict_lines(pairs)) + "\n"

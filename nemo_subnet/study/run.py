@@ -197,7 +197,7 @@ class Study:
         spec = section(spec, seed=seed, **{
             "schedule.train_steps": steps, "data.seed": seed, "data.eval_seed": self.config.eval_seed,
             "logging.progress": False, "logging.tensorboard": False, "checkpoint.every_steps": 0,
-            "checkpoint.keep_last": 1, "checkpoint.save_final": False})
+            "checkpoint.keep_last": 1, "checkpoint.save_final": False, **dict(row.train)})
         shutil.rmtree(run_dir, ignore_errors=True)
         run = train_run(spec, run_dir, self.data_dir, init_random=init.get("model_yaml"),
                         init_checkpoint=init.get("checkpoint"), teacher=self.teacher_ckpt if row.kd else None)

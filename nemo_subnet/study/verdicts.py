@@ -60,6 +60,9 @@ def claims(config) -> list[dict]:
              a="evosearch_kd", b="evosearch_full_kd", metric="compute"),
         dict(claim="a layer-wise space beats the uniform one at the same budget", a=layerwise, b="evosearch_kd",
              note="the layer-wise student exports zero-padded: compare the HF parameter counts in the table"),
+        dict(claim=f"a gentler LR (peak {config.gentle_lr:g}, {config.gentle_warmup_steps} warmup steps) trains the "
+                   "searched init better with KD", a="evosearch_kd_gentle_lr", b="evosearch_kd",
+             note="the other rows keep the random init's LR; if this holds, every pretrained init is under-served"),
     ]
     names = {row.name for row in config.rows()}
     return [{"metric": "test_ppl", "factor": 1.0, "note": "", **c} for c in out if {c["a"], c["b"]} <= names]
@@ -87,8 +90,11 @@ def _paired(summary: dict, a: str, b: str, metric: str) -> tuple[list[float], li
 
 def comparisons(config, summary: dict) -> list[dict]:
     out = []
+    caps = {e["row"]: e for e in summary["rows"]}
     for c in claims(config):
         effects, missing = _paired(summary, c["a"], c["b"], c["metric"])
+        if c["metric"] == "compute" and c["b"] == REFERENCE and caps.get(c["a"], {}).get("compute_ratio_cap"):
+            c = {**c, "note": _cap_note(caps[c["a"]], caps[REFERENCE]["total_flops"], c["factor"]) + "; " + c["note"]}
         n = len(effects)
         mean = statistics.fmean(effects) if effects else None
         se = statistics.stdev(effects) / math.sqrt(n) if n > 1 else None
@@ -104,6 +110,18 @@ def comparisons(config, summary: dict) -> list[dict]:
         out.append({**c, "n": n, "seeds_not_reached": missing, "mean": mean, "se": se, "verdict": verdict,
                     "effect": _effect(c["metric"], mean, se), "change": _change(verdict, gap, se, n, c)})
     return out
+
+
+def _cap_note(row: dict, reference: float, factor: float) -> str:
+    """Whether the row's overhead alone already rules the goal out, and the least reference that would not."""
+    cap, overhead = row["compute_ratio_cap"], row["overhead_flops"]
+    text = (f"its importance + search + cache share alone ({overhead:.2e} FLOPs) caps the ratio at {cap:.2f}x "
+            f"against this reference ({reference:.2e} FLOPs)")
+    if cap <= factor:
+        return (text + f", so {factor:g}x cannot hold at this scale whatever training does: it needs random init "
+                f"to cost at least {factor * overhead:.2e} FLOPs to the target ({factor * overhead / reference:.1f}x "
+                "this reference: a lower target or a longer budget), and more as training is not free")
+    return text
 
 
 def _effect(metric: str, mean, se) -> str:

@@ -15,6 +15,7 @@ import math
 import statistics
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.slow  # a few minutes on 2 cores: one of the few slow tests
 
@@ -69,6 +70,12 @@ def test_every_row_seed_and_file(study):
                 assert seed["steps"] == round(base * (s + t) / s) > base
             else:
                 assert seed["steps"] == base
+            trained = yaml.safe_load((out / "study" / "runs" / row.name / f"seed{seed['seed']}" / "config.yaml").read_text())
+            expected = dict(row.train) or {"optimizer.lr": student.optimizer.lr,
+                                           "schedule.warmup_steps": student.schedule.warmup_steps}
+            for key, value in expected.items():
+                section, name = key.split(".")
+                assert trained[section][name] == pytest.approx(value), (row.name, key)
 
 
 def _teacher_fwd(out, config):
@@ -85,6 +92,8 @@ def test_seeds_are_paired_and_searches_vary(study):
         starts = {s["curve"][0][1] for s in results[row]}
         assert len(starts) == 1, starts
     assert len({s["curve"][-1][1] for s in results["minitron_kd"]}) == 2  # the data order differs
+    for gentle, default in zip(results["evosearch_kd_gentle_lr"], results["evosearch_kd"]):  # one init, two LRs
+        assert gentle["curve"][0] == default["curve"][0] and gentle["curve"][-1] != default["curve"][-1]
     root = out / "study" / "inits"
     searches = [json.loads((root / name / f"seed{seed}" / "search" / "search.json").read_text())
                 for name in ("randsearch", "evosearch") for seed in config.seeds]
@@ -143,6 +152,11 @@ def test_targets_ratios_means_and_paired_verdicts(study):
         assert m["tokens_to_target"] == tokens_at(run["curve"], m["target"])
         if m["compute_to_target"]:
             assert m["compute_ratio"] == pytest.approx(total_flops(refs[seed]) / m["compute_to_target"])
+        if m["overhead_flops"]:  # no row beats what its importance + search + cache share alone allow
+            assert m["compute_ratio_cap"] == pytest.approx(total_flops(refs[seed]) / m["overhead_flops"])
+            assert m["compute_ratio"] is None or m["compute_ratio"] <= m["compute_ratio_cap"]
+        else:
+            assert m["compute_ratio_cap"] is None and row in ("random_ref", "random_kd", "random_ce")
     for entry in summary["rows"]:
         tests = [by[(entry["row"], seed)]["test_ppl"] for seed in config.seeds]
         assert entry["test_ppl"] == pytest.approx(statistics.fmean(tests))
