@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from nemo_subnet import config as configs
     from nemo_subnet.errors import UserError
     from nemo_subnet.study.report import REFERENCE, collect, write_report
-    from nemo_subnet.study.run import run_study
+    from nemo_subnet.exit_codes import PREEMPTED
+    from nemo_subnet.study.run import StudyStopped, run_study
 
     changes = {k: v for k, v in (("out_dir", args.out), ("seeds", args.seeds)) if v}
     try:
@@ -64,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
         except UserError as err:
             print(f"study: error: {err}", file=sys.stderr)
             return 2
+        except StudyStopped as stop:
+            print(f"study: {stop}", file=sys.stderr)
+            return PREEMPTED
     results = collect(Path(config.out_dir), config.rows(), config.seeds)
     if not results.get(REFERENCE):
         print(f"study: no seed of the reference row {REFERENCE} has finished: no target, no report yet")

