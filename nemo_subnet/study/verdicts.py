@@ -109,6 +109,7 @@ def comparisons(config, summary: dict) -> list[dict]:
         # signed distance from the claim's threshold, positive = in the claim's favour
         null = math.log(c["factor"]) if c["metric"] == "compute" else 0.0
         gap = None if mean is None else (mean - null if c["metric"] == "compute" else -mean)
+        bounded = False
         if mean is None:
             verdict = "not run yet"
         elif se is None:
@@ -117,9 +118,13 @@ def comparisons(config, summary: dict) -> list[dict]:
             verdict = "holds" if gap >= 2 * se else "does not hold" if gap <= -2 * se else "unresolved"
             # a bound only certifies the verdict it leans against: A's upper bounds a failure, lower bounds a success
             if (verdict == "holds" and "upper" in bounds) or (verdict == "does not hold" and "lower" in bounds):
-                verdict = "unresolved"
+                verdict, bounded = "unresolved", True
+        change = _change(verdict, gap, se, n, c)
+        if bounded:
+            change = (f"the {len(missing)} seed(s) short of the target decide it: trained until they reach it (a longer "
+                      f"student budget), they show how much more they need; {c['note'] or 'more seeds'}").rstrip("; ")
         out.append({**c, "n": n, "seeds_not_reached": missing, "mean": mean, "se": se, "verdict": verdict,
-                    "effect": _effect(c["metric"], mean, se), "change": _change(verdict, gap, se, n, c)})
+                    "bounds": sorted(bounds), "effect": _effect(c["metric"], mean, se, bounds), "change": change})
     return out
 
 
@@ -135,12 +140,14 @@ def _cap_note(row: dict, reference: float, factor: float) -> str:
     return text
 
 
-def _effect(metric: str, mean, se) -> str:
+def _effect(metric: str, mean, se, bounds=frozenset()) -> str:
     if mean is None:
         return "—"
     if metric == "test_ppl":
         return f"A − B = {mean:+.1f}" + (f" ± {se:.1f} test ppl" if se is not None else " test ppl")
-    return f"A needs {math.exp(mean):.2f}x less compute than B" + (f" (×/÷ {math.exp(se):.2f} SE)" if se else "")
+    bound = {frozenset(): "", frozenset({"upper"}): "at most ", frozenset({"lower"}): "at least "}.get(
+        frozenset(bounds), "about ")  # seeds short of the target count at what they spent
+    return f"A needs {bound}{math.exp(mean):.2f}x less compute than B" + (f" (×/÷ {math.exp(se):.2f} SE)" if se else "")
 
 
 def _change(verdict: str, gap, se, n: int, claim: dict) -> str:

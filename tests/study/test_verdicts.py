@@ -43,6 +43,7 @@ def test_a_seed_short_of_the_target_counts_at_its_bound_and_cannot_make_a_succes
     assert goal["n"] == 3 and goal["seeds_not_reached"] == [2]
     assert goal["mean"] == pytest.approx((math.log(10) + math.log(11) + math.log(12)) / 3)
     assert goal["verdict"] == "unresolved"  # seed 2 may need far more than it spent
+    assert goal["effect"].startswith("A needs at most 10.97x less compute")
     assert "not reached: counted at the compute spent" in "\n".join(verdict_lines([goal]))
 
 
