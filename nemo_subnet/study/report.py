@@ -12,6 +12,8 @@ Definitions (the report states them too):
 - x less compute: the seed's random_ref compute (all of it: it reaches its final perplexity at its end) over the
   row's compute-to-target in the same seed; mean ± SE over the seeds that reached it;
 - equal compute: valid ppl at the seed's smallest final compute over all rows (every run got that far);
+- a run that does not reach the target needs more than all it spent: its "x less compute" is at most random_ref's
+  compute over the run's (the table shows that bound for such seeds);
 - cap: random_ref's compute over the row's overhead alone (importance + search + cache share), the "x less
   compute" the row would reach if training to the target cost nothing: no row can beat its cap, so a goal above
   the cap fails on the overhead, not on training.
@@ -61,6 +63,7 @@ def seed_metrics(row: str, seed: dict, target: float, reference: dict, equal_com
             "tokens_to_target": tokens_tt, "compute_to_target": compute_tt,
             "tokens_ratio": reference["tokens"] / tokens_tt if tokens_tt else None,
             "compute_ratio": total_flops(reference) / compute_tt if compute_tt else None,
+            "compute_ratio_bound": None if compute_tt else total_flops(reference) / total_flops(seed),
             "overhead_flops": overhead_flops(seed),
             "compute_ratio_cap": total_flops(reference) / overhead_flops(seed) if overhead_flops(seed) else None,
             "valid_ppl_at_equal_compute": value_at(compute_curve(seed), equal_compute),
@@ -82,7 +85,7 @@ def mean_se(values: list) -> tuple[float | None, float | None, int]:
 
 
 SUMMARIZED = ("start_valid_ppl", "test_ppl", "final_valid_ppl", "valid_ppl_at_equal_compute", "tokens_to_target",
-              "tokens_ratio", "compute_to_target", "compute_ratio", "compute_ratio_cap", "overhead_flops", "student_flops", "teacher_flops", "importance_flops",
+              "tokens_ratio", "compute_to_target", "compute_ratio", "compute_ratio_bound", "compute_ratio_cap", "overhead_flops", "student_flops", "teacher_flops", "importance_flops",
               "search_flops", "cache_flops", "total_flops")
 
 
@@ -143,7 +146,9 @@ def markdown_table(summary: dict) -> list[str]:
             to_target, "— (no tokens needed)" if e["starts_below_target"] == s and s else
             _fmt(e["tokens_ratio"], e["tokens_ratio_se"], 2, n=e["tokens_ratio_n"], seeds=s),
             _fmt(e["compute_to_target"], e["compute_to_target_se"], 2, True, e["compute_to_target_n"], s),
-            _fmt(e["compute_ratio"], e["compute_ratio_se"], 2, n=e["compute_ratio_n"], seeds=s),
+            _fmt(e["compute_ratio"], e["compute_ratio_se"], 2, n=e["compute_ratio_n"], seeds=s) + (
+                f"; at most {e['compute_ratio_bound']:.2f} in the {e['compute_ratio_bound_n']} not reached"
+                if e["compute_ratio_bound_n"] else ""),
             "—" if e["compute_ratio_cap"] is None else _fmt(e["compute_ratio_cap"], e["compute_ratio_cap_se"], 2),
             _fmt(e["valid_ppl_at_equal_compute"], e["valid_ppl_at_equal_compute_se"], 1,
                  n=e["valid_ppl_at_equal_compute_n"], seeds=s), flops, params]) + " |")

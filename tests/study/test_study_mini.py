@@ -153,6 +153,9 @@ def test_targets_ratios_means_and_paired_verdicts(study):
         assert m["tokens_to_target"] == tokens_at(run["curve"], m["target"])
         if m["compute_to_target"]:
             assert m["compute_ratio"] == pytest.approx(total_flops(refs[seed]) / m["compute_to_target"])
+            assert m["compute_ratio_bound"] is None
+        else:  # short of the target: at most what all its compute would give
+            assert m["compute_ratio_bound"] == pytest.approx(total_flops(refs[seed]) / m["total_flops"])
         if m["overhead_flops"]:  # no row beats what its importance + search + cache share alone allow
             assert m["compute_ratio_cap"] == pytest.approx(total_flops(refs[seed]) / m["overhead_flops"])
             assert m["compute_ratio"] is None or m["compute_ratio"] <= m["compute_ratio_cap"]
