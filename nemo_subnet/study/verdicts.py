@@ -32,7 +32,8 @@ def claims(config) -> list[dict]:
     out = [dict(claim=f"{a} reaches the target with >= {GOAL:g}x less compute than random init (the goal)", a=a,
                 b=REFERENCE, metric="compute", factor=GOAL,
                 note="a lower target (a longer reference run) or a cheaper importance / search moves it most")
-           for a in ("evosearch_kd", "minitron_kd", "firstk_kd", "randsearch_kd", f"evosearch_cache_k{k_big}")]
+           for a in ("evosearch_kd", "minitron_kd", "firstk_kd", "randsearch_kd", f"evosearch_cache_k{k_big}",
+                     "evosearch_kd_gentle_lr")]
     out += [
         dict(claim="sub-network init beats random init with KD at equal tokens", a="evosearch_kd", b="random_kd"),
         dict(claim="evolutionary search beats Minitron-style importance at equal tokens", a="evosearch_kd",
@@ -90,6 +91,7 @@ def _paired(summary: dict, a: str, b: str, metric: str) -> tuple[list[float], li
         if not (ca and cb):
             missing.append(seed)
             if not (ca or cb):
+                bounds.add("left out")
                 continue
             bounds.add("upper" if cb else "lower")
         effects.append(math.log((cb or mb["total_flops"]) / (ca or ma["total_flops"])))
@@ -101,6 +103,8 @@ def comparisons(config, summary: dict) -> list[dict]:
     caps = {e["row"]: e for e in summary["rows"]}
     for c in claims(config):
         effects, missing, bounds = _paired(summary, c["a"], c["b"], c["metric"])
+        left_out = "left out" in bounds
+        bounds = bounds - {"left out"}
         if c["metric"] == "compute" and c["b"] == REFERENCE and caps.get(c["a"], {}).get("compute_ratio_cap"):
             c = {**c, "note": _cap_note(caps[c["a"]], caps[REFERENCE]["total_flops"], c["factor"]) + "; " + c["note"]}
         n = len(effects)
@@ -123,7 +127,8 @@ def comparisons(config, summary: dict) -> list[dict]:
         if bounded:
             change = (f"the {len(missing)} seed(s) short of the target decide it: trained until they reach it (a longer "
                       f"student budget), they show how much more they need; {c['note'] or 'more seeds'}").rstrip("; ")
-        out.append({**c, "n": n, "seeds_not_reached": missing, "mean": mean, "se": se, "verdict": verdict,
+        out.append({**c, "n": n, "seeds_not_reached": missing, "neither_reached": left_out, "mean": mean, "se": se,
+                    "verdict": verdict,
                     "bounds": sorted(bounds), "effect": _effect(c["metric"], mean, se, bounds), "change": change})
     return out
 
@@ -166,8 +171,9 @@ def verdict_lines(pairs: list[dict]) -> list[str]:
     lines = ["## Verdicts (paired by seed: A minus B per seed, mean ± SE)", "",
              "| claim | A | B | seeds | effect | verdict | what would change it |", "|" + "---|" * 7]
     for p in pairs:
-        left_out = (f" ({len(p['seeds_not_reached'])} not reached: counted at the compute spent)"
-                    if p["seeds_not_reached"] else "")
+        neither = ", a seed where neither did is left out" if p.get("neither_reached") else ""
+        left_out = (f" ({len(p['seeds_not_reached'])} not reached: a run short of the target counts at all it spent"
+                    f"{neither})" if p["seeds_not_reached"] else "")
         lines.append(f"| {p['claim']} | {p['a']} | {p['b']} | {p['n']}{left_out} | {p['effect']} | "
                      f"**{p['verdict']}** | {p['change']} |")
     return lines

@@ -44,7 +44,7 @@ def test_a_seed_short_of_the_target_counts_at_its_bound_and_cannot_make_a_succes
     assert goal["mean"] == pytest.approx((math.log(10) + math.log(11) + math.log(12)) / 3)
     assert goal["verdict"] == "unresolved"  # seed 2 may need far more than it spent
     assert goal["effect"].startswith("A needs at most 10.97x less compute")
-    assert "not reached: counted at the compute spent" in "\n".join(verdict_lines([goal]))
+    assert "not reached: a run short of the target counts at all it spent" in "\n".join(verdict_lines([goal]))
 
 
 def test_an_upper_bound_still_certifies_a_failure():
