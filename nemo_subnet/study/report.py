@@ -164,17 +164,18 @@ def plot(summary: dict, results: dict[str, list[dict]], out: Path) -> None:
     seeds = set(summary["seeds"])
     for axis, name in (("tokens", "curves_tokens.png"), ("compute", "curves_compute.png")):
         fig, ax = plt.subplots(figsize=(8, 5))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)  # more rows than the default cycle's 10 colours
         for entry in summary["rows"]:
             runs = [s for s in results.get(entry["row"], []) if s["seed"] in seeds]
-            if not runs or entry["group"] not in ("reference", "inits"):
+            if not runs or entry["group"] not in ("reference", "inits", "training variants"):
                 continue
-            points: dict[float, list[float]] = {}
-            for s in runs:  # mean over seeds at each evaluation (x in tokens, or in FLOPs)
-                for x, ppl in (s["curve"] if axis == "tokens" else compute_curve(s)):
-                    points.setdefault(x if axis == "tokens" else round(x, -6), []).append(ppl)
-            xs = sorted(points)
-            ax.plot(xs, [statistics.fmean(points[x]) for x in xs], marker=".", label=entry["row"],
-                    linestyle="-" if entry["teacher"] != "none" else "--")
+            # mean over seeds at each evaluation: every seed evaluates at the same steps, while its x in FLOPs
+            # differs with its search's cost, so points pair by evaluation, not by x
+            curves = [s["curve"] if axis == "tokens" else compute_curve(s) for s in runs]
+            evaluations = min(len(c) for c in curves)
+            xs = [statistics.fmean(c[i][0] for c in curves) for i in range(evaluations)]
+            ys = [statistics.fmean(c[i][1] for c in curves) for i in range(evaluations)]
+            ax.plot(xs, ys, marker=".", label=entry["row"], linestyle="-" if entry["teacher"] != "none" else "--")
         targets = [m["target"] for m in summary["per_seed"] if m["row"] == REFERENCE]
         if targets:
             ax.axhline(statistics.fmean(targets), color="gray", linestyle=":", label="target (mean over seeds)")
@@ -182,6 +183,10 @@ def plot(summary: dict, results: dict[str, list[dict]], out: Path) -> None:
                ylabel="valid perplexity", yscale="log", title=f"study: valid ppl vs {axis} (mean over seeds)")
         if axis == "compute":
             ax.set_xscale("log")
+        else:  # the students' 12k tokens and the reference's 24x that on one axis; step 0 stays on it
+            ax.set_xscale("symlog", linthresh=max(1, min(s["curve"][1][0] for runs in results.values() for s in runs
+                                                         if len(s["curve"]) > 1)))
+            ax.set_xlim(left=0)
         ax.legend(fontsize=6, ncol=2)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
