@@ -71,14 +71,15 @@ def claims(config) -> list[dict]:
     return [{"metric": "test_ppl", "factor": 1.0, "note": "", **c} for c in out if {c["a"], c["b"]} <= names]
 
 
-def _paired(summary: dict, a: str, b: str, metric: str) -> tuple[list[float], list[int], set[str]]:
-    """Per-seed effects of A against B; the seeds where a run did not reach the target; the kinds of bound used.
+def _paired(summary: dict, a: str, b: str, metric: str) -> tuple[list[float], list[int], set[str], bool]:
+    """Per-seed effects of A against B; the seeds where a run did not reach the target; the kinds of bound used;
+    whether a seed was left out.
 
     A run that did not reach the target within its budget needs more compute than all it spent: its seed counts
     at that bound ("upper": A's ratio is at most this; "lower": at least, when B did not reach it), and only a
     verdict the bounds cannot flip is given (comparisons()). A seed where neither reached it is left out."""
     by = {(m["row"], m["seed"]): m for m in summary["per_seed"]}
-    effects, missing, bounds = [], [], set()
+    effects, missing, bounds, left_out = [], [], set(), False
     for seed in summary["seeds"]:
         ma, mb = by.get((a, seed)), by.get((b, seed))
         if ma is None or mb is None:
@@ -91,20 +92,18 @@ def _paired(summary: dict, a: str, b: str, metric: str) -> tuple[list[float], li
         if not (ca and cb):
             missing.append(seed)
             if not (ca or cb):
-                bounds.add("left out")
+                left_out = True
                 continue
             bounds.add("upper" if cb else "lower")
         effects.append(math.log((cb or mb["total_flops"]) / (ca or ma["total_flops"])))
-    return effects, missing, bounds
+    return effects, missing, bounds, left_out
 
 
 def comparisons(config, summary: dict) -> list[dict]:
     out = []
     caps = {e["row"]: e for e in summary["rows"]}
     for c in claims(config):
-        effects, missing, bounds = _paired(summary, c["a"], c["b"], c["metric"])
-        left_out = "left out" in bounds
-        bounds = bounds - {"left out"}
+        effects, missing, bounds, left_out = _paired(summary, c["a"], c["b"], c["metric"])
         if c["metric"] == "compute" and c["b"] == REFERENCE and caps.get(c["a"], {}).get("compute_ratio_cap"):
             c = {**c, "note": _cap_note(caps[c["a"]], caps[REFERENCE]["total_flops"], c["factor"]) + "; " + c["note"]}
         n = len(effects)
