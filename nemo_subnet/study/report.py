@@ -85,8 +85,9 @@ def mean_se(values: list) -> tuple[float | None, float | None, int]:
 
 
 SUMMARIZED = ("start_valid_ppl", "test_ppl", "final_valid_ppl", "valid_ppl_at_equal_compute", "tokens_to_target",
-              "tokens_ratio", "compute_to_target", "compute_ratio", "compute_ratio_bound", "compute_ratio_cap", "overhead_flops", "student_flops", "teacher_flops", "importance_flops",
-              "search_flops", "cache_flops", "total_flops")
+              "tokens_ratio", "compute_to_target", "compute_ratio", "compute_ratio_bound", "compute_ratio_cap",
+              "overhead_flops", "student_flops", "teacher_flops", "importance_flops", "search_flops", "cache_flops",
+              "total_flops")
 
 
 def summarize(rows: list, results: dict[str, list[dict]]) -> dict:

@@ -13,8 +13,9 @@ random search's first candidates). The valid and test samples are the same for e
 
 Resumable per (row, seed): a finished run writes ``runs/<row>/seed<k>/result.json`` atomically, with the training
 settings it ran (the student's ``TrainConfig``), and a rerun reads it back while those settings still hold (a
-changed setting, say ``long_factor``, trains that run again); inits (``inits/<name>[/seed<k>]/init.json``) and caches (``caches/<spec>/seed<k>``) likewise. The order is
-by tier (``Row.tier``), then seed: a study cut short has its most telling comparisons on every seed, paired.
+changed setting, say ``long_factor``, trains that run again; how a run shows progress is no setting); inits
+(``inits/<name>[/seed<k>]/init.json``) and caches (``caches/<spec>/seed<k>``) likewise. The order is by tier
+(``Row.tier``), then seed: a study cut short has its most telling comparisons on every seed, paired.
 
 FLOPs (counted separately, summed for compute-to-target; report.py):
 - student fwd+bwd: 3 x ``models.counting.forward_flops_per_token`` of the student trained (its model.yaml);
@@ -199,13 +200,14 @@ class Study:
             steps = round(steps * (student_fpt + teacher_fpt) / student_fpt)
         spec = section(spec, seed=seed, **{
             "schedule.train_steps": steps, "data.seed": seed, "data.eval_seed": self.config.eval_seed,
-            "logging.progress": False, "logging.tensorboard": False, "checkpoint.every_steps": 0,
+            "logging.progress": True, "logging.tensorboard": False, "checkpoint.every_steps": 0,
             "checkpoint.keep_last": 1, "checkpoint.save_final": False, **dict(row.train)})
         settings = configs.to_dict(spec)
         if result_path.is_file():
             done = json.loads(result_path.read_text())
             # a result predating recorded settings is kept when its length matches (the only setting changed since)
-            if done.get("settings", settings) == settings and done["steps"] == steps:
+            same = _outcome_settings(done.get("settings", settings)) == _outcome_settings(settings)
+            if same and done["steps"] == steps:
                 return done
             self.log(f"[study] seed {seed}: {row.name}: its settings changed since it ran, training it again")
         self.log(f"[study] seed {seed}: {row.name}")
@@ -232,6 +234,12 @@ class Study:
         _atomic_json(result_path, out)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # weights are not kept (resumed per run)
         return out
+
+
+def _outcome_settings(settings: dict) -> dict:
+    """The settings that decide a run's outcome: all but how it reports (a progress bar, TensorBoard)."""
+    logging = {k: v for k, v in settings["logging"].items() if k not in ("progress", "tensorboard")}
+    return {**settings, "logging": logging}
 
 
 def _parameters(cfg) -> int:

@@ -124,8 +124,8 @@ def comparisons(config, summary: dict) -> list[dict]:
                 verdict, bounded = "unresolved", True
         change = _change(verdict, gap, se, n, c)
         if bounded:
-            change = (f"the {len(missing)} seed(s) short of the target decide it: trained until they reach it (a longer "
-                      f"student budget), they show how much more they need; {c['note'] or 'more seeds'}").rstrip("; ")
+            change = (f"the {len(missing)} seed(s) short of the target decide it: trained until they reach it (a "
+                      f"longer student budget), they show how much more they need; {c['note'] or 'more seeds'}")
         out.append({**c, "n": n, "seeds_not_reached": missing, "neither_reached": left_out, "mean": mean, "se": se,
                     "verdict": verdict,
                     "bounds": sorted(bounds), "effect": _effect(c["metric"], mean, se, bounds), "change": change})

@@ -71,7 +71,8 @@ def test_every_row_seed_and_file(study):
                 assert seed["steps"] == round(base * (s + t) / s) > base
             else:
                 assert seed["steps"] == base
-            trained = yaml.safe_load((out / "study" / "runs" / row.name / f"seed{seed['seed']}" / "config.yaml").read_text())
+            run_dir = out / "study" / "runs" / row.name / f"seed{seed['seed']}"
+            trained = yaml.safe_load((run_dir / "config.yaml").read_text())
             expected = dict(row.train) or {"optimizer.lr": student.optimizer.lr,
                                            "schedule.warmup_steps": student.schedule.warmup_steps}
             for key, value in expected.items():
@@ -176,7 +177,8 @@ def test_targets_ratios_means_and_paired_verdicts(study):
     reached = [s for s in config.seeds if by[("evosearch_kd", s)]["compute_to_target"]]
     assert goal["n"] == len(config.seeds) and goal["seeds_not_reached"] == [s for s in config.seeds if s not in reached]
     # a seed that did not reach the target counts at the compute it spent: the most its ratio can be
-    spent = [by[("evosearch_kd", s)]["compute_to_target"] or by[("evosearch_kd", s)]["total_flops"] for s in config.seeds]
+    spent = [by[("evosearch_kd", s)]["compute_to_target"] or by[("evosearch_kd", s)]["total_flops"]
+             for s in config.seeds]
     assert goal["mean"] == pytest.approx(statistics.fmean(
         math.log(total_flops(refs[s]) / c) for s, c in zip(config.seeds, spent)))
     if goal["seeds_not_reached"]:
